@@ -1,0 +1,103 @@
+"""The kill switch proven by traffic: a peer container captures what the client sends."""
+
+import os
+
+from labprobe import Capture, canary, icmp_probe, nft_table, restart, run_playbook, sh, tcp_probe, udp_probe, wait_for
+
+CLIENT, PEER = "ks-default-client", "ks-default-peer"
+CLIENT_V4, CLIENT_V6 = "198.18.20.10", "2001:db8:20::10"
+PEER_V4, PEER_V6, PEER_TUNNEL = "198.18.20.20", "2001:db8:20::20", "198.18.200.1"
+# Everything the client sends on the lab link except its (marked) WireGuard traffic to the endpoint.
+LEAK_FILTER = "(src host %s or src host %s) and not (udp and dst port 51820)" % (CLIENT_V4, CLIENT_V6)
+CONVERGE = os.path.join(os.environ.get("MOLECULE_SCENARIO_DIRECTORY", ""), "converge.yml")
+
+testinfra_hosts = ["docker://" + CLIENT]
+
+
+def tunnel(state):
+    sh(CLIENT, "ip link set wg0 %s" % state)
+
+
+def probe_everything(marker):
+    """TCP, UDP, ICMP and DNS over IPv4 and IPv6 to the peer's LAN address; True if any TCP got through."""
+    reached = [tcp_probe(CLIENT, address, 8080, marker) for address in (PEER_V4, PEER_V6)]
+    for address in (PEER_V4, PEER_V6):
+        udp_probe(CLIENT, address, 9999, marker)
+        udp_probe(CLIENT, address, 53, marker, count=1)
+        icmp_probe(CLIENT, address, marker)
+    return any(reached)
+
+
+def leaks(marker):
+    with Capture(PEER, LEAK_FILTER, interface="eth0") as capture:
+        reached = probe_everything(marker)
+    return reached, capture
+
+
+def test_rules_are_loaded_with_default_drop(host):
+    table = nft_table(CLIENT)
+    assert table is not None, "table inet killswitch is not loaded"
+    hooks = {c["chain"]["hook"]: c["chain"]["policy"] for c in table["nftables"] if "chain" in c and "hook" in c["chain"]}
+    assert hooks == {"input": "drop", "output": "drop", "forward": "drop"}
+    assert host.service("netlock-killswitch.service").is_enabled
+
+
+def test_nothing_leaves_without_the_tunnel():
+    tunnel("down")
+    marker = canary()
+    reached, capture = leaks(marker)
+    assert not reached
+    assert capture.packets == [], "leaked:\n" + "\n".join(capture.packets)
+
+    # Positive control: the same probes without the kill switch are seen by the peer.
+    sh(CLIENT, "nft delete table inet killswitch")
+    try:
+        control = canary()
+        reached, capture = leaks(control)
+        assert reached and capture.saw(control), "the probe itself is broken: nothing seen without the kill switch"
+    finally:
+        assert sh(CLIENT, "systemctl restart netlock-killswitch.service").returncode == 0
+    assert nft_table(CLIENT) is not None
+
+
+def test_traffic_passes_through_the_tunnel():
+    tunnel("up")
+    assert wait_for(lambda: tcp_probe(CLIENT, PEER_TUNNEL, 8080, canary()), timeout=30)
+    # The tunnel does not open the LAN path: the peer's LAN address stays unreachable.
+    reached, capture = leaks(canary())
+    assert not reached and capture.packets == []
+
+
+def test_unmarked_traffic_to_the_endpoint_is_blocked():
+    """ServerIP: only the VPN client's marked packets may reach the endpoint address and port."""
+    marker = canary()
+    with Capture(PEER, "src host %s and udp and dst port 51820" % CLIENT_V4, interface="eth0") as capture:
+        udp_probe(CLIENT, PEER_V4, 51820, marker, count=5)
+    assert not capture.saw(marker)
+
+
+def test_still_locked_after_a_restart():
+    restart(CLIENT)
+    assert nft_table(CLIENT) is not None, "the boot unit did not load the table"
+    assert sh(CLIENT, "systemctl is-active netlock-killswitch.service").stdout.strip() == "active"
+    reached, capture = leaks(canary())
+    assert not reached and capture.packets == []
+
+
+def test_absent_restores_open_traffic():
+    result = run_playbook(CONVERGE, "-e", "killswitch_state=absent")
+    assert result.returncode == 0, result.stdout[-3000:]
+    try:
+        assert nft_table(CLIENT) is None
+        assert sh(CLIENT, "ls /etc/netlock-killswitch /etc/systemd/system/netlock-killswitch.service").returncode != 0
+        marker = canary()
+        reached, capture = leaks(marker)
+        assert reached and capture.saw(marker)
+    finally:
+        result = run_playbook(CONVERGE)
+        assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_reconverge_changes_nothing():
+    result = run_playbook(CONVERGE)
+    assert result.returncode == 0 and "changed=0" in result.stdout, result.stdout[-3000:]

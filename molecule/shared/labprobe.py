@@ -1,0 +1,121 @@
+"""Traffic probes for the molecule scenarios: prove lockdown by packets, not by files.
+
+Captures run on peer containers with tcpdump (started from the controller with ``docker exec``);
+probes run on the client.  Every probe is bounded in count and time and carries a canary, so a
+capture can tell our probe from background noise and a positive control can show it got through.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+PROBE_TIMEOUT = 3  # seconds for any single probe
+
+
+def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def sh(container: str, script: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run a shell script in a container; never raises on a non-zero exit."""
+    return docker("exec", container, "sh", "-c", script, timeout=timeout, check=False)
+
+
+def canary() -> str:
+    return "NETLOCK-" + uuid.uuid4().hex[:16]
+
+
+@dataclass
+class Capture:
+    """tcpdump on a container, for the duration of a ``with`` block.
+
+    ``packets`` are tcpdump's one-line summaries; ``payloads`` holds the ASCII dump for canaries.
+    """
+
+    container: str
+    bpf: str
+    interface: str = "any"
+    limit: int = 5000
+    max_seconds: int = 120
+    lines: List[str] = field(default_factory=list)
+    _proc: Optional[subprocess.Popen] = None
+
+    def __enter__(self) -> "Capture":
+        cmd = "exec timeout %d tcpdump -i %s -n -l -A -c %d %s" % (
+            self.max_seconds, self.interface, self.limit, shlex.quote(self.bpf))
+        self._proc = subprocess.Popen(["docker", "exec", self.container, "sh", "-c", cmd],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # tcpdump says "listening on" once the socket is open
+            line = self._proc.stderr.readline()
+            if "listening on" in line or not line:
+                break
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(1.0)  # let in-flight packets arrive
+        sh(self.container, "pkill -INT -x tcpdump || true")
+        out, _err = self._proc.communicate(timeout=30)
+        self.lines = out.splitlines()
+
+    @property
+    def packets(self) -> List[str]:
+        """Header lines only (tcpdump -A prints the payload below each header)."""
+        return [line for line in self.lines if line[:2].isdigit() and " IP" in line]
+
+    def saw(self, marker: str) -> bool:
+        return any(marker in line for line in self.lines)
+
+
+def tcp_probe(container: str, address: str, port: int, marker: str, netns: str = "") -> bool:
+    """Send the marker over TCP; True when the connection was made."""
+    wrap = "ip netns exec %s " % netns if netns else ""
+    result = sh(container, "echo %s | %stimeout %d nc -w %d %s %d" % (
+        marker, wrap, PROBE_TIMEOUT + 1, PROBE_TIMEOUT, shlex.quote(address), port))
+    return result.returncode == 0
+
+
+def udp_probe(container: str, address: str, port: int, marker: str, count: int = 3, netns: str = "") -> None:
+    wrap = "ip netns exec %s " % netns if netns else ""
+    sh(container, "for i in $(seq %d); do echo %s | %stimeout 2 nc -u -w 1 %s %d; done" % (
+        count, marker, wrap, shlex.quote(address), port))
+
+
+def icmp_probe(container: str, address: str, marker: str, count: int = 2, netns: str = "") -> bool:
+    wrap = "ip netns exec %s " % netns if netns else ""
+    pattern = marker.encode().hex()[:32]  # ping -p takes up to 16 pattern bytes in hex
+    result = sh(container, "%sping -c %d -W 1 -i 0.2 -p %s %s" % (wrap, count, pattern, shlex.quote(address)))
+    return result.returncode == 0
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def nft_table(container: str, table: str = "killswitch") -> Optional[dict]:
+    result = sh(container, "nft -j list table inet %s" % table)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def restart(container: str) -> None:
+    docker("restart", "-t", "10", container, timeout=120)
+    wait_for(lambda: sh(container, "systemctl is-system-running").stdout.strip() in ("running", "degraded"), 90)
+
+
+def run_playbook(playbook: str, *extra: str) -> subprocess.CompletedProcess:
+    """ansible-playbook against the scenario's inventory, as molecule would run it."""
+    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], playbook, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)

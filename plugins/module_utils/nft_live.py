@@ -1,0 +1,86 @@
+# -*- coding: utf-8 -*-
+# Copyright: netlock.killswitch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Compare a live nftables table with a ruleset file through ``nft -j`` JSON.
+
+What the kernel holds is the truth, so the desired side is also read back from the kernel: the
+file is loaded into a private network namespace (``unshare --net``) and listed there.  No Python
+nftables bindings are needed on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+# (rc, stdout, stderr) of a command, as AnsibleModule.run_command returns it.
+Runner = Callable[[Sequence[str]], Tuple[int, str, str]]
+
+_COUNTER_TEXT = re.compile(r"counter packets \d+ bytes \d+")
+_VOLATILE_KEYS = ("handle", "metainfo")
+
+
+def normalize(document: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """``nft -j`` output without what changes on every load (handles, counter values, metainfo)."""
+    items = []
+    for item in document.get("nftables", []):
+        if "metainfo" in item:
+            continue
+        items.append(_strip(item))
+    return items
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"counter"} and isinstance(value["counter"], dict):
+            return {"counter": None}
+        return {k: _strip(v) for k, v in value.items() if k not in _VOLATILE_KEYS}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def plain_text(listing: str) -> str:
+    """``nft list table`` text without counter values, for a readable diff."""
+    return _COUNTER_TEXT.sub("counter", listing)
+
+
+class Nft:
+    def __init__(self, run: Runner, nft: str = "nft", unshare: str = "unshare"):
+        self.run = run
+        self.nft = nft
+        self.unshare = unshare
+
+    def check(self, path: str) -> Optional[str]:
+        """``nft -c``: None when the file is valid, else nft's error text."""
+        rc, out, err = self.run([self.nft, "-c", "-f", path])
+        return None if rc == 0 else (err or out).strip()
+
+    def live(self, table: str) -> Optional[Tuple[List[Dict[str, Any]], str]]:
+        """The live table as normalized JSON and as text, or None when it is not loaded."""
+        rc, out, _err = self.run([self.nft, "-j", "list", "table", "inet", table])
+        if rc != 0:
+            return None
+        rc, text, err = self.run([self.nft, "list", "table", "inet", table])
+        if rc != 0:
+            raise RuntimeError("nft list table inet %s failed: %s" % (table, err))
+        return normalize(json.loads(out)), plain_text(text)
+
+    def desired(self, path: str, table: str) -> Tuple[List[Dict[str, Any]], str]:
+        """Load the file in a throwaway network namespace and list what the kernel made of it."""
+        script = '%s -f "$1" && %s -j list table inet "$2" && echo "#--" && %s list table inet "$2"' % (
+            self.nft, self.nft, self.nft)
+        rc, out, err = self.run([self.unshare, "--net", "--", "sh", "-c", script, "sh", path, table])
+        if rc != 0:
+            raise RuntimeError("loading the ruleset in a private network namespace failed: %s" % (err or out).strip())
+        document, _sep, text = out.partition("\n#--\n")
+        return normalize(json.loads(document)), plain_text(text)
+
+    def apply(self, path: str) -> Optional[str]:
+        rc, out, err = self.run([self.nft, "-f", path])
+        return None if rc == 0 else (err or out).strip()
+
+    def delete(self, table: str) -> Optional[str]:
+        rc, out, err = self.run([self.nft, "delete", "table", "inet", table])
+        return None if rc == 0 else (err or out).strip()

@@ -1,0 +1,363 @@
+# -*- coding: utf-8 -*-
+# Copyright: netlock.killswitch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The kill switch policy: role variables in, one validated and normalized policy out.
+
+Pure Python with no I/O: hostname resolution is injected by the caller (the action plugin
+resolves on the controller).  Every rejection names the role variable and the bad value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+Resolver = Callable[[str], Sequence[str]]
+
+PREFIX = "killswitch_"
+
+DEFAULT_LAN_CIDRS = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "fe80::/10",
+    "fc00::/7",
+)
+DNS_PORTS = (53, 853)
+ENDPOINT_PROTOCOLS = ("udp", "tcp")
+EXTRA_PROTOCOLS = ("tcp", "udp", "icmp", "any")
+IPV6_MODES = ("block", "tunnel")
+FORWARD_MODES = ("block", "tunnel", "off")
+STATES = ("present", "absent")
+MAX_IFNAME = 15  # IFNAMSIZ - 1
+MAX_MARK = 0xFFFFFFFF
+
+# Kernel interface names: no '/', whitespace or quotes; we also refuse ':' (aliases) and
+# shell/nft metacharacters.  An nft wildcard is a trailing '*' after a non-empty prefix.
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@+-]+\*?$")
+_TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    variable: str
+    value: Any
+    reason: str
+
+    def __str__(self) -> str:
+        return "%s: %r %s" % (self.variable, self.value, self.reason)
+
+
+class PolicyError(ValueError):
+    """All the problems found in one set of role variables."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = tuple(problems)
+        super().__init__("invalid kill switch policy:\n  " + "\n  ".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class AddressRule:
+    """Destinations reachable outside the tunnel for one protocol and port (port None: any)."""
+
+    networks: Tuple[Network, ...]
+    protocol: str
+    port: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    tunnel_interfaces: Tuple[str, ...]
+    endpoints: Tuple[AddressRule, ...]
+    endpoint_mark: Optional[int] = None
+    endpoint_user: Optional[str] = None
+    allow_lan: bool = False
+    lan_networks: Tuple[Network, ...] = ()
+    management_networks: Tuple[Network, ...] = ()
+    management_ports: Tuple[int, ...] = (22,)
+    dns_servers: Tuple[Address, ...] = ()
+    allow_dhcp: bool = True
+    ipv6: str = "block"
+    forward: str = "tunnel"
+    extra_outbound: Tuple[AddressRule, ...] = ()
+    log_drops: bool = False
+    table: str = "killswitch"
+    warnings: Tuple[str, ...] = field(default=(), compare=False)
+
+    def digest(self) -> str:
+        """Stable fingerprint of everything that shapes the ruleset."""
+        data = asdict(self)
+        data.pop("warnings")
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class _Checker:
+    """Collects problems so that one run reports every bad value at once."""
+
+    def __init__(self) -> None:
+        self.problems: List[Problem] = []
+        self.warnings: List[str] = []
+
+    def fail(self, variable: str, value: Any, reason: str) -> None:
+        self.problems.append(Problem(variable, value, reason))
+
+    def boolean(self, variable: str, value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        self.fail(variable, value, "is not a boolean")
+        return False
+
+    def choice(self, variable: str, value: Any, choices: Sequence[str]) -> str:
+        if value in choices:
+            return value
+        self.fail(variable, value, "is not one of %s" % ", ".join(choices))
+        return choices[0]
+
+    def integer(self, variable: str, value: Any, low: int, high: int) -> Optional[int]:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and value.strip().isdigit():
+                value = int(value)
+            else:
+                self.fail(variable, value, "is not an integer")
+                return None
+        if not low <= value <= high:
+            self.fail(variable, value, "is out of range %d-%d" % (low, high))
+            return None
+        return value
+
+    def port(self, variable: str, value: Any) -> Optional[int]:
+        return self.integer(variable, value, 1, 65535)
+
+    def items(self, variable: str, value: Any, allow_empty: bool = True) -> List[Any]:
+        if value is None:
+            value = []
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
+            self.fail(variable, value, "is not a list")
+            return []
+        if not value and not allow_empty:
+            self.fail(variable, value, "must not be empty")
+        return list(value)
+
+    def network(self, variable: str, value: Any) -> Optional[Network]:
+        if not isinstance(value, str):
+            self.fail(variable, value, "is not an IP address or CIDR")
+            return None
+        try:
+            return ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            self.fail(variable, value, "is not an IP address or CIDR")
+            return None
+
+    def address(self, variable: str, value: Any) -> Optional[Address]:
+        try:
+            return ipaddress.ip_address(str(value).strip()) if isinstance(value, str) else None
+        except ValueError:
+            pass
+        self.fail(variable, value, "is not an IP address")
+        return None
+
+    def networks(self, variable: str, value: Any) -> Tuple[Network, ...]:
+        nets = (self.network("%s[%d]" % (variable, i), v) for i, v in enumerate(self.items(variable, value)))
+        return collapse([n for n in nets if n is not None])
+
+
+def collapse(networks: Sequence[Network]) -> Tuple[Network, ...]:
+    """Merge overlaps per family (nft interval sets refuse them); IPv4 first, sorted."""
+    v4 = [n for n in networks if n.version == 4]
+    v6 = [n for n in networks if n.version == 6]
+    return tuple(ipaddress.collapse_addresses(v4)) + tuple(ipaddress.collapse_addresses(v6))
+
+
+def is_hostname(value: str) -> bool:
+    labels = value.rstrip(".").split(".")
+    return len(value) <= 253 and all(_HOST_LABEL_RE.match(label) for label in labels) and not labels[-1].isdigit()
+
+
+def _interfaces(check: _Checker, variable: str, value: Any) -> Tuple[str, ...]:
+    names = []
+    for i, name in enumerate(check.items(variable, value, allow_empty=False)):
+        item = "%s[%d]" % (variable, i)
+        if not isinstance(name, str) or not _IFNAME_RE.match(name) or name.strip("*") in ("", ".", ".."):
+            check.fail(item, name, "is not a valid interface name or nft wildcard (letters, digits, '_.@+-', optional trailing '*')")
+        elif len(name.rstrip("*")) > MAX_IFNAME:
+            check.fail(item, name, "is longer than %d characters" % MAX_IFNAME)
+        elif name == "lo":
+            check.fail(item, name, "is the loopback interface, not a tunnel")
+        else:
+            names.append(name)
+    return tuple(sorted(set(names)))
+
+
+def _endpoints(check: _Checker, value: Any, ipv6: str, resolve: Optional[Resolver]) -> Tuple[AddressRule, ...]:
+    variable = PREFIX + "endpoints"
+    grouped: Dict[Tuple[str, int], List[Network]] = {}
+    for i, entry in enumerate(check.items(variable, value, allow_empty=False)):
+        item = "%s[%d]" % (variable, i)
+        if not isinstance(entry, Mapping):
+            check.fail(item, entry, "is not a mapping with address, port and protocol")
+            continue
+        unknown = sorted(set(entry) - {"address", "port", "protocol"})
+        if unknown:
+            check.fail(item, entry, "has unknown keys %s" % ", ".join(unknown))
+        protocol = check.choice(item + ".protocol", entry.get("protocol", "udp"), ENDPOINT_PROTOCOLS)
+        port = check.port(item + ".port", entry.get("port"))
+        networks = _endpoint_networks(check, item + ".address", entry.get("address"), ipv6, resolve)
+        if port is not None and networks:
+            grouped.setdefault((protocol, port), []).extend(networks)
+    return tuple(AddressRule(collapse(nets), proto, port) for (proto, port), nets in sorted(grouped.items()))
+
+
+def _endpoint_networks(check: _Checker, variable: str, value: Any, ipv6: str, resolve: Optional[Resolver]) -> List[Network]:
+    if isinstance(value, str) and is_hostname(value.strip()):
+        name = value.strip()
+        if resolve is None:
+            check.fail(variable, value, "is a hostname, and no resolver was given to pin it")
+            return []
+        try:
+            answers = [ipaddress.ip_address(a) for a in resolve(name)]
+        except Exception as exc:  # the resolver's own error text explains it best
+            check.fail(variable, value, "does not resolve: %s" % exc)
+            return []
+        if ipv6 == "block":
+            answers = [a for a in answers if a.version == 4]
+        if not answers:
+            check.fail(variable, value, "resolves to no usable address (IPv6 answers are dropped when killswitch_ipv6 is 'block')")
+        return [ipaddress.ip_network(a) for a in answers]
+    network = check.network(variable, value)
+    if network is None:
+        return []
+    if network.version == 6 and ipv6 == "block":
+        check.fail(variable, value, "is IPv6, and killswitch_ipv6 is 'block' (set it to 'tunnel')")
+        return []
+    return [network]
+
+
+def _extra_outbound(check: _Checker, value: Any, ipv6: str) -> Tuple[AddressRule, ...]:
+    variable = PREFIX + "extra_outbound"
+    grouped: Dict[Tuple[str, Optional[int]], List[Network]] = {}
+    for i, entry in enumerate(check.items(variable, value)):
+        item = "%s[%d]" % (variable, i)
+        if not isinstance(entry, Mapping):
+            check.fail(item, entry, "is not a mapping with cidr, protocol and port")
+            continue
+        unknown = sorted(set(entry) - {"cidr", "port", "protocol"})
+        if unknown:
+            check.fail(item, entry, "has unknown keys %s" % ", ".join(unknown))
+        protocol = check.choice(item + ".protocol", entry.get("protocol", "any"), EXTRA_PROTOCOLS)
+        port = entry.get("port")
+        if port is not None:
+            if protocol not in ("tcp", "udp"):
+                check.fail(item + ".port", port, "needs protocol tcp or udp")
+            port = check.port(item + ".port", port)
+        network = check.network(item + ".cidr", entry.get("cidr"))
+        if network is not None and network.version == 6 and ipv6 == "block":
+            check.fail(item + ".cidr", entry.get("cidr"), "is IPv6, and killswitch_ipv6 is 'block' (set it to 'tunnel')")
+        elif network is not None:
+            grouped.setdefault((protocol, port), []).append(network)
+    ordered = sorted(grouped.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))
+    return tuple(AddressRule(collapse(nets), proto, port) for (proto, port), nets in ordered)
+
+
+def parse_policy(variables: Mapping[str, Any], resolve: Optional[Resolver] = None) -> Policy:
+    """Validate role variables (named with the ``killswitch_`` prefix) into a Policy.
+
+    Missing variables take the role defaults.  Raises PolicyError naming every bad value.
+    """
+    check = _Checker()
+
+    def var(name: str, default: Any = None) -> Tuple[str, Any]:
+        value = variables.get(PREFIX + name)
+        return PREFIX + name, default if value is None else value
+
+    ipv6 = check.choice(*var("ipv6", "block"), choices=IPV6_MODES)
+    forward = check.choice(*var("forward", "tunnel"), choices=FORWARD_MODES)
+    allow_lan = check.boolean(*var("allow_lan", False))
+    tunnels = _interfaces(check, *var("tunnel_interfaces", []))
+    endpoints = _endpoints(check, var("endpoints", [])[1], ipv6, resolve)
+
+    mark_name, mark = var("endpoint_mark")
+    endpoint_mark = None if mark is None else check.integer(mark_name, mark, 1, MAX_MARK)
+    user_name, user = var("endpoint_user")
+    endpoint_user = None
+    if user is not None:
+        if isinstance(user, int) and not isinstance(user, bool) and 0 <= user < MAX_MARK:
+            endpoint_user = str(user)
+        elif isinstance(user, str) and (_USER_RE.match(user) or user.isdigit()):
+            endpoint_user = user
+        else:
+            check.fail(user_name, user, "is not a user name or uid")
+
+    lan_name, lan_value = var("lan_cidrs", list(DEFAULT_LAN_CIDRS))
+    lan = check.networks(lan_name, lan_value)
+    if allow_lan:
+        for net in lan:
+            if not (net.is_private or net.is_link_local):
+                check.warnings.append("%s: %s is a public range; with %sallow_lan on, traffic to it leaves outside "
+                                      "the tunnel (the TunnelCrack LocalNet attack relies on this)" % (lan_name, net, PREFIX))
+
+    ports_name, ports_value = var("management_ports", [22])
+    ports = [check.port("%s[%d]" % (ports_name, i), p) for i, p in enumerate(check.items(ports_name, ports_value))]
+    dns_name, dns_value = var("dns_servers", [])
+    dns = [check.address("%s[%d]" % (dns_name, i), a) for i, a in enumerate(check.items(dns_name, dns_value))]
+    dns_servers = tuple(sorted({a for a in dns if a is not None}, key=lambda a: (a.version, int(a))))
+    if ipv6 == "block" and any(a.version == 6 for a in dns_servers):
+        check.warnings.append("%s: IPv6 resolvers are unreachable while %sipv6 is 'block'" % (dns_name, PREFIX))
+
+    policy = Policy(
+        tunnel_interfaces=tunnels,
+        endpoints=endpoints,
+        endpoint_mark=endpoint_mark,
+        endpoint_user=endpoint_user,
+        allow_lan=allow_lan,
+        lan_networks=lan,
+        management_networks=check.networks(*var("management_cidrs", [])),
+        management_ports=tuple(sorted({p for p in ports if p is not None})),
+        dns_servers=dns_servers,
+        allow_dhcp=check.boolean(*var("allow_dhcp", True)),
+        ipv6=ipv6,
+        forward=forward,
+        extra_outbound=_extra_outbound(check, var("extra_outbound", [])[1], ipv6),
+        log_drops=check.boolean(*var("log_drops", False)),
+        table=_table(check, *var("table", "killswitch")),
+    )
+    check_settings(check, variables)
+    if check.problems:
+        raise PolicyError(check.problems)
+    return replace(policy, warnings=tuple(check.warnings))
+
+
+def _table(check: _Checker, variable: str, value: Any) -> str:
+    if isinstance(value, str) and _TABLE_RE.match(value):
+        return value
+    check.fail(variable, value, "is not a valid nft table name (a letter, then letters, digits or '_', at most 32)")
+    return "killswitch"
+
+
+def check_settings(check: _Checker, variables: Mapping[str, Any]) -> None:
+    """Variables that shape the apply and the guard, not the ruleset."""
+    state = variables.get(PREFIX + "state")
+    if state is not None:
+        check.choice(PREFIX + "state", state, STATES)
+    for name, low, high in (("safe_apply_timeout", 0, 86400), ("guard_interval", 5, 86400)):
+        value = variables.get(PREFIX + name)
+        if value is not None:
+            check.integer(PREFIX + name, value, low, high)
+    if variables.get(PREFIX + "guard_enabled") is not None:
+        check.boolean(PREFIX + "guard_enabled", variables[PREFIX + "guard_enabled"])
+
+
+def validate_settings(variables: Mapping[str, Any]) -> None:
+    """Check only the non-ruleset variables (used when the state is absent)."""
+    check = _Checker()
+    check_settings(check, variables)
+    if check.problems:
+        raise PolicyError(check.problems)

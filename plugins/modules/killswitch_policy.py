@@ -1,0 +1,161 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: netlock.killswitch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: killswitch_policy
+short_description: Validate a kill switch policy and render its nftables ruleset on the controller
+version_added: 1.0.0
+description:
+  - Parses the kill switch options into one normalized policy, fails with a message naming every bad
+    variable and value, and renders the nftables ruleset for
+    M(netlock.killswitch.killswitch_nftables).
+  - Runs on the controller only (an action plugin) and never touches the host.
+  - Hostnames in O(endpoints) are resolved here and pinned as addresses, so the host never needs DNS
+    outside the tunnel; a name that does not resolve fails the task.
+  - The options mirror the role variables of the same name with the C(killswitch_) prefix; see the
+    role's C(meta/argument_specs.yml) for the full meaning of each.
+author:
+  - netlock.killswitch contributors (@netlock)
+options:
+  tunnel_interfaces:
+    description: Tunnel interface names or nft wildcards (C(wg0), C(tun*)); traffic may leave only through these.
+    type: list
+    elements: str
+    required: true
+  endpoints:
+    description:
+      - VPN servers reachable outside the tunnel, each C({address, port, protocol}).
+      - C(address) is an IP, a CIDR or a hostname; C(protocol) is C(udp) (default) or C(tcp).
+    type: list
+    elements: dict
+    required: true
+  endpoint_mark:
+    description: When set, endpoint traffic must also carry this fwmark.
+    type: int
+  endpoint_user:
+    description: When set, endpoint traffic must also come from this user (name or uid).
+    type: str
+  allow_lan:
+    description: Allow traffic to O(lan_cidrs) outside the tunnel.
+    type: bool
+    default: false
+  lan_cidrs:
+    description: The ranges that count as LAN. Defaults to RFC 1918, 169.254.0.0/16, fe80::/10 and fc00::/7.
+    type: list
+    elements: str
+  management_cidrs:
+    description:
+      - Sources that may connect to O(management_ports) outside the tunnel.
+      - When omitted, the controller's address as the host sees it (from the C(SSH_CLIENT) fact);
+        over SSH the task fails if that is unknown rather than lock the operator out.
+    type: list
+    elements: str
+  management_ports:
+    description: Inbound TCP ports kept open to O(management_cidrs).
+    type: list
+    elements: int
+    default: [22]
+  dns_servers:
+    description: Resolvers reachable only through the tunnel; all other DNS (53 and 853) is refused. Empty allows DNS to any resolver through the tunnel.
+    type: list
+    elements: str
+    default: []
+  allow_dhcp:
+    description: Allow DHCPv4/DHCPv6 client traffic and link-local neighbour discovery.
+    type: bool
+    default: true
+  ipv6:
+    description: C(block) allows no IPv6 beyond neighbour discovery; C(tunnel) allows IPv6 through the tunnel only.
+    type: str
+    choices: [block, tunnel]
+    default: block
+  forward:
+    description: C(tunnel) lets forwarded traffic leave through the tunnel only; C(block) drops all forwarding; C(off) leaves it alone.
+    type: str
+    choices: [block, tunnel, 'off']
+    default: tunnel
+  extra_outbound:
+    description: Explicit exceptions outside the tunnel, each C({cidr, protocol, port}); C(protocol) is tcp, udp, icmp or any. They never open DNS.
+    type: list
+    elements: dict
+    default: []
+  log_drops:
+    description: Log dropped packets, rate-limited.
+    type: bool
+    default: false
+  table:
+    description: Name of the dedicated C(inet) table.
+    type: str
+    default: killswitch
+  safe_apply_timeout:
+    description: Validated here; see the role.
+    type: int
+  guard_enabled:
+    description: Validated here; see the role.
+    type: bool
+  guard_interval:
+    description: Validated here; see the role.
+    type: int
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Changes nothing in any mode; it runs the same in check mode so later tasks can diff.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  action:
+    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
+    support: full
+  async:
+    description: Supports being used with the C(async) keyword.
+    support: none
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: all
+    details: Runs on the controller.
+seealso:
+  - module: netlock.killswitch.killswitch_nftables
+"""
+
+EXAMPLES = r"""
+- name: Render the kill switch for a WireGuard client
+  netlock.killswitch.killswitch_policy:
+    tunnel_interfaces: [wg0]
+    endpoints:
+      - {address: vpn.example.net, port: 51820, protocol: udp}
+    endpoint_mark: 51820
+    dns_servers: [10.64.0.1]
+  register: killswitch_rendered
+"""
+
+RETURN = r"""
+ruleset:
+  description: The complete C(nft -f) file; the same policy always renders the same bytes.
+  returned: success
+  type: str
+digest:
+  description: SHA-256 of the normalized policy.
+  returned: success
+  type: str
+table:
+  description: Name of the C(inet) table.
+  returned: success
+  type: str
+  sample: killswitch
+policy:
+  description: The normalized policy, with hostnames pinned to addresses.
+  returned: success
+  type: dict
+problems:
+  description: Every rejected variable and value.
+  returned: failure
+  type: list
+  elements: str
+"""
