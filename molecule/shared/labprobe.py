@@ -7,6 +7,7 @@ capture can tell our probe from background noise and a positive control can show
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -17,6 +18,16 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 PROBE_TIMEOUT = 3  # seconds for any single probe
+
+
+# Link-local neighbour discovery (hop limit 255, RFC 4861) and MLD reports, which the contract allows.
+ND_BPF = "(icmp6 and ip6[7] == 255) or (ip6 dst host ff02::16)"
+
+
+def leak_filter(sources, allowed=()):
+    """BPF for every packet from these addresses except neighbour discovery and the allowed expressions."""
+    exceptions = " or ".join("(%s)" % a for a in (ND_BPF,) + tuple(allowed))
+    return "(%s) and not (%s)" % (" or ".join("src host %s" % s for s in sources), exceptions)
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
@@ -108,6 +119,17 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.5) -> bool:
 def nft_table(container: str, table: str = "killswitch") -> Optional[dict]:
     result = sh(container, "nft -j list table inet %s" % table)
     return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+@contextlib.contextmanager
+def killswitch_off(container: str, table: str = "killswitch"):
+    """Positive controls: the kill switch removed for the block, then loaded again by its boot unit."""
+    sh(container, "nft delete table inet %s" % table)
+    try:
+        yield
+    finally:
+        result = sh(container, "systemctl restart netlock-killswitch.service")
+        assert result.returncode == 0 and nft_table(container, table) is not None, result.stderr
 
 
 def restart(container: str) -> None:
