@@ -16,12 +16,12 @@ HOST_PACKAGES := nftables debootstrap docker.io iproute2 util-linux tcpdump pyth
 # Lab networks: name, IPv4 subnet, IPv6 subnet (checked by tools/labnet.py before creation).
 DEFAULT_NET := ks-default --subnet 198.18.20.0/24 --subnet6 2001:db8:20::/64
 
-.PHONY: help host-deps venv collection engine image networks unit lint sanity molecule build test demo demo-down clean
+.PHONY: bench help host-deps venv collection engine image networks unit lint sanity molecule build test demo demo-down clean
 
 help:
 	@echo "make demo       roll the kill switch out to the lab fleet and show traffic blocked"
 	@echo "make demo-down  remove the lab"
-	@echo "make test       unit tests, nft -c, lint, ansible-test sanity, molecule scenarios"
+	@echo "make test       unit tests, nft -c, lint, ansible-test sanity, molecule scenarios (default, leak)"
 
 host-deps:
 	@missing=(); for pkg in $(HOST_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing+=($$pkg); done; \
@@ -66,17 +66,24 @@ sanity: venv
 
 molecule: venv collection image networks
 	NETLOCK_LAB_IMAGE=$$(cat .cache-image-ref) $(BIN)/molecule test -s default
+	NETLOCK_LAB_IMAGE=$$(cat .cache-image-ref) $(BIN)/molecule test -s leak
 
 build: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path dist .
 
 test: unit lint sanity build molecule
 
+# The main job: build the lab fleet, roll the kill switch out, run every leak case and the flap
+# stream, print the report and write reports/leak-report.json and reports/leak-timeline.png.
 demo: venv collection image
-	tools/demo.sh
+	NETLOCK_LAB_IMAGE=$$(cat .cache-image-ref) $(BIN)/python -m lab demo
 
-demo-down:
-	tools/demo.sh down
+demo-down: venv
+	@if docker info >/dev/null 2>&1; then $(BIN)/python -m lab down; fi
 
 clean: demo-down
 	rm -rf $(VENV) $(COLLECTIONS) dist tests/output .cache-image-ref
+
+bench: venv collection
+	cd bench && $(BIN)/python -m pytest -q -p no:cacheprovider . --benchmark-only -s
+	cd bench && $(BIN)/python -m pytest -q -p no:cacheprovider . -k peak_memory -s

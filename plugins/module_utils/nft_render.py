@@ -45,12 +45,13 @@ class _Table:
 
     def text(self) -> str:
         policy = self.policy
-        out = [HEADER, "# policy sha256 %s\n" % policy.digest()]
+        digest = policy.digest()
+        out = [HEADER, "# policy sha256 %s\n" % digest]
         # Create-then-delete makes the replacement one transaction that works whether or not the
         # table exists: there is never a moment with no table loaded.
         out.append("table inet %s\ndelete table inet %s\n" % (policy.table, policy.table))
         out.append("table inet %s {\n" % policy.table)
-        out.append('\tcomment "netlock.killswitch %s"\n' % policy.digest()[:16])
+        out.append('\tcomment "netlock.killswitch %s"\n' % digest[:16])
         for name in sorted(self.sets):
             kind, members = self.sets[name]
             out.append("\tset %s {\n\t\ttype %s\n\t\tflags interval\n" % (name, kind))
@@ -111,7 +112,8 @@ def _endpoint_owner(policy: Policy) -> str:
 def _dns_chain(table: _Table, policy: Policy) -> None:
     """DNS and DNS-over-TLS leave only through the tunnel, to the configured resolvers if any."""
     rules = []
-    resolvers = {v: table.address_set("dns", v, [ipaddress.ip_network(a) for a in policy.dns_servers]) for v in (4, 6)}
+    versions = (4,) if policy.ipv6 == "block" else (4, 6)
+    resolvers = {v: table.address_set("dns", v, [ipaddress.ip_network(a) for a in policy.dns_servers]) for v in versions}
     for match in _tunnel_match(policy, "oifname"):
         if policy.dns_servers:
             rules.extend("%s %s accept" % (match, daddr) for daddr in resolvers.values() if daddr)
@@ -139,7 +141,7 @@ def _dhcp_ndp_out(policy: Policy) -> List[str]:
     if not policy.allow_dhcp:
         return []
     rules = [
-        "udp sport 68 udp dport 67 accept",
+        "meta nfproto ipv4 udp sport 68 udp dport 67 accept",
         "icmpv6 type { %s } ip6 hoplimit 255 accept" % ND_OUT,
         "icmpv6 type mld2-listener-report ip6 daddr ff02::16 accept",
     ]
@@ -182,7 +184,7 @@ def _input(table: _Table, policy: Policy) -> None:
             ports = ", ".join(str(p) for p in policy.management_ports)
             rules.append("%s tcp dport { %s } accept" % (sources, ports))
     if policy.allow_dhcp:
-        rules.append("udp sport 67 udp dport 68 accept")
+        rules.append("meta nfproto ipv4 udp sport 67 udp dport 68 accept")
         rules.append("icmpv6 type { %s } ip6 hoplimit 255 accept" % ND_IN)
         if policy.ipv6 == "tunnel":
             rules.append("ip6 saddr fe80::/10 udp sport 547 udp dport 546 accept")

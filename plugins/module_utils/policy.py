@@ -41,10 +41,12 @@ MAX_MARK = 0xFFFFFFFF
 
 # Kernel interface names: no '/', whitespace or quotes; we also refuse ':' (aliases) and
 # shell/nft metacharacters.  An nft wildcard is a trailing '*' after a non-empty prefix.
-_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@+-]+\*?$")
-_TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
-_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.@+-]+\*?")
+_TABLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_TRUE = frozenset(("true", "yes", "on", "y", "t", "1"))
+_FALSE = frozenset(("false", "no", "off", "n", "f", "0"))
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,14 @@ class _Checker:
         self.problems.append(Problem(variable, value, reason))
 
     def boolean(self, variable: str, value: Any) -> bool:
+        # Ansible's spellings: `-e killswitch_allow_lan=true` arrives as the string 'true'.
         if isinstance(value, bool):
             return value
+        text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
         self.fail(variable, value, "is not a boolean")
         return False
 
@@ -124,7 +132,7 @@ class _Checker:
 
     def integer(self, variable: str, value: Any, low: int, high: int) -> Optional[int]:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and value.strip().isdigit():
+            if _is_decimal(value):
                 value = int(value)
             else:
                 self.fail(variable, value, "is not an integer")
@@ -148,7 +156,7 @@ class _Checker:
         return list(value)
 
     def network(self, variable: str, value: Any) -> Optional[Network]:
-        if not isinstance(value, str):
+        if not isinstance(value, str) or "%" in value:
             self.fail(variable, value, "is not an IP address or CIDR")
             return None
         try:
@@ -158,16 +166,21 @@ class _Checker:
             return None
 
     def address(self, variable: str, value: Any) -> Optional[Address]:
-        try:
-            return ipaddress.ip_address(str(value).strip()) if isinstance(value, str) else None
-        except ValueError:
-            pass
-        self.fail(variable, value, "is not an IP address")
+        if isinstance(value, str) and "%" not in value:
+            try:
+                return ipaddress.ip_address(value.strip())
+            except ValueError:
+                pass
+        self.fail(variable, value, "is not an IP address (without a %scope)")
         return None
 
     def networks(self, variable: str, value: Any) -> Tuple[Network, ...]:
         nets = (self.network("%s[%d]" % (variable, i), v) for i, v in enumerate(self.items(variable, value)))
         return collapse([n for n in nets if n is not None])
+
+
+def _is_decimal(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().isascii() and value.strip().isdigit()
 
 
 def collapse(networks: Sequence[Network]) -> Tuple[Network, ...]:
@@ -179,22 +192,32 @@ def collapse(networks: Sequence[Network]) -> Tuple[Network, ...]:
 
 def is_hostname(value: str) -> bool:
     labels = value.rstrip(".").split(".")
-    return len(value) <= 253 and all(_HOST_LABEL_RE.match(label) for label in labels) and not labels[-1].isdigit()
+    return len(value) <= 253 and all(_HOST_LABEL_RE.fullmatch(label) for label in labels) and not labels[-1].isdigit()
 
 
 def _interfaces(check: _Checker, variable: str, value: Any) -> Tuple[str, ...]:
     names = []
     for i, name in enumerate(check.items(variable, value, allow_empty=False)):
         item = "%s[%d]" % (variable, i)
-        if not isinstance(name, str) or not _IFNAME_RE.match(name) or name.strip("*") in ("", ".", ".."):
+        if not isinstance(name, str) or not _IFNAME_RE.fullmatch(name) or name.strip("*") in ("", ".", ".."):
             check.fail(item, name, "is not a valid interface name or nft wildcard (letters, digits, '_.@+-', optional trailing '*')")
-        elif len(name.rstrip("*")) > MAX_IFNAME:
+        elif len(name) > MAX_IFNAME:
             check.fail(item, name, "is longer than %d characters" % MAX_IFNAME)
-        elif name == "lo":
-            check.fail(item, name, "is the loopback interface, not a tunnel")
+        elif name == "lo" or (name.endswith("*") and "lo".startswith(name[:-1])):
+            check.fail(item, name, "matches the loopback interface, not a tunnel")
         else:
             names.append(name)
     return tuple(sorted(set(names)))
+
+
+def _or_default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _unknown_keys(check: _Checker, item: str, entry: Mapping, known: Sequence[str]) -> None:
+    unknown = sorted(str(key) for key in entry if key not in known)
+    if unknown:
+        check.fail(item, entry, "has unknown keys %s" % ", ".join(unknown))
 
 
 def _endpoints(check: _Checker, value: Any, ipv6: str, resolve: Optional[Resolver]) -> Tuple[AddressRule, ...]:
@@ -205,10 +228,8 @@ def _endpoints(check: _Checker, value: Any, ipv6: str, resolve: Optional[Resolve
         if not isinstance(entry, Mapping):
             check.fail(item, entry, "is not a mapping with address, port and protocol")
             continue
-        unknown = sorted(set(entry) - {"address", "port", "protocol"})
-        if unknown:
-            check.fail(item, entry, "has unknown keys %s" % ", ".join(unknown))
-        protocol = check.choice(item + ".protocol", entry.get("protocol", "udp"), ENDPOINT_PROTOCOLS)
+        _unknown_keys(check, item, entry, ("address", "port", "protocol"))
+        protocol = check.choice(item + ".protocol", _or_default(entry.get("protocol"), "udp"), ENDPOINT_PROTOCOLS)
         port = check.port(item + ".port", entry.get("port"))
         networks = _endpoint_networks(check, item + ".address", entry.get("address"), ipv6, resolve)
         if port is not None and networks:
@@ -238,6 +259,9 @@ def _endpoint_networks(check: _Checker, variable: str, value: Any, ipv6: str, re
     if network.version == 6 and ipv6 == "block":
         check.fail(variable, value, "is IPv6, and killswitch_ipv6 is 'block' (set it to 'tunnel')")
         return []
+    if network.prefixlen == 0:
+        check.fail(variable, value, "matches every address: an endpoint must name the VPN servers")
+        return []
     return [network]
 
 
@@ -249,10 +273,8 @@ def _extra_outbound(check: _Checker, value: Any, ipv6: str) -> Tuple[AddressRule
         if not isinstance(entry, Mapping):
             check.fail(item, entry, "is not a mapping with cidr, protocol and port")
             continue
-        unknown = sorted(set(entry) - {"cidr", "port", "protocol"})
-        if unknown:
-            check.fail(item, entry, "has unknown keys %s" % ", ".join(unknown))
-        protocol = check.choice(item + ".protocol", entry.get("protocol", "any"), EXTRA_PROTOCOLS)
+        _unknown_keys(check, item, entry, ("cidr", "port", "protocol"))
+        protocol = check.choice(item + ".protocol", _or_default(entry.get("protocol"), "any"), EXTRA_PROTOCOLS)
         port = entry.get("port")
         if port is not None:
             if protocol not in ("tcp", "udp"):
@@ -289,9 +311,11 @@ def parse_policy(variables: Mapping[str, Any], resolve: Optional[Resolver] = Non
     user_name, user = var("endpoint_user")
     endpoint_user = None
     if user is not None:
+        if _is_decimal(user):
+            user = int(user)
         if isinstance(user, int) and not isinstance(user, bool) and 0 <= user < MAX_MARK:
             endpoint_user = str(user)
-        elif isinstance(user, str) and (_USER_RE.match(user) or user.isdigit()):
+        elif isinstance(user, str) and _USER_RE.fullmatch(user):
             endpoint_user = user
         else:
             check.fail(user_name, user, "is not a user name or uid")
@@ -336,7 +360,7 @@ def parse_policy(variables: Mapping[str, Any], resolve: Optional[Resolver] = Non
 
 
 def _table(check: _Checker, variable: str, value: Any) -> str:
-    if isinstance(value, str) and _TABLE_RE.match(value):
+    if isinstance(value, str) and _TABLE_RE.fullmatch(value):
         return value
     check.fail(variable, value, "is not a valid nft table name (a letter, then letters, digits or '_', at most 32)")
     return "killswitch"

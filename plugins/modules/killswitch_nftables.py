@@ -118,10 +118,7 @@ def _read(path):
         return None
 
 
-def _write_beside(path, content):
-    """Write to a temp file in the target directory, so the final rename is atomic."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
+def _write(directory, content):
     fd, tmp = tempfile.mkstemp(prefix=".ruleset-", suffix=".nft", dir=directory)
     with os.fdopen(fd, "w") as handle:
         handle.write(content)
@@ -130,28 +127,32 @@ def _write_beside(path, content):
 
 
 def present(module, nft, table, path, ruleset):
-    staged = _write_beside(path, ruleset)
+    # Checked and compared from the module's temp dir: check mode must not write under /etc.
+    probe = _write(module.tmpdir, ruleset)
+    problem = nft.check(probe)
+    if problem:
+        module.fail_json(msg="nft -c rejected the ruleset, nothing was changed: %s" % problem)
+    desired, desired_text = nft.desired(probe, table)
+    live = nft.live(table)
+    table_changed = live is None or live[0] != desired
+    file_changed = _read(path) != ruleset
+    result = dict(
+        changed=table_changed or file_changed,
+        table_changed=table_changed,
+        file_changed=file_changed,
+        path=path,
+        table=desired_text if table_changed else live[1],
+        diff=[dict(before_header="inet %s (live)" % table, before=live[1] if live else "",
+                   after_header="inet %s (desired)" % table, after=desired_text)],
+    )
+    if file_changed:
+        result["diff"].append(dict(before_header=path, before=_read(path) or "", after_header=path, after=ruleset))
+    if module.check_mode or not result["changed"]:
+        return result
+    # Staged beside the target so the final rename is atomic.
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    staged = _write(os.path.dirname(path), ruleset)
     try:
-        problem = nft.check(staged)
-        if problem:
-            module.fail_json(msg="nft -c rejected the ruleset, nothing was changed: %s" % problem)
-        desired, desired_text = nft.desired(staged, table)
-        live = nft.live(table)
-        table_changed = live is None or live[0] != desired
-        file_changed = _read(path) != ruleset
-        result = dict(
-            changed=table_changed or file_changed,
-            table_changed=table_changed,
-            file_changed=file_changed,
-            path=path,
-            table=desired_text if table_changed else live[1],
-            diff=[dict(before_header="inet %s (live)" % table, before=live[1] if live else "",
-                       after_header="inet %s (desired)" % table, after=desired_text)],
-        )
-        if file_changed:
-            result["diff"].append(dict(before_header=path, before=_read(path) or "", after_header=path, after=ruleset))
-        if module.check_mode or not result["changed"]:
-            return result
         if table_changed:
             # One nft transaction: on failure the kernel keeps the old table untouched.
             problem = nft.apply(staged)
@@ -159,11 +160,10 @@ def present(module, nft, table, path, ruleset):
                 module.fail_json(msg="nft -f failed, the previous table is still loaded: %s" % problem, **result)
         if file_changed:
             module.atomic_move(staged, path)
-            staged = None
-        return result
     finally:
-        if staged and os.path.exists(staged):
+        if os.path.exists(staged):
             os.unlink(staged)
+    return result
 
 
 def absent(module, nft, table, path):

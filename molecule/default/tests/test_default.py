@@ -2,7 +2,7 @@
 
 import os
 
-from labprobe import Capture, canary, icmp_probe, killswitch_off, leak_filter, nft_table, restart, run_playbook, sh, tcp_probe, udp_probe, wait_for
+from lab.probe import Capture, canary, icmp_probe, killswitch_off, leak_filter, nft_table, restart, run_playbook, sh, tcp_probe, udp_probe, wait_for
 
 CLIENT, PEER = "ks-default-client", "ks-default-peer"
 CLIENT_V4, CLIENT_V6 = "198.18.20.10", "2001:db8:20::10"

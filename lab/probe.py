@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import os
 import shlex
+import signal
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -45,45 +48,86 @@ def canary() -> str:
 
 @dataclass
 class Capture:
-    """tcpdump on a container, for the duration of a ``with`` block.
+    """tcpdump for the duration of a ``with`` block, in a container or (container None) on the host.
 
-    ``packets`` are tcpdump's one-line summaries; ``payloads`` holds the ASCII dump for canaries.
+    ``lines`` holds tcpdump's output: one header line per packet and, with ``-A``, its payload.
     """
 
-    container: str
+    container: Optional[str]
     bpf: str
     interface: str = "any"
-    limit: int = 5000
-    max_seconds: int = 120
+    limit: int = 200000
+    max_seconds: int = 300
     lines: List[str] = field(default_factory=list)
     _proc: Optional[subprocess.Popen] = None
+    _reader: Optional[threading.Thread] = None
 
     def __enter__(self) -> "Capture":
-        cmd = "exec timeout %d tcpdump -i %s -n -l -A -c %d %s" % (
+        cmd = "exec timeout %d tcpdump -i %s -n -l -tt -A -c %d %s" % (
             self.max_seconds, self.interface, self.limit, shlex.quote(self.bpf))
-        self._proc = subprocess.Popen(["docker", "exec", self.container, "sh", "-c", cmd],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        argv = ["docker", "exec", self.container, "sh", "-c", cmd] if self.container else ["sh", "-c", cmd]
+        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      errors="replace")
+        # tcpdump says "listening on" once its socket is open; a capture that never started would
+        # make every case look clean, so it is an error.
+        said = []
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:  # tcpdump says "listening on" once the socket is open
+        while time.monotonic() < deadline:
             line = self._proc.stderr.readline()
-            if "listening on" in line or not line:
+            said.append(line)
+            if "listening on" in line:
+                # Drain stdout as it comes: a full pipe would stall tcpdump and the kernel would
+                # drop packets, leaks among them.
+                self._reader = threading.Thread(target=self._drain, daemon=True)
+                self._reader.start()
+                time.sleep(0.3)
+                return self
+            if not line:
                 break
-        time.sleep(0.3)
-        return self
+        self._proc.kill()
+        raise RuntimeError("tcpdump did not start on %s: %s" % (self.container or "the host", "".join(said)[-800:]))
 
     def __exit__(self, *exc) -> None:
         time.sleep(1.0)  # let in-flight packets arrive
-        sh(self.container, "pkill -INT -x tcpdump || true")
-        out, _err = self._proc.communicate(timeout=30)
-        self.lines = out.splitlines()
+        if self.container:
+            sh(self.container, "pkill -INT -x tcpdump || true")
+        else:
+            self._proc.send_signal(signal.SIGINT)
+        self._proc.wait(timeout=30)
+        self._reader.join(timeout=30)
+        summary = self._proc.stderr.read()
+        dropped = re.search(r"(\d+) packets? dropped by kernel", summary)
+        if dropped and int(dropped.group(1)):
+            raise RuntimeError("the capture on %s lost %s packets: its verdict would not hold"
+                               % (self.container or self.interface, dropped.group(1)))
+
+    def _drain(self) -> None:
+        for line in self._proc.stdout:
+            self.lines.append(line.rstrip("\n"))
 
     @property
     def packets(self) -> List[str]:
-        """Header lines only (tcpdump -A prints the payload below each header)."""
-        return [line for line in self.lines if line[:2].isdigit() and " IP" in line]
+        """Header lines only (with -A tcpdump prints the payload below each header)."""
+        return [line for line in self.lines if _HEADER.match(line)]
+
+    def times(self, marker: str = "") -> List[float]:
+        """Capture timestamps of the packets (whose payload holds the marker, when given)."""
+        stamps, current = [], None
+        for line in self.lines:
+            if _HEADER.match(line):
+                current = float(line.split(" ", 1)[0])
+                if not marker:
+                    stamps.append(current)
+            elif marker and current is not None and marker in line:
+                stamps.append(current)
+                current = None
+        return stamps
 
     def saw(self, marker: str) -> bool:
         return any(marker in line for line in self.lines)
+
+
+_HEADER = re.compile(r"^\d+\.\d+ (\S+ )?(In |Out |P |B |M )?(IP6? |ARP)")
 
 
 def tcp_probe(container: str, address: str, port: int, marker: str, netns: str = "") -> bool:

@@ -1,0 +1,87 @@
+"""The leak lab from the command line.
+
+    python -m lab up        build the lab (networks, containers, tunnels), with progress
+    python -m lab rollout   roll the kill switch out with playbooks/rollout.yml -i inventories/lab
+    python -m lab cases     run every leak case and the flap stream, print and write the report
+    python -m lab demo      all three; exits 1 if anything leaked
+    python -m lab down      remove the lab
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from lab import build, cases, report
+from lab.topology import CLIENTS, HOSTS
+
+console = Console()
+
+
+def progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), console=console)
+
+
+def up() -> None:
+    steps = 2 + len(HOSTS) + len(CLIENTS) + 1
+    with progress() as bar:
+        task = bar.add_task("building the lab", total=steps)
+
+        def step(message: str) -> None:
+            bar.update(task, description=message, advance=1)
+        build.up(step)
+        bar.update(task, description="lab ready", completed=steps)
+
+
+def rollout() -> None:
+    console.rule("rolling the kill switch out to the lab fleet")
+    subprocess.run(["ansible-playbook", "-i", cases.INVENTORY, cases.ROLLOUT], check=True)
+
+
+def run_cases(names, flaps: int, outdir: str) -> int:
+    results, timelines = [], []
+    hosts = cases.clients()
+    with progress() as bar:
+        task = bar.add_task("leak cases", total=len(hosts) * (len(names) + 1))
+        for host in hosts:
+            for name in names:
+                bar.update(task, description="%s: %s" % (host.name, name))
+                results += cases.run_case(name, host)
+                bar.advance(task)
+            bar.update(task, description="%s: flap stream, %d flaps" % (host.name, flaps))
+            timelines.append(cases.flap_stream(host, flaps=flaps))
+            bar.advance(task)
+    report.print_report(results, timelines, console)
+    paths = report.write_all(results, timelines, outdir)
+    console.print("report: %s, %s" % (paths["json"], paths["png"]))
+    return report.exit_code(results, timelines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__.split("\n\n", maxsplit=1)[0])
+    parser.add_argument("command", choices=["up", "rollout", "cases", "demo", "down"])
+    parser.add_argument("--case", action="append", choices=sorted(cases.CASES), help="run only these cases")
+    parser.add_argument("--flaps", type=int, default=20)
+    parser.add_argument("--reports", default=os.path.join(build.ROOT, "reports"))
+    args = parser.parse_args(argv)
+    names = args.case or list(cases.CASES)
+    if args.command == "down":
+        build.down()
+        return 0
+    if args.command in ("up", "demo"):
+        up()
+    if args.command in ("rollout", "demo"):
+        rollout()
+    if args.command in ("cases", "demo"):
+        return run_cases(names, args.flaps, args.reports)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Build and tear down the leak lab with docker: networks (checked by tools/labnet.py), containers, roles.
+
+Each step is idempotent: running ``up`` twice leaves one lab.  The kill switch itself is not applied
+here; ``playbooks/rollout.yml`` does that against ``inventories/lab``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Callable, Optional
+
+from lab.probe import docker, sh, wait_for
+from lab.topology import (CLIENTS, DEFAULT_IMAGE, FWMARK, GUEST_V4, HOSTS, IMAGE_ENV, INET, LABEL, LAN, LANPEER,
+                          NETWORKS, ROUTER, SINK, TUNNEL_V4, TUNNEL_V6, VPN, WG_PORT, Host)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AGENT = "/usr/local/bin/netlock-agent.py"
+Step = Callable[[str], None]
+
+
+def image() -> str:
+    return os.environ.get(IMAGE_ENV, DEFAULT_IMAGE)
+
+
+def run_script(container: str, script: str, what: str) -> str:
+    result = sh(container, "set -e\n" + script, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError("%s on %s failed (%d): %s %s" % (what, container, result.returncode,
+                                                           result.stdout[-1500:], result.stderr[-1500:]))
+    return result.stdout
+
+
+def exists(container: str) -> bool:
+    return docker("container", "inspect", container, check=False).returncode == 0
+
+
+def create_networks() -> None:
+    for net in NETWORKS:
+        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "labnet.py"), "create", net.name,
+                        "--subnet", net.v4, "--subnet6", net.v6], check=True, timeout=120)
+        bridge_rule("-I", net.name)
+
+
+def bridge_rule(action: str, network: str) -> None:
+    """Let frames that stay on one lab bridge through the host's FORWARD chain.
+
+    With br_netfilter, bridged frames traverse the host's iptables, where Docker's isolation rules
+    drop any whose destination lies outside the bridge's subnet: exactly the routed traffic from
+    the clients to their router.  The exception covers only traffic in and out of the same bridge.
+    """
+    inspected = docker("network", "inspect", "-f", "{{.Id}}", network, check=False)
+    if inspected.returncode != 0:
+        return
+    bridge = "br-" + inspected.stdout.strip()[:12]
+    rule = ["DOCKER-USER", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+    present = subprocess.run(["iptables", "-C", *rule], capture_output=True, check=False).returncode == 0
+    if (action == "-I") != present:
+        subprocess.run(["iptables", action, *rule], check=True, capture_output=True, timeout=30)
+
+
+def start_container(host: Host) -> None:
+    if exists(host.name):
+        docker("start", host.name)
+    else:
+        (first, (v4, v6)), *others = host.addresses.items()
+        argv = ["run", "-d", "--name", host.name, "--hostname", host.name, "--label", LABEL,
+                "--network", first, "--ip", v4, "--ip6", v6,
+                "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--cap-add", "SYS_ADMIN",
+                "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+                "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
+                "--device", "/dev/net/tun", "-e", "container=docker"]
+        # Docker disables IPv6 on interfaces created later (wg0, veths); the lab runs IPv6 end to end.
+        for sysctl in ("net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.default.disable_ipv6=0") + host.sysctls:
+            argv += ["--sysctl", sysctl]
+        docker(*argv, image(), "/lib/systemd/systemd")
+        for name, (v4, v6) in others:
+            docker("network", "connect", "--ip", v4, "--ip6", v6, name, host.name)
+    wait_booted(host.name)
+    docker("cp", os.path.join(ROOT, "lab", "agent.py"), "%s:%s" % (host.name, AGENT))
+
+
+def wait_booted(container: str, timeout: float = 90) -> None:
+    booted = wait_for(lambda: sh(container, "systemctl is-system-running").stdout.strip() in ("running", "degraded"),
+                      timeout=timeout)
+    if not booted:
+        raise RuntimeError("%s: systemd did not finish booting in %ds" % (container, timeout))
+
+
+def service(container: str, unit: str, command: str) -> None:
+    """A transient systemd service, so it survives the docker exec that started it."""
+    run_script(container, "systemctl is-active -q %s || systemd-run --unit=%s --property=Restart=always %s"
+               % (unit, unit, command), "starting %s" % unit)
+
+
+def routes_via_router(net) -> str:
+    gw4, gw6 = ROUTER.v4(net), ROUTER.v6(net)
+    return "ip route replace default via %s\nip -6 route replace default via %s\n" % (gw4, gw6)
+
+
+def wg_key(container: str) -> str:
+    return run_script(container, "mkdir -p /etc/wireguard && cd /etc/wireguard && umask 077 && "
+                      "{ [ -s private.key ] || wg genkey > private.key; } && wg pubkey < private.key",
+                      "generating a WireGuard key").strip()
+
+
+def setup_vpn(client_keys: dict) -> None:
+    peers = "".join("[Peer]\nPublicKey = %s\nAllowedIPs = %s/32, %s/128\n\n" % (client_keys[c.name], c.tunnel[0],
+                                                                                  c.tunnel[1]) for c in CLIENTS)
+    config = ("[Interface]\nAddress = %s/24, %s/64\nListenPort = %d\nPostUp = wg set %%i private-key "
+              "/etc/wireguard/private.key\n\n%s" % (VPN.tunnel[0], VPN.tunnel[1], WG_PORT, peers))
+    nat = ("table inet lab_nat {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n"
+           "  ip saddr %s oifname \"eth0\" masquerade\n  ip6 saddr %s oifname \"eth0\" masquerade\n }\n}\n"
+           % (TUNNEL_V4, TUNNEL_V6))
+    run_script(VPN.name, routes_via_router(INET) + _wg_quick_unit(config) + """
+printf '%%s\\n' 'table inet lab_nat' 'delete table inet lab_nat' > /etc/lab-nat.nft
+cat >> /etc/lab-nat.nft <<'NFT'
+%s
+NFT
+nft -f /etc/lab-nat.nft
+""" % nat, "setting up the VPN server")
+    service(VPN.name, "lab-dns", "dnsmasq -k --no-resolv --no-hosts --listen-address=%s --bind-dynamic "
+            "--address=/leak.test/%s --log-queries" % (VPN.tunnel[0], SINK.v4(INET)))
+
+
+def _wg_quick_unit(config: str) -> str:
+    """wg-quick@wg0 with wireguard-go (no kernel module in the lab), enabled at boot."""
+    return """
+cat > /etc/wireguard/wg0.conf <<'EOF'
+%s
+EOF
+chmod 600 /etc/wireguard/wg0.conf
+mkdir -p /etc/systemd/system/wg-quick@wg0.service.d /usr/local/lib/netlock-lab
+# Docker mounts /proc/sys read-only and the lab presets (docker run --sysctl) what wg-quick sets:
+# accept a write of an unchanged value, pass everything else to the real sysctl.
+cat > /usr/local/lib/netlock-lab/sysctl <<'EOF'
+#!/bin/sh
+for arg; do
+  case $arg in *=*) [ "$(/sbin/sysctl -n "${arg%%=*}")" = "${arg#*=}" ] || exec /sbin/sysctl "$@"; unchanged=1;; esac
+done
+[ -n "${unchanged:-}" ] || exec /sbin/sysctl "$@"
+EOF
+chmod 755 /usr/local/lib/netlock-lab/sysctl
+cat > /etc/systemd/system/wg-quick@wg0.service.d/userspace.conf <<'EOF'
+[Service]
+Environment=WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go
+Environment=WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1
+Environment=PATH=/usr/local/lib/netlock-lab:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+EOF
+systemctl daemon-reload
+systemctl enable -q wg-quick@wg0
+systemctl is-active -q wg-quick@wg0 || systemctl start wg-quick@wg0
+""" % config
+
+
+def setup_sink() -> None:
+    run_script(SINK.name, routes_via_router(INET), "routing the sink")
+    service(SINK.name, "lab-tcp", "socat TCP6-LISTEN:8080,fork,reuseaddr,ipv6only=0 SYSTEM:'echo pong'")
+    service(SINK.name, "lab-dns", "dnsmasq -k --no-resolv --no-hosts --address=/#/%s" % SINK.v4(INET))
+
+
+def setup_lanpeer() -> None:
+    run_script(LANPEER.name, routes_via_router(LAN), "routing the LAN peer")
+    service(LANPEER.name, "lab-tcp", "socat TCP6-LISTEN:8080,fork,reuseaddr,ipv6only=0 SYSTEM:'echo pong'")
+    service(LANPEER.name, "lab-dns", "dnsmasq -k --no-resolv --no-hosts --address=/#/%s" % LANPEER.v4(LAN))
+
+
+def setup_client_network(host: Host) -> None:
+    """Routes, a guest namespace behind the client and its NAT: what a reboot takes away."""
+    guest_gw = GUEST_V4.replace(".0/24", ".1")
+    guest_ip = GUEST_V4.replace(".0/24", ".2")
+    nat = ("table ip lab_nat {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n"
+           "  ip saddr %s masquerade\n }\n}\n" % GUEST_V4)
+    run_script(host.name, routes_via_router(LAN) + """
+if ! ip netns list | grep -qw guest; then
+  ip netns add guest
+  ip link add guest0 type veth peer name eth0 netns guest
+  ip address add {gw}/24 dev guest0 && ip link set guest0 up
+  ip netns exec guest ip address add {ip}/24 dev eth0
+  ip netns exec guest ip link set eth0 up && ip netns exec guest ip link set lo up
+  ip netns exec guest ip route add default via {gw}
+fi
+printf '%s\n' 'table ip lab_nat' 'delete table ip lab_nat' > /etc/lab-nat.nft
+cat >> /etc/lab-nat.nft <<'NFT'
+{nat}
+NFT
+nft -f /etc/lab-nat.nft
+""".format(gw=guest_gw, ip=guest_ip, nat=nat), "setting up %s's network" % host.name)
+
+
+def setup_client(host: Host, server_key: str) -> None:
+    config = ("[Interface]\nAddress = %s/32, %s/128\nFwMark = %d\nPostUp = wg set %%i private-key "
+              "/etc/wireguard/private.key\n\n[Peer]\nPublicKey = %s\nEndpoint = %s:%d\n"
+              "AllowedIPs = 0.0.0.0/0, ::/0\nPersistentKeepalive = 1\n"
+              % (host.tunnel[0], host.tunnel[1], FWMARK, server_key, VPN.v4(INET), WG_PORT))
+    setup_client_network(host)
+    run_script(host.name, _wg_quick_unit(config), "starting %s's WireGuard client" % host.name)
+
+
+def up(step: Optional[Step] = None) -> None:
+    """Create the networks and containers and configure every role; safe to run again."""
+    step = step or (lambda _message: None)
+    step("lab networks (overlap-checked)")
+    create_networks()
+    for host in HOSTS:
+        step("container %s" % host.name)
+        start_container(host)
+    step("sink and LAN resolver")
+    setup_sink()
+    setup_lanpeer()
+    step("WireGuard server with NAT and DNS")
+    client_keys = {c.name: wg_key(c.name) for c in CLIENTS}
+    server_key = wg_key(VPN.name)
+    setup_vpn(client_keys)
+    for host in CLIENTS:
+        step("WireGuard client %s" % host.name)
+        setup_client(host, server_key)
+    step("tunnels up")
+    for host in CLIENTS:
+        if not wait_for(lambda h=host: sh(h.name, "ping -n -c 1 -W 1 %s" % VPN.tunnel[0]).returncode == 0, 30):
+            raise RuntimeError("%s: no traffic through the tunnel to %s" % (host.name, VPN.tunnel[0]))
+
+
+def down() -> None:
+    listed = docker("ps", "-aq", "--filter", "label=" + LABEL, check=False).stdout.split()
+    if listed:
+        docker("rm", "-f", *listed, timeout=180)
+    for net in NETWORKS:
+        bridge_rule("-D", net.name)
+        docker("network", "rm", net.name, check=False)

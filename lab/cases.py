@@ -1,0 +1,333 @@
+"""The leak cases, run against one lab client at a time.
+
+The detector captures on the host side of the client's veth, so it sees exactly what the client put
+on the LAN wire and the client cannot hide from it.  A packet from the client's MAC counts as a leak
+unless the policy allows it: WireGuard to the endpoint, neighbour discovery, and the LAN (not DNS)
+when allow_lan is on.  Every case then repeats its probes with the kill switch removed (the positive
+control); a case whose control sees nothing proves nothing and fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+from lab.build import AGENT, ROOT, setup_client_network, wait_booted
+from lab.probe import Capture, ND_BPF, canary, docker, killswitch_off, nft_table, sh, wait_for
+from lab.results import CaseResult, FlapTimeline
+from lab.topology import CLIENTS, ENDPOINT, FWMARK, INET, LAN, LANPEER, ROUTER, SINK, VPN, Host
+
+SINK_TARGETS = [SINK.v4(INET), SINK.v6(INET)]
+INVENTORY = os.path.join(ROOT, "inventories", "lab")
+ROLLOUT = os.path.join(ROOT, "playbooks", "rollout.yml")
+
+
+# --- observation -------------------------------------------------------------------------------
+
+def host_link(host: Host) -> str:
+    """The host-side end of the client's eth0 veth."""
+    index = sh(host.name, "cat /sys/class/net/eth0/iflink").stdout.strip()
+    for line in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout.splitlines():
+        number, name = line.split(":", 2)[:2]
+        if number.strip() == index:
+            return name.strip().split("@")[0]
+    raise RuntimeError("%s: no host interface with index %s" % (host.name, index))
+
+
+def leak_bpf(host: Host, allow_lan: bool = False) -> str:
+    mac = sh(host.name, "cat /sys/class/net/eth0/address").stdout.strip()
+    allowed = [ND_BPF, "udp and dst host %s and dst port %d" % ENDPOINT]
+    if allow_lan:
+        allowed.append("(dst net %s or dst net %s) and not port 53 and not port 853" % (LAN.v4, LAN.v6))
+    return "ether src %s and (ip or ip6) and not (%s)" % (mac, " or ".join("(%s)" % a for a in allowed))
+
+
+def agent(host: Host, *args: str, netns: str = "", user: Optional[int] = None, timeout: float = 120) -> dict:
+    prefix = "ip netns exec %s " % netns if netns else ""
+    if user is not None:
+        prefix += "setpriv --reuid=%d --regid=%d --clear-groups " % (user, user)
+    result = sh(host.name, "%spython3 %s %s" % (prefix, AGENT, " ".join(shlex.quote(a) for a in args)), timeout)
+    if result.returncode != 0:
+        raise RuntimeError("agent on %s failed: %s" % (host.name, result.stderr[-1500:]))
+    return json.loads(result.stdout)
+
+
+Probe = Callable[[str], dict]
+
+
+def everything(host: Host, targets=None, dns=None, netns: str = "") -> Probe:
+    """TCP, UDP, ICMP and DNS (UDP, TCP, DoT port) over IPv4 and IPv6."""
+    targets = targets if targets is not None else SINK_TARGETS
+    dns = dns if dns is not None else [SINK.v4(INET), LANPEER.v4(LAN), LANPEER.v6(LAN)]
+
+    def run(marker: str) -> dict:
+        args = ["probe", "--canary", marker]
+        for target in targets:
+            args += ["--target", target]
+        for resolver in dns:
+            args += ["--dns", resolver]
+        return agent(host, *args, netns=netns)
+    return run
+
+
+def measure(host: Host, probe: Probe, allow_lan: bool = False):
+    with Capture(None, leak_bpf(host, allow_lan), interface=host_link(host)) as capture:
+        outcome = probe(canary())
+    return outcome, capture
+
+
+def leak_case(host: Host, case: str, probe: Probe, allow_lan: bool = False) -> CaseResult:
+    """Probe with the kill switch on (must leak nothing), then off (must be seen)."""
+    outcome, capture = measure(host, probe, allow_lan)
+    with killswitch_off(host.name):
+        control = measure(host, probe, allow_lan)[1]
+    return CaseResult(host.name, case, outcome["sent"], len(capture.packets), bool(control.packets),
+                      details=capture.packets[:20] + ["reached: %s" % ", ".join(outcome["reached"]) or "nothing"])
+
+
+# --- tunnel control ------------------------------------------------------------------------------
+
+CLEAN_RULES = """
+for v in -4 -6; do
+  while ip $v rule del table %d 2>/dev/null; do :; done
+  while ip $v rule del table main suppress_prefixlength 0 2>/dev/null; do :; done
+done
+ip link del wg0 2>/dev/null || true
+""" % FWMARK
+
+
+def tunnel_down(host: Host, how: str) -> None:
+    command = {"kill": "pkill -9 -x wireguard-go", "link": "ip link del wg0",
+               "stop": "systemctl stop wg-quick@wg0"}[how]
+    sh(host.name, command)
+    wait_for(lambda: sh(host.name, "ip link show wg0").returncode != 0, 10, 0.05)
+
+
+def tunnel_up(host: Host, wait: bool = True) -> None:
+    sh(host.name, "systemctl stop wg-quick@wg0; %s systemctl reset-failed wg-quick@wg0; systemctl start wg-quick@wg0"
+       % CLEAN_RULES, timeout=60)
+    if wait and not wait_for(lambda: sh(host.name, "ping -n -c 1 -W 1 %s" % VPN.tunnel[0]).returncode == 0, 30):
+        raise RuntimeError("%s: the tunnel did not come back" % host.name)
+
+
+def rollout(host: Host, *extra: str) -> None:
+    cmd = ["ansible-playbook", "-i", INVENTORY, ROLLOUT, "-l", host.name, *extra]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    if result.returncode != 0:
+        raise RuntimeError("rollout to %s failed:\n%s" % (host.name, result.stdout[-3000:]))
+
+
+# --- cases ---------------------------------------------------------------------------------------
+
+def through_tunnel(host: Host, case: str = "tunnel up") -> CaseResult:
+    """Traffic flows, and the sink sees the VPN server's address, never the client's."""
+    marker = canary()
+    with Capture(SINK.name, "(dst host %s or dst host %s) and (tcp port 8080 or udp port 9999)" % tuple(SINK_TARGETS),
+                 interface="eth0") as sink, \
+            Capture(None, leak_bpf(host), interface=host_link(host)) as lan:
+        outcome = agent(host, "probe", "--canary", marker, "--target", SINK.v4(INET), "--target", SINK.v6(INET))
+    seen_from = {line.split()[2].rsplit(".", 1)[0] for line in sink.packets if " > " in line}
+    client_seen = {a for a in seen_from if a in (host.v4(), host.v6())}
+    details = ["sink saw sources: %s" % ", ".join(sorted(seen_from)), "reached: %s" % ", ".join(outcome["reached"])]
+    reached = any(r.startswith("tcp %s" % SINK.v4(INET)) for r in outcome["reached"])
+    return CaseResult(host.name, case, outcome["sent"], len(lan.packets) + len(client_seen),
+                      control_seen=reached and sink.saw(marker) and VPN.v4(INET) in seen_from,
+                      details=details + lan.packets[:20])
+
+
+def killed(how: str) -> Callable[[Host], CaseResult]:
+    def run(host: Host) -> CaseResult:
+        tunnel_down(host, how)
+        try:
+            return leak_case(host, "tunnel killed (%s)" % how, everything(host))
+        finally:
+            tunnel_up(host)
+    return run
+
+
+def endpoint_unreachable(host: Host) -> CaseResult:
+    """The router blackholes the VPN server; the client gives up and tears its tunnel down."""
+    sh(ROUTER.name, "nft add table inet lab_block && nft add chain inet lab_block fwd "
+       "'{ type filter hook forward priority -10; policy accept; }' && "
+       "nft add rule inet lab_block fwd ip daddr %s drop" % VPN.v4(INET))
+    try:
+        time.sleep(2)
+        tunnel_down(host, "stop")
+        return leak_case(host, "endpoint unreachable", everything(host))
+    finally:
+        sh(ROUTER.name, "nft delete table inet lab_block")
+        tunnel_up(host)
+
+
+def restored(host: Host) -> CaseResult:
+    tunnel_down(host, "kill")
+    tunnel_up(host)  # the VPN client comes back; no Ansible run
+    return through_tunnel(host, "tunnel restored")
+
+
+def tunnel_vision(host: Host) -> CaseResult:
+    """DHCP option 121 style: more-specific routes to the sink via the LAN gateway, tunnel up."""
+    routes = "ip route %%s %s/32 via %s dev eth0; ip -6 route %%s %s/128 via %s dev eth0" % (
+        SINK.v4(INET), ROUTER.v4(LAN), SINK.v6(INET), ROUTER.v6(LAN))
+    sh(host.name, routes % ("replace", "replace"))
+    try:
+        return leak_case(host, "TunnelVision", everything(host, dns=[SINK.v4(INET)]))
+    finally:
+        sh(host.name, routes % ("del", "del"))
+
+
+def server_ip(host: Host) -> CaseResult:
+    """An unprivileged process sends to the endpoint address and ports without the mark.
+
+    The endpoint is routed outside the tunnel, as clients that pin a host route to their server do.
+    """
+    route = "ip route %%s %s/32 via %s dev eth0" % (VPN.v4(INET), ROUTER.v4(LAN))
+    sh(host.name, route % "replace")
+    bpf = "ether src %s and dst host %s" % (sh(host.name, "cat /sys/class/net/eth0/address").stdout.strip(),
+                                              VPN.v4(INET))
+
+    def attempt() -> tuple:
+        marker = canary()
+        with Capture(None, bpf, interface=host_link(host)) as capture:
+            outcome = agent(host, "probe", "--canary", marker, "--target", ENDPOINT[0], "--tcp-port", str(ENDPOINT[1]),
+                            "--tcp-port", "8080", "--udp-port", str(ENDPOINT[1]), "--udp-count", "5", user=65534)
+        return outcome, [line for line in capture.lines if marker in line]
+    try:
+        outcome, leaked = attempt()
+        with killswitch_off(host.name):
+            control = attempt()[1]
+    finally:
+        sh(host.name, route % "del")
+    return CaseResult(host.name, "ServerIP", outcome["sent"], len(leaked), bool(control), details=leaked[:20])
+
+
+def forwarded(host: Host) -> CaseResult:
+    """A guest network namespace behind the client, NATed: nothing it sends may leave outside the tunnel."""
+    tunnel_down(host, "stop")
+    try:
+        probe = everything(host, targets=[SINK.v4(INET)], dns=[SINK.v4(INET), LANPEER.v4(LAN)], netns="guest")
+        return leak_case(host, "forwarded guest", probe)
+    finally:
+        tunnel_up(host)
+
+
+def allow_lan_cases(host: Host) -> List[CaseResult]:
+    """With killswitch_allow_lan on: the LAN is reachable, LAN DNS is not, and LocalNet still leaks nothing."""
+    rollout(host, "-e", "killswitch_allow_lan=true")
+    results = []
+    try:
+        tunnel_down(host, "stop")
+        try:
+            marker = canary()
+            reached = agent(host, "probe", "--canary", marker, "--target", LANPEER.v4(LAN), "--target",
+                            LANPEER.v6(LAN), "--no-icmp")["reached"]
+            lan_ok = all(any(r.startswith("tcp %s:8080" % a) for r in reached) for a in (LANPEER.v4(LAN), LANPEER.v6(LAN)))
+            result = leak_case(host, "allow_lan: LAN DNS refused",
+                               everything(host, targets=[], dns=[LANPEER.v4(LAN), LANPEER.v6(LAN)]), allow_lan=True)
+            result.details.insert(0, "LAN peer reachable over TCP: %s" % lan_ok)
+            if not lan_ok:
+                result.control_seen = False  # the LAN must work with allow_lan on
+            results.append(result)
+        finally:
+            tunnel_up(host)
+        results.append(local_net(host))
+    finally:
+        rollout(host)
+    return results
+
+
+def local_net(host: Host) -> CaseResult:
+    """TunnelCrack LocalNet: the LAN claims the sink's public range as on-link (the router answers ARP/ND)."""
+    claim = "ip route %%s %s dev eth0; ip -6 route %%s %s dev eth0" % (INET.v4, INET.v6)
+    sh(ROUTER.name, "ip -6 neigh replace proxy %s dev eth0" % SINK.v6(INET))
+    sh(host.name, claim % ("replace", "replace"))
+    try:
+        return leak_case(host, "LocalNet (allow_lan on)", everything(host, dns=[SINK.v4(INET)]), allow_lan=True)
+    finally:
+        sh(host.name, claim % ("del", "del"))
+        sh(ROUTER.name, "ip -6 neigh del proxy %s dev eth0" % SINK.v6(INET))
+
+
+def reboot_without_vpn(host: Host) -> CaseResult:
+    """Reboot with the VPN client disabled: the boot unit loads the table, nothing leaks."""
+    sh(host.name, "systemctl disable -q wg-quick@wg0")
+    try:
+        docker("restart", "-t", "10", host.name, timeout=120)
+        wait_booted(host.name)
+        setup_client_network(host)  # what DHCP would give back: addresses and the default route
+        loaded = nft_table(host.name) is not None
+        result = leak_case(host, "reboot, VPN client disabled", everything(host))
+        result.details.insert(0, "table loaded at boot: %s" % loaded)
+        if not loaded:
+            result.leaked = max(result.leaked, 1)
+        return result
+    finally:
+        sh(host.name, "systemctl enable -q wg-quick@wg0")
+        tunnel_up(host)
+
+
+CASES: Dict[str, Callable[[Host], object]] = {
+    "tunnel-up": through_tunnel,
+    "killed-kill9": killed("kill"),
+    "killed-link-deleted": killed("link"),
+    "endpoint-unreachable": endpoint_unreachable,
+    "restored": restored,
+    "tunnelvision": tunnel_vision,
+    "serverip": server_ip,
+    "forwarded": forwarded,
+    "allow-lan": allow_lan_cases,
+    "reboot": reboot_without_vpn,
+}
+
+
+def run_case(name: str, host: Host) -> List[CaseResult]:
+    outcome = CASES[name](host)
+    return outcome if isinstance(outcome, list) else [outcome]
+
+
+# --- flap stream ---------------------------------------------------------------------------------
+
+def flap_stream(host: Host, flaps: int = 20, rate: int = 600, down_for: float = 0.5, up_for: float = 0.7) -> FlapTimeline:
+    """A continuous UDP stream to the sink across tunnel flaps; every packet outside the tunnel is a leak."""
+    marker = canary()
+    stop_file = "/tmp/%s.stop" % marker
+    bound = flaps * (down_for + up_for + 5) + 10  # the stream's upper bound; it stops at stop_file
+    sent = {}
+
+    def stream() -> None:
+        try:
+            sent.update(agent(host, "stream", "--canary", marker, "--target", SINK.v4(INET), "--rate", str(rate),
+                              "--seconds", str(bound), "--stop-file", stop_file, timeout=bound + 60))
+        except Exception as exc:  # re-raised below: a dead stream must not read as "0 leaked"
+            sent["error"] = exc
+    with Capture(SINK.name, "udp dst port 9999", interface="eth0", max_seconds=int(bound) + 90) as sink, \
+            Capture(None, leak_bpf(host), interface=host_link(host), max_seconds=int(bound) + 90) as lan:
+        sender = threading.Thread(target=stream)
+        start = time.time()
+        sender.start()
+        events = [(0.0, True)]
+        time.sleep(1.5)
+        for i in range(flaps):
+            tunnel_down(host, ("kill", "stop", "link")[i % 3])
+            events.append((time.time() - start, False))
+            time.sleep(down_for)
+            tunnel_up(host, wait=False)
+            events.append((time.time() - start, True))
+            time.sleep(up_for)
+        time.sleep(2)  # the last up period, long enough to see traffic flow again
+        sh(host.name, "touch %s" % stop_file)
+        sender.join()
+    if "error" in sent:
+        raise RuntimeError("the probe stream on %s failed" % host.name) from sent["error"]
+    duration = time.time() - start
+    return FlapTimeline(host.name, duration, events, [t - start for t in sink.times(marker)],
+                        [t - start for t in lan.times()], sent.get("sent", 0), flaps)
+
+
+def clients(names: Optional[List[str]] = None) -> List[Host]:
+    return [c for c in CLIENTS if not names or c.name in names]

@@ -1,0 +1,189 @@
+"""Report a leak run: a rich table per host, a stable JSON file and a flap timeline PNG.
+
+``print_report`` for the terminal, ``write_all`` for the artefacts (``leak-report.json``,
+``leak-timeline.png``), ``exit_code`` for the process status (0: no leak, every control seen).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display; must precede the pyplot import
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from lab.results import CaseResult, FlapTimeline  # noqa: E402
+
+TITLE = "netlock.killswitch: tunnel flaps vs packets at the sink"
+BIN = 0.1  # seconds per histogram bin
+JSON_NAME = "leak-report.json"
+PNG_NAME = "leak-timeline.png"
+
+
+def _hosts(results: Iterable[CaseResult], timelines: Iterable[FlapTimeline]) -> List[str]:
+    return sorted({r.host for r in results} | {t.host for t in timelines})
+
+
+def _total_leaked(results: List[CaseResult], timelines: List[FlapTimeline]) -> int:
+    return sum(r.leaked for r in results) + sum(len(t.leaked) for t in timelines)
+
+
+def exit_code(results: List[CaseResult], timelines: List[FlapTimeline]) -> int:
+    """0 when every case passed and no flap stream leaked, else 1."""
+    ok = all(r.passed for r in results) and not any(t.leaked for t in timelines)
+    return 0 if ok else 1
+
+
+def _verdict(passed: bool) -> str:
+    return "[bold green]PASS[/]" if passed else "[bold red]FAIL[/]"
+
+
+def _control(seen: Optional[bool]) -> str:
+    return {None: "[dim]n/a[/]", True: "[green]seen[/]", False: "[bold red]NOT SEEN[/]"}[seen]
+
+
+def print_report(results: List[CaseResult], timelines: List[FlapTimeline],
+                 console: Optional[Console] = None) -> None:
+    """One table per host (cases, then the flap stream), then a one-line summary."""
+    console = console or Console()
+    for host in _hosts(results, timelines):
+        table = Table(title="[bold]%s[/]" % escape(host), title_justify="left")
+        table.add_column("case")
+        table.add_column("sent", justify="right")
+        table.add_column("leaked", justify="right")
+        table.add_column("positive control", justify="center")
+        table.add_column("verdict", justify="center")
+        for r in sorted((r for r in results if r.host == host), key=lambda r: r.case):
+            label = escape(r.case)
+            if not r.passed and r.details:
+                label += "".join("\n[dim]  ↳ %s[/]" % escape(d) for d in r.details[:3])
+            leaked = "[red]%d[/]" % r.leaked if r.leaked else "0"
+            table.add_row(label, str(r.sent), leaked, _control(r.control_seen), _verdict(r.passed))
+        if table.rows:
+            table.rows[-1].end_section = True
+        for t in (t for t in timelines if t.host == host):
+            label = "flap stream [dim](%d flaps in %.1f s, %d at sink)[/]" % (t.flaps, t.duration, len(t.sink_seen))
+            leaked = "[red]%d[/]" % len(t.leaked) if t.leaked else "0"
+            table.add_row(label, str(t.sent), leaked, _control(None), _verdict(not t.leaked))
+        console.print(table)
+    failed = sum(not r.passed for r in results) + sum(bool(t.leaked) for t in timelines)
+    line = "%d cases, %d leaked packets in total" % (len(results), _total_leaked(results, timelines))
+    if failed:
+        line += ", %d failed" % failed
+    console.print("[bold %s]%s[/]" % ("green" if exit_code(results, timelines) == 0 else "red", line))
+
+
+def _r(x: float) -> float:
+    return round(float(x), 3)
+
+
+def report_dict(results: List[CaseResult], timelines: List[FlapTimeline]) -> Dict[str, Any]:
+    """The JSON document as a dict (cases sorted by host and case, flap streams by host)."""
+    cases = [
+        {"host": r.host, "case": r.case, "sent": r.sent, "leaked": r.leaked,
+         "control_seen": r.control_seen, "passed": r.passed, "details": list(r.details)}
+        for r in sorted(results, key=lambda r: (r.host, r.case))
+    ]
+    flap = [
+        {"host": t.host, "duration": _r(t.duration), "flaps": t.flaps, "sent": t.sent,
+         "leaked": len(t.leaked), "sink_seen": len(t.sink_seen),
+         "tunnel": [[_r(ts), bool(up)] for ts, up in t.tunnel]}
+        for t in sorted(timelines, key=lambda t: t.host)
+    ]
+    summary = {"cases": len(results), "leaked": _total_leaked(results, timelines),
+               "passed": exit_code(results, timelines) == 0}
+    return {"summary": summary, "cases": cases, "flap": flap}
+
+
+def write_json(results: List[CaseResult], timelines: List[FlapTimeline], path: Path | str) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(report_dict(results, timelines), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _segments(t: FlapTimeline) -> List[Tuple[float, float, bool]]:
+    """(start, end, up) for every tunnel state, the last one running to the end of the stream."""
+    changes = sorted(t.tunnel) or [(0.0, False)]
+    ends = [change[0] for change in changes[1:]] + [max(t.duration, changes[-1][0])]
+    return [(ts, end, up) for (ts, up), end in zip(changes, ends)]
+
+
+def _plot_host(ax: Any, t: FlapTimeline, xmax: float) -> None:
+    segments = _segments(t)
+    for start, end, up in segments:
+        if up:
+            ax.axvspan(start, end, color="tab:green", alpha=0.12, linewidth=0)
+    edges = np.arange(0.0, xmax + BIN, BIN)
+    counts = np.histogram(t.sink_seen, bins=edges)[0]
+    ax.stairs(counts / BIN, edges, fill=True, color="tab:blue", alpha=0.75)
+    peak = max(float(counts.max(initial=0)) / BIN, 1.0)
+    ax.set_ylim(0, peak * 1.45)  # the top quarter is left to the tunnel state line
+    ax.set_yticks([v for v in ax.get_yticks() if 0 <= v <= peak * 1.05])
+    ax.set_ylabel("packets/s at sink")
+    for ts in t.leaked:
+        ax.axvline(ts, color="red", alpha=0.5, linewidth=1)
+    if t.leaked:
+        ax.plot(t.leaked, [peak * 0.5] * len(t.leaked), "x", color="red", markersize=9, mew=2, zorder=5)
+
+    state = ax.twinx()  # up/down drawn in a band above the bars: down at 75 %, up at 95 % of the height
+    xs = [seg[0] for seg in segments] + [segments[-1][1]]
+    ys = [int(seg[2]) for seg in segments] + [int(segments[-1][2])]
+    state.step(xs, ys, where="post", color="tab:green", linewidth=1.2)
+    state.set_ylim(-3.75, 1.25)
+    state.set_yticks([0, 1], ["down", "up"])
+    state.set_ylabel("tunnel", loc="top")
+
+    handles = [
+        Patch(color="tab:green", alpha=0.25, label="tunnel up"),
+        Patch(color="tab:blue", alpha=0.75, label="through the tunnel (%d pkts)" % len(t.sink_seen)),
+        Line2D([], [], marker="x", color="red", linestyle="none", mew=2,
+               label="%d leaked" % len(t.leaked)) if t.leaked
+        else Line2D([], [], linestyle="none", label="0 leaked"),
+    ]
+    legend = state.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3,
+                          fontsize="small", frameon=False, borderaxespad=0.2)
+    if not t.leaked:
+        legend.get_texts()[-1].set_color("tab:green")
+    ax.set_title("%s: %d flaps, %d sent, %d leaked" % (t.host, t.flaps, t.sent, len(t.leaked)),
+                 loc="left", fontsize="medium")
+
+
+def write_timeline_png(timelines: List[FlapTimeline], path: Path | str) -> Path:
+    """One subplot per flap timeline (sorted by host), x axis shared, in seconds."""
+    path = Path(path)
+    ordered = sorted(timelines, key=lambda t: t.host)
+    rows = max(len(ordered), 1)
+    fig, axes = plt.subplots(rows, 1, sharex=True, squeeze=False, figsize=(12, 3 * rows), dpi=100)
+    try:
+        xmax = max([t.duration for t in ordered] + [change[0] for t in ordered for change in t.tunnel] + [1.0])
+        for ax, t in zip(axes[:, 0], ordered):
+            _plot_host(ax, t, xmax)
+        if not ordered:
+            axes[0, 0].text(0.5, 0.5, "no flap timeline", ha="center", va="center",
+                            transform=axes[0, 0].transAxes)
+        axes[-1, 0].set_xlim(0, xmax)
+        axes[-1, 0].set_xlabel("seconds")
+        fig.suptitle(TITLE)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def write_all(results: List[CaseResult], timelines: List[FlapTimeline], outdir: Path | str) -> Dict[str, Path]:
+    """Write leak-report.json and leak-timeline.png under outdir; {"json": path, "png": path}."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    return {"json": write_json(results, timelines, outdir / JSON_NAME),
+            "png": write_timeline_png(timelines, outdir / PNG_NAME)}

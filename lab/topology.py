@@ -1,0 +1,75 @@
+"""The leak lab: who is where.  Every address is in 198.18.0.0/15 or 2001:db8::/32.
+
+    clients (kill switch) --- ks-lan --- router --- ks-inet --- vpn (WireGuard server, NAT, DNS)
+    lanpeer (DNS resolver)                                  \\-- sink (records every packet)
+
+Docker gives the host the .1 address of each internal network, so lab hosts avoid .1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+IMAGE_ENV = "NETLOCK_LAB_IMAGE"
+DEFAULT_IMAGE = "netlock-lab:latest"
+LABEL = "netlock.lab=leak"
+
+
+@dataclass(frozen=True)
+class Net:
+    name: str
+    v4: str
+    v6: str
+
+
+LAN = Net("ks-lan", "198.18.1.0/24", "2001:db8:1::/64")
+INET = Net("ks-inet", "198.18.2.0/24", "2001:db8:2::/64")
+NETWORKS = (LAN, INET)
+
+TUNNEL_V4 = "198.18.100.0/24"
+TUNNEL_V6 = "2001:db8:100::/64"
+GUEST_V4 = "198.18.50.0/24"  # a network namespace behind each client, for forwarded traffic
+WG_PORT = 51820
+FWMARK = 51820  # wg-quick's default mark for a full tunnel
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    addresses: Dict[str, tuple]  # network name -> (ipv4, ipv6)
+    role: str
+    tunnel: tuple = ()  # (ipv4, ipv6) inside the tunnel, for clients
+    sysctls: tuple = field(default=())
+
+    def v4(self, net: Net = LAN) -> str:
+        return self.addresses[net.name][0]
+
+    def v6(self, net: Net = LAN) -> str:
+        return self.addresses[net.name][1]
+
+
+FORWARDING = ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+ROUTER = Host("ks-router", {LAN.name: ("198.18.1.254", "2001:db8:1::254"),
+                            INET.name: ("198.18.2.254", "2001:db8:2::254")}, "router",
+              # Proxy ARP/ND let the LocalNet case make a public range look on-link from the LAN.
+              sysctls=FORWARDING + ("net.ipv4.conf.all.proxy_arp=1", "net.ipv6.conf.all.proxy_ndp=1"))
+VPN = Host("ks-vpn", {INET.name: ("198.18.2.10", "2001:db8:2::10")}, "vpn",
+           tunnel=("198.18.100.1", "2001:db8:100::1"), sysctls=FORWARDING)
+SINK = Host("ks-sink", {INET.name: ("198.18.2.20", "2001:db8:2::20")}, "sink")
+LANPEER = Host("ks-lanpeer", {LAN.name: ("198.18.1.5", "2001:db8:1::5")}, "lanpeer")
+CLIENTS = tuple(
+    Host("ks-client%d" % i, {LAN.name: ("198.18.1.%d" % (10 + i), "2001:db8:1::%d" % (10 + i))}, "client",
+         tunnel=("198.18.100.%d" % (10 + i), "2001:db8:100::%d" % (10 + i)),
+         sysctls=FORWARDING + ("net.ipv4.conf.all.src_valid_mark=1",))
+    for i in (1, 2)
+)
+HOSTS: List[Host] = [ROUTER, VPN, SINK, LANPEER, *CLIENTS]
+ENDPOINT = (VPN.v4(INET), WG_PORT)
+
+
+def client(name: str) -> Host:
+    for host in CLIENTS:
+        if host.name == name:
+            return host
+    raise KeyError("no lab client named %r" % name)
