@@ -1,0 +1,167 @@
+# -*- coding: utf-8 -*-
+# Copyright: netlock.killswitch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The killswitch_policy action plugin: controller address, name resolution, and run()."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from types import SimpleNamespace
+
+import pytest
+
+from ansible_collections.netlock.killswitch.plugins.action import killswitch_policy as action
+from ansible_collections.netlock.killswitch.plugins.action.killswitch_policy import (
+    ActionModule,
+    controller_address,
+    resolve,
+)
+from ansible_collections.netlock.killswitch.plugins.module_utils.nft_render import render
+from ansible_collections.netlock.killswitch.plugins.module_utils.policy import parse_policy
+
+# --------------------------------------------------------------------------- controller_address
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"SSH_CLIENT": "192.0.2.10 50022 22"}, "192.0.2.10"),
+    ({"SSH_CONNECTION": "2001:db8::10 50022 2001:db8::1 22"}, "2001:db8::10"),
+    ({"SSH_CLIENT": "192.0.2.10 1 22", "SSH_CONNECTION": "192.0.2.99 1 192.0.2.1 22"}, "192.0.2.10"),
+    ({"SSH_CLIENT": "", "SSH_CONNECTION": "192.0.2.99 1 192.0.2.1 22"}, "192.0.2.99"),
+    ({}, None),
+    ({"HOME": "/root"}, None),
+])
+def test_controller_address_from_facts(env, expected):
+    assert controller_address({"ansible_facts": {"env": env}}) == expected
+
+
+@pytest.mark.parametrize("task_vars", [{}, {"ansible_facts": None}, {"ansible_facts": {}},
+                                       {"ansible_facts": {"env": None}}])
+def test_controller_address_without_facts(task_vars):
+    assert controller_address(task_vars) is None
+
+
+# --------------------------------------------------------------------------- resolve
+
+
+def test_resolve_localhost():
+    answers = resolve("localhost")
+    assert answers, "localhost resolves to something"
+    addresses = [ipaddress.ip_address(a) for a in answers]
+    assert all(a.is_loopback for a in addresses)
+    assert answers == sorted(set(answers)), "sorted and deduplicated, so the pin is stable"
+
+
+def test_resolve_literal_address():
+    assert resolve("198.51.100.7") == ["198.51.100.7"]
+
+
+def test_resolve_invalid_name_raises_lookup_error():
+    with pytest.raises(LookupError) as info:
+        resolve("no-such-host.netlock-killswitch.invalid")
+    assert str(info.value)  # the resolver's own text, for the policy error message
+    assert not isinstance(info.value, socket.gaierror), "callers only need to know LookupError"
+
+
+def test_resolve_is_usable_as_the_policy_resolver():
+    with pytest.raises(Exception) as info:
+        parse_policy({"killswitch_tunnel_interfaces": ["wg0"],
+                      "killswitch_endpoints": [{"address": "vpn.netlock-killswitch.invalid", "port": 1}]},
+                     resolve=resolve)
+    assert "killswitch_endpoints[0].address" in str(info.value)
+    assert "vpn.netlock-killswitch.invalid" in str(info.value)
+    assert "does not resolve" in str(info.value)
+
+
+# --------------------------------------------------------------------------- run()
+
+
+def make_action(args, check_mode=False):
+    task = SimpleNamespace(args=args, async_val=0, check_mode=check_mode, action="netlock.killswitch.killswitch_policy")
+    connection = SimpleNamespace(_shell=SimpleNamespace(tmpdir="/tmp/already-there"))
+    return ActionModule(task, connection, None, None, None, None)
+
+
+ARGS = {"tunnel_interfaces": ["wg0"], "endpoints": [{"address": "198.51.100.7", "port": 51820}]}
+FACTS = {"ansible_facts": {"env": {"SSH_CLIENT": "192.0.2.10 50022 22"}}}
+
+
+def test_run_renders_the_ruleset_with_the_controller_as_management_source():
+    result = make_action(dict(ARGS)).run(task_vars=dict(FACTS))
+    assert not result.get("failed"), result
+    assert result["changed"] is False
+    expected = parse_policy({"killswitch_tunnel_interfaces": ["wg0"],
+                             "killswitch_endpoints": [{"address": "198.51.100.7", "port": 51820}],
+                             "killswitch_management_cidrs": ["192.0.2.10"]})
+    assert result["ruleset"] == render(expected)
+    assert result["digest"] == expected.digest()
+    assert result["table"] == "killswitch"
+    assert result["policy"]["management_networks"] == ["192.0.2.10/32"]
+    assert result["policy"]["endpoints"] == [{"networks": ["198.51.100.7/32"], "protocol": "udp", "port": 51820}]
+    assert "warnings" not in result
+
+
+def test_run_explicit_management_cidrs_win_over_facts():
+    result = make_action(dict(ARGS, management_cidrs=["203.0.113.0/24"])).run(task_vars=dict(FACTS))
+    assert result["policy"]["management_networks"] == ["203.0.113.0/24"]
+
+
+def test_run_refuses_to_lock_out_an_unknown_ssh_controller():
+    result = make_action(dict(ARGS)).run(task_vars={"ansible_connection": "ssh"})
+    assert result["failed"] is True
+    assert "killswitch_management_cidrs" in result["msg"]
+    assert "ruleset" not in result
+
+
+def test_run_local_connection_needs_no_management_source():
+    result = make_action(dict(ARGS)).run(task_vars={"ansible_connection": "local"})
+    assert not result.get("failed"), result
+    assert result["policy"]["management_networks"] == []
+    assert "@management" not in result["ruleset"]
+
+
+def test_run_reports_every_problem():
+    args = dict(ARGS, endpoints=[{"address": "300.1.2.3", "port": 0}], ipv6="sideways")
+    result = make_action(args).run(task_vars=dict(FACTS))
+    assert result["failed"] is True
+    assert "ruleset" not in result
+    assert any(p.startswith("killswitch_endpoints[0].address: '300.1.2.3'") for p in result["problems"])
+    assert any(p.startswith("killswitch_endpoints[0].port: 0") for p in result["problems"])
+    assert any(p.startswith("killswitch_ipv6: 'sideways'") for p in result["problems"])
+    assert "killswitch_endpoints[0].port" in result["msg"]
+
+
+def test_run_unresolvable_endpoint_fails_before_the_host(monkeypatch):
+    def failing(name):
+        raise LookupError("Name or service not known")
+
+    monkeypatch.setattr(action, "resolve", failing)
+    result = make_action(dict(ARGS, endpoints=[{"address": "vpn.example.com", "port": 1}])).run(task_vars=dict(FACTS))
+    assert result["failed"] is True
+    assert "killswitch_endpoints[0].address: 'vpn.example.com' does not resolve: Name or service not known" \
+        in result["problems"]
+
+
+def test_run_pins_hostnames(monkeypatch):
+    monkeypatch.setattr(action, "resolve", lambda name: {"vpn.example.com": ["203.0.113.7", "2001:db8::7"]}[name])
+    result = make_action(dict(ARGS, endpoints=[{"address": "vpn.example.com", "port": 1}])).run(task_vars=dict(FACTS))
+    assert result["policy"]["endpoints"][0]["networks"] == ["203.0.113.7/32"]
+    assert "203.0.113.7" in result["ruleset"] and "vpn.example.com" not in result["ruleset"]
+
+
+def test_run_passes_warnings_through():
+    result = make_action(dict(ARGS, allow_lan=True, lan_cidrs=["8.8.8.0/24"])).run(task_vars=dict(FACTS))
+    assert any("8.8.8.0/24" in w for w in result["warnings"])
+
+
+def test_run_rejects_unknown_options():
+    from ansible.errors import AnsibleActionFail
+
+    with pytest.raises(AnsibleActionFail, match="tunnels"):
+        make_action(dict(ARGS, tunnels=["wg0"])).run(task_vars=dict(FACTS))
+
+
+def test_run_validates_the_settings_options():
+    result = make_action(dict(ARGS, guard_interval=1)).run(task_vars=dict(FACTS))
+    assert result["failed"] is True
+    assert any(p.startswith("killswitch_guard_interval: 1") for p in result["problems"])

@@ -1,0 +1,500 @@
+# -*- coding: utf-8 -*-
+# Copyright: netlock.killswitch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""killswitch_nftables: present()/absent() with a fake module and a fake Nft; main() end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.netlock.killswitch.plugins.modules import killswitch_nftables as mod
+
+RULESET = "table inet killswitch\ndelete table inet killswitch\ntable inet killswitch {\n}\n# new\n"
+OLD_RULESET = "table inet killswitch\ndelete table inet killswitch\ntable inet killswitch {\n}\n# old\n"
+DESIRED = [{"table": {"family": "inet", "name": "killswitch"}}, {"chain": {"name": "output", "policy": "drop"}}]
+DESIRED_TEXT = "table inet killswitch {\n\tchain output {\n\t}\n}\n"
+OTHER = [{"table": {"family": "inet", "name": "killswitch"}}, {"chain": {"name": "output", "policy": "accept"}}]
+OTHER_TEXT = "table inet killswitch {\n\tchain output { policy accept; }\n}\n"
+
+
+class FailJson(Exception):
+    def __init__(self, kwargs):
+        super().__init__(kwargs.get("msg"))
+        self.kwargs = kwargs
+
+
+class FakeModule:
+    """What present()/absent() use of AnsibleModule; tmpdir stands in for the module's own temp dir."""
+
+    def __init__(self, tmpdir, check_mode=False):
+        self.tmpdir = str(tmpdir)
+        self.check_mode = check_mode
+        self.moves = []
+
+    def fail_json(self, **kwargs):
+        raise FailJson(kwargs)
+
+    def atomic_move(self, src, dest):
+        self.moves.append((src, dest))
+        os.replace(src, dest)
+
+
+class FakeNft:
+    """Scripted answers; records each call and the staged file's content when nft saw it."""
+
+    def __init__(self, live=None, desired=(DESIRED, DESIRED_TEXT), check_error=None, apply_error=None,
+                 delete_error=None, desired_error=None):
+        self.live_value = live
+        self.desired_value = desired
+        self.check_error = check_error
+        self.apply_error = apply_error
+        self.delete_error = delete_error
+        self.desired_error = desired_error
+        self.calls = []
+        self.seen = {}
+
+    def _saw(self, name, path):
+        with open(path) as handle:
+            self.seen[name] = (path, handle.read())
+
+    def check(self, path):
+        self.calls.append("check")
+        self._saw("check", path)
+        return self.check_error
+
+    def desired(self, path, table):
+        self.calls.append("desired")
+        self._saw("desired", path)
+        if self.desired_error:
+            raise RuntimeError(self.desired_error)
+        return self.desired_value
+
+    def live(self, table):
+        self.calls.append("live")
+        return self.live_value
+
+    def apply(self, path):
+        self.calls.append("apply")
+        self._saw("apply", path)
+        if self.apply_error is None:
+            self.live_value = self.desired_value
+        return self.apply_error
+
+    def delete(self, table):
+        self.calls.append("delete")
+        if self.delete_error is None:
+            self.live_value = None
+        return self.delete_error
+
+
+@pytest.fixture
+def module_tmpdir(tmp_path):
+    """The module's temp dir (AnsibleModule.tmpdir), apart from the target directory."""
+    directory = tmp_path / "ansible-moduletmp"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def new_module(module_tmpdir):
+    def make(check_mode=False):
+        return FakeModule(module_tmpdir, check_mode=check_mode)
+    return make
+
+
+@pytest.fixture
+def target(tmp_path):
+    directory = tmp_path / "etc" / "netlock-killswitch"
+    directory.mkdir(parents=True)
+    return directory / "ruleset.nft"
+
+
+def listing(directory):
+    return sorted(os.listdir(directory))
+
+
+def present(module, nft, path, ruleset=RULESET):
+    return mod.present(module, nft, "killswitch", str(path), ruleset)
+
+
+# --------------------------------------------------------------------------- present
+
+
+def test_unchanged_reports_no_change(new_module, target):
+    target.write_text(RULESET)
+    before = os.stat(target)
+    nft = FakeNft(live=(DESIRED, DESIRED_TEXT))
+    module = new_module()
+    result = present(module, nft, target)
+    assert result["changed"] is False
+    assert result["table_changed"] is False
+    assert result["file_changed"] is False
+    assert result["table"] == DESIRED_TEXT
+    assert result["path"] == str(target)
+    assert "apply" not in nft.calls and module.moves == []
+    assert os.stat(target).st_mtime_ns == before.st_mtime_ns and os.stat(target).st_ino == before.st_ino
+    assert listing(target.parent) == ["ruleset.nft"], "the staged file must not be left behind"
+
+
+def test_staged_file_is_checked_before_anything_else(new_module, module_tmpdir, target):
+    nft = FakeNft(live=None)
+    present(new_module(), nft, target)
+    assert nft.calls[0] == "check"
+    probe, content = nft.seen["check"]
+    assert content == RULESET
+    assert os.path.dirname(probe) == str(module_tmpdir), "checked from the module's temp dir, not beside the target"
+    assert nft.seen["desired"][0] == probe
+
+
+def test_applied_file_is_staged_beside_the_target(new_module, target):
+    """When applying, the file nft loads is the one renamed into place: same directory, atomic rename."""
+    module = new_module()
+    nft = FakeNft(live=None)
+    present(module, nft, target)
+    staged, content = nft.seen["apply"]
+    assert content == RULESET
+    assert os.path.dirname(staged) == str(target.parent)
+    assert staged != str(target)
+    assert module.moves == [(staged, str(target))]
+    assert listing(target.parent) == ["ruleset.nft"]
+
+
+def test_live_differs_applies_the_table(new_module, target):
+    target.write_text(RULESET)
+    nft = FakeNft(live=(OTHER, OTHER_TEXT))
+    module = new_module()
+    result = present(module, nft, target)
+    assert result["changed"] is True
+    assert result["table_changed"] is True
+    assert result["file_changed"] is False
+    assert nft.calls.count("apply") == 1
+    assert nft.seen["apply"][1] == RULESET
+    assert module.moves == []
+    assert target.read_text() == RULESET
+    assert result["table"] == DESIRED_TEXT
+    assert result["diff"][0]["before"] == OTHER_TEXT
+    assert result["diff"][0]["after"] == DESIRED_TEXT
+    assert len(result["diff"]) == 1
+    assert listing(target.parent) == ["ruleset.nft"]
+
+
+def test_missing_table_is_applied(new_module, target):
+    target.write_text(RULESET)
+    nft = FakeNft(live=None)
+    result = present(new_module(), nft, target)
+    assert result["changed"] is True and result["table_changed"] is True
+    assert "apply" in nft.calls
+    assert result["diff"][0]["before"] == ""
+
+
+def test_file_missing_is_written(new_module, target):
+    nft = FakeNft(live=(DESIRED, DESIRED_TEXT))
+    module = new_module()
+    result = present(module, nft, target)
+    assert result["changed"] is True
+    assert result["file_changed"] is True
+    assert result["table_changed"] is False
+    assert "apply" not in nft.calls
+    assert target.read_text() == RULESET
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o644
+    assert module.moves == [(module.moves[0][0], str(target))]
+    assert result["diff"][1] == {"before_header": str(target), "before": "", "after_header": str(target),
+                                 "after": RULESET}
+    assert listing(target.parent) == ["ruleset.nft"]
+
+
+def test_file_differs_is_replaced(new_module, target):
+    target.write_text(OLD_RULESET)
+    result = present(new_module(), FakeNft(live=(DESIRED, DESIRED_TEXT)), target)
+    assert result["file_changed"] is True
+    assert target.read_text() == RULESET
+    assert result["diff"][1]["before"] == OLD_RULESET
+
+
+def test_missing_directory_is_created(new_module, tmp_path):
+    path = tmp_path / "new" / "dir" / "ruleset.nft"
+    present(new_module(), FakeNft(live=None), path)
+    assert path.read_text() == RULESET
+
+
+def test_second_run_is_unchanged(new_module, target):
+    """Idempotence: what the first run leaves behind is what the second run wants."""
+    nft = FakeNft(live=(OTHER, OTHER_TEXT))
+    assert present(new_module(), nft, target)["changed"] is True
+    again = present(new_module(), nft, target)
+    assert again["changed"] is False
+    assert nft.calls.count("apply") == 1
+
+
+def test_check_mode_changes_nothing(new_module, target):
+    target.write_text(OLD_RULESET)
+    before = os.stat(target)
+    nft = FakeNft(live=(OTHER, OTHER_TEXT))
+    module = new_module(check_mode=True)
+    result = present(module, nft, target)
+    assert result["changed"] is True
+    assert result["table_changed"] is True and result["file_changed"] is True
+    assert "apply" not in nft.calls and "delete" not in nft.calls
+    assert module.moves == []
+    assert target.read_text() == OLD_RULESET
+    assert os.stat(target).st_mtime_ns == before.st_mtime_ns
+    assert listing(target.parent) == ["ruleset.nft"]
+    # check mode with --diff shows exactly what a run would change
+    assert result["diff"][0]["before"] == OTHER_TEXT and result["diff"][0]["after"] == DESIRED_TEXT
+    assert result["diff"][1]["before"] == OLD_RULESET and result["diff"][1]["after"] == RULESET
+
+
+def test_check_mode_with_missing_file(new_module, target):
+    result = present(new_module(check_mode=True), FakeNft(live=None), target)
+    assert result["changed"] is True and result["file_changed"] is True
+    assert not target.exists()
+    assert listing(target.parent) == []
+
+
+def test_check_mode_does_not_create_the_directory(new_module, module_tmpdir, tmp_path):
+    """Check mode stages the file in the module's temp dir only: not even the target directory appears."""
+    path = tmp_path / "etc" / "netlock-killswitch" / "ruleset.nft"
+    nft = FakeNft(live=None)
+    result = present(new_module(check_mode=True), nft, path)
+    assert result["changed"] is True and result["table_changed"] is True and result["file_changed"] is True
+    assert nft.calls == ["check", "desired", "live"]
+    assert not (tmp_path / "etc").exists()
+    assert listing(tmp_path) == [module_tmpdir.name]
+
+
+def test_nft_check_failure_fails_and_writes_nothing(new_module, target):
+    target.write_text(OLD_RULESET)
+    nft = FakeNft(live=(OTHER, OTHER_TEXT), check_error="/tmp/x.nft:3:1: Error: syntax error")
+    module = new_module()
+    with pytest.raises(FailJson) as info:
+        present(module, nft, target)
+    assert "nft -c rejected the ruleset" in info.value.kwargs["msg"]
+    assert "Error: syntax error" in info.value.kwargs["msg"]
+    assert nft.calls == ["check"]
+    assert module.moves == []
+    assert target.read_text() == OLD_RULESET
+    assert listing(target.parent) == ["ruleset.nft"], "nothing is staged beside the target before nft -c passes"
+
+
+def test_apply_failure_leaves_the_persisted_file_untouched(new_module, target):
+    target.write_text(OLD_RULESET)
+    before = os.stat(target)
+    nft = FakeNft(live=(OTHER, OTHER_TEXT), apply_error="Error: Could not process rule: No such file or directory")
+    module = new_module()
+    with pytest.raises(FailJson) as info:
+        present(module, nft, target)
+    assert "nft -f failed, the previous table is still loaded" in info.value.kwargs["msg"]
+    assert "Could not process rule" in info.value.kwargs["msg"]
+    assert info.value.kwargs["table_changed"] is True
+    assert module.moves == []
+    assert target.read_text() == OLD_RULESET
+    assert os.stat(target).st_ino == before.st_ino
+    assert listing(target.parent) == ["ruleset.nft"]
+
+
+def test_apply_failure_with_no_file_writes_none(new_module, target):
+    with pytest.raises(FailJson):
+        present(new_module(), FakeNft(live=None, apply_error="Error"), target)
+    assert listing(target.parent) == []
+
+
+def test_desired_failure_propagates_and_writes_nothing(new_module, target):
+    nft = FakeNft(live=None, desired_error="loading the ruleset in a private network namespace failed: x")
+    with pytest.raises(RuntimeError, match="private network namespace"):
+        present(new_module(), nft, target)
+    assert "apply" not in nft.calls
+    assert listing(target.parent) == []
+
+
+# --------------------------------------------------------------------------- absent
+
+
+def test_absent_removes_table_and_file(new_module, target):
+    target.write_text(RULESET)
+    nft = FakeNft(live=(DESIRED, DESIRED_TEXT))
+    result = mod.absent(new_module(), nft, "killswitch", str(target))
+    assert result["changed"] is True
+    assert result["table_changed"] is True and result["file_changed"] is True
+    assert nft.calls == ["live", "delete"]
+    assert not target.exists()
+    assert result["diff"] == {"before": DESIRED_TEXT, "after": ""}
+
+
+def test_absent_removes_a_file_without_a_table(new_module, target):
+    target.write_text(RULESET)
+    nft = FakeNft(live=None)
+    result = mod.absent(new_module(), nft, "killswitch", str(target))
+    assert result["changed"] is True and result["table_changed"] is False and result["file_changed"] is True
+    assert "delete" not in nft.calls
+    assert not target.exists()
+
+
+def test_absent_when_nothing_is_there(new_module, target):
+    nft = FakeNft(live=None)
+    result = mod.absent(new_module(), nft, "killswitch", str(target))
+    assert result["changed"] is False
+    assert result["table_changed"] is False and result["file_changed"] is False
+    assert nft.calls == ["live"]
+
+
+def test_absent_check_mode_changes_nothing(new_module, target):
+    target.write_text(RULESET)
+    nft = FakeNft(live=(DESIRED, DESIRED_TEXT))
+    result = mod.absent(new_module(check_mode=True), nft, "killswitch", str(target))
+    assert result["changed"] is True
+    assert "delete" not in nft.calls
+    assert target.read_text() == RULESET
+
+
+def test_absent_delete_failure_keeps_the_file(new_module, target):
+    target.write_text(RULESET)
+    nft = FakeNft(live=(DESIRED, DESIRED_TEXT), delete_error="Error: Device or resource busy")
+    with pytest.raises(FailJson) as info:
+        mod.absent(new_module(), nft, "killswitch", str(target))
+    assert "nft delete table inet killswitch failed" in info.value.kwargs["msg"]
+    assert "busy" in info.value.kwargs["msg"]
+    assert target.read_text() == RULESET
+
+
+# --------------------------------------------------------------------------- main()
+
+
+def run_main(monkeypatch, capsys, args, fake, tmpdir):
+    """main() with args (the module's temp dir is tmpdir); returns the exit code and the JSON result."""
+    args = dict(args, _ansible_tmpdir=str(tmpdir))
+    made = []
+
+    def factory(run, nft="nft", unshare="unshare"):
+        made.append((nft, unshare))
+        return fake
+
+    monkeypatch.setattr(mod, "Nft", factory)
+    monkeypatch.setattr(mod.AnsibleModule, "get_bin_path", lambda self, name, required=False, opt_dirs=None: "/bin/" + name)
+    with patch_module_args(args):
+        with pytest.raises(SystemExit) as info:
+            mod.main()
+    assert made in ([], [("/bin/nft", "/bin/unshare")])
+    return info.value.code, json.loads(capsys.readouterr().out)
+
+
+def test_main_present(monkeypatch, capsys, module_tmpdir, target):
+    args = {"ruleset": RULESET, "path": str(target)}
+    code, result = run_main(monkeypatch, capsys, args, FakeNft(live=None), module_tmpdir)
+    assert code == 0
+    assert result["changed"] is True and result["table_changed"] is True and result["file_changed"] is True
+    assert "diff" not in result
+    assert target.read_text() == RULESET
+
+
+def test_main_diff_and_check_mode(monkeypatch, capsys, module_tmpdir, target):
+    args = {"ruleset": RULESET, "path": str(target), "_ansible_check_mode": True, "_ansible_diff": True}
+    code, result = run_main(monkeypatch, capsys, args, FakeNft(live=(OTHER, OTHER_TEXT)), module_tmpdir)
+    assert code == 0
+    assert result["changed"] is True
+    assert result["diff"][0]["after"] == DESIRED_TEXT
+    assert not target.exists()
+
+
+def test_main_check_mode_creates_nothing_under_the_target(monkeypatch, capsys, module_tmpdir, tmp_path):
+    path = tmp_path / "etc" / "netlock-killswitch" / "ruleset.nft"
+    args = {"ruleset": RULESET, "path": str(path), "_ansible_check_mode": True}
+    code, result = run_main(monkeypatch, capsys, args, FakeNft(live=None), module_tmpdir)
+    assert code == 0
+    assert result["changed"] is True and result["file_changed"] is True
+    assert not (tmp_path / "etc").exists()
+
+
+def test_main_requires_ruleset_when_present(monkeypatch, capsys, module_tmpdir, target):
+    code, result = run_main(monkeypatch, capsys, {"path": str(target)}, FakeNft(), module_tmpdir)
+    assert code == 1
+    assert result["failed"] is True and "ruleset" in result["msg"]
+
+
+def test_main_runtime_error_fails_cleanly(monkeypatch, capsys, module_tmpdir, target):
+    nft = FakeNft(live=None, desired_error="loading the ruleset in a private network namespace failed: boom")
+    code, result = run_main(monkeypatch, capsys, {"ruleset": RULESET, "path": str(target)}, nft, module_tmpdir)
+    assert code == 1
+    assert result["failed"] is True and "boom" in result["msg"]
+    assert listing(target.parent) == []
+
+
+def test_main_absent(monkeypatch, capsys, module_tmpdir, target):
+    target.write_text(RULESET)
+    nft = FakeNft(live=(DESIRED, DESIRED_TEXT))
+    code, result = run_main(monkeypatch, capsys, {"state": "absent", "path": str(target)}, nft, module_tmpdir)
+    assert code == 0
+    assert result["changed"] is True
+    assert "delete" in nft.calls and not target.exists()
+
+
+# --------------------------------------------------------------------------- real nft, in a netns
+
+E2E_SCRIPT = r'''
+import json, os, subprocess, sys
+from ansible_collections.netlock.killswitch.plugins.module_utils.nft_live import Nft
+from ansible_collections.netlock.killswitch.plugins.modules import killswitch_nftables as mod
+
+nft_bin, unshare_bin, path, first, second = sys.argv[1:6]
+
+class Module:
+    check_mode = False
+    tmpdir = sys.argv[6]
+    def fail_json(self, **kwargs):
+        raise SystemExit("fail_json: %s" % kwargs["msg"])
+    def atomic_move(self, src, dest):
+        os.replace(src, dest)
+
+def run(argv):
+    p = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    return p.returncode, p.stdout, p.stderr
+
+nft = Nft(run, nft=nft_bin, unshare=unshare_bin)
+texts = [open(first).read(), open(second).read()]
+out = []
+for text in (texts[0], texts[0], texts[1], texts[1]):
+    r = mod.present(Module(), nft, "killswitch", path, text)
+    out.append([r["changed"], r["table_changed"], r["file_changed"]])
+subprocess.run([nft_bin, "add", "rule", "inet", "killswitch", "output", "accept"], check=True)
+r = mod.present(Module(), nft, "killswitch", path, texts[1])
+out.append([r["changed"], r["table_changed"], r["file_changed"]])
+r = mod.absent(Module(), nft, "killswitch", path)
+out.append([r["changed"], nft.live("killswitch") is None, os.path.exists(path)])
+print(json.dumps(out))
+'''
+
+
+def test_present_is_idempotent_with_real_nft(nft_binary, unshare_binary, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ansible_collections.netlock.killswitch.plugins.module_utils.nft_render import render
+    from ansible_collections.netlock.killswitch.plugins.module_utils.policy import parse_policy
+
+    base = {"killswitch_tunnel_interfaces": ["wg0"], "killswitch_endpoints": [{"address": "198.51.100.7", "port": 1}],
+            "killswitch_allow_lan": True, "killswitch_management_cidrs": ["192.0.2.10"]}
+    first, second = tmp_path / "first.nft", tmp_path / "second.nft"
+    first.write_text(render(parse_policy(base)))
+    second.write_text(render(parse_policy(dict(base, killswitch_ipv6="tunnel"))))
+    path = tmp_path / "etc" / "ruleset.nft"
+    module_tmpdir = tmp_path / "ansible-moduletmp"
+    module_tmpdir.mkdir()
+    collections = str(Path(__file__).resolve().parents[4] / ".collections")
+    proc = subprocess.run([unshare_binary, "--net", "--", sys.executable, "-c", E2E_SCRIPT, nft_binary, unshare_binary,
+                           str(path), str(first), str(second), str(module_tmpdir)], capture_output=True, text=True, timeout=60, check=False,
+                          env=dict(os.environ, PYTHONPATH=collections))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [
+        [True, True, True],     # first run: table and file created
+        [False, False, False],  # same input again: changed=0
+        [True, True, True],     # a different policy
+        [False, False, False],
+        [True, True, False],    # a hand edit of the live table is put back
+        [True, True, False],    # absent: changed, table gone, file gone
+    ]
