@@ -30,13 +30,13 @@ def progress() -> Progress:
 
 def up() -> None:
     steps = 2 + len(HOSTS) + len(CLIENTS) + 1
-    with progress() as bar:
-        task = bar.add_task("building the lab", total=steps)
+    with progress() as display:
+        task = display.add_task("building the lab", total=steps)
 
         def step(message: str) -> None:
-            bar.update(task, description=message, advance=1)
+            display.update(task, description=message, advance=1)
         build.up(step)
-        bar.update(task, description="lab ready", completed=steps)
+        display.update(task, description="lab ready", completed=steps)
 
 
 def rollout() -> None:
@@ -47,16 +47,16 @@ def rollout() -> None:
 def run_cases(names, flaps: int, outdir: str) -> int:
     results, timelines = [], []
     hosts = cases.clients()
-    with progress() as bar:
-        task = bar.add_task("leak cases", total=len(hosts) * (len(names) + 1))
+    with progress() as display:
+        task = display.add_task("leak cases", total=len(hosts) * (len(names) + 1))
         for host in hosts:
             for name in names:
-                bar.update(task, description="%s: %s" % (host.name, name))
+                display.update(task, description="%s: %s" % (host.name, name))
                 results += cases.run_case(name, host)
-                bar.advance(task)
-            bar.update(task, description="%s: flap stream, %d flaps" % (host.name, flaps))
+                display.advance(task)
+            display.update(task, description="%s: flap stream, %d flaps" % (host.name, flaps))
             timelines.append(cases.flap_stream(host, flaps=flaps))
-            bar.advance(task)
+            display.advance(task)
     report.print_report(results, timelines, console)
     paths = report.write_all(results, timelines, outdir)
     console.print("report: %s, %s" % (paths["json"], paths["png"]))

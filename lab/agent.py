@@ -47,7 +47,7 @@ def tcp(address: str, port: int, payload: bytes) -> bool:
 def udp(address: str, port: int, payload: bytes, count: int) -> int:
     sent = 0
     with socket.socket(family(address), socket.SOCK_DGRAM) as sock:
-        for _ in range(count):
+        for _attempt in range(count):
             try:
                 sock.sendto(payload, (address, port))
                 sent += 1

@@ -27,8 +27,8 @@ def image() -> str:
 def run_script(container: str, script: str, what: str) -> str:
     result = sh(container, "set -e\n" + script, timeout=120)
     if result.returncode != 0:
-        raise RuntimeError("%s on %s failed (%d): %s %s" % (what, container, result.returncode,
-                                                           result.stdout[-1500:], result.stderr[-1500:]))
+        output = result.stdout[-1500:] + result.stderr[-1500:]
+        raise RuntimeError("%s on %s failed (%d): %s" % (what, container, result.returncode, output))
     return result.stdout
 
 
@@ -106,8 +106,8 @@ def wg_key(container: str) -> str:
 
 
 def setup_vpn(client_keys: dict) -> None:
-    peers = "".join("[Peer]\nPublicKey = %s\nAllowedIPs = %s/32, %s/128\n\n" % (client_keys[c.name], c.tunnel[0],
-                                                                                  c.tunnel[1]) for c in CLIENTS)
+    peers = "".join("[Peer]\nPublicKey = %s\nAllowedIPs = %s/32, %s/128\n\n" % (client_keys[c.name], *c.tunnel)
+                    for c in CLIENTS)
     config = ("[Interface]\nAddress = %s/24, %s/64\nListenPort = %d\nPostUp = wg set %%i private-key "
               "/etc/wireguard/private.key\n\n%s" % (VPN.tunnel[0], VPN.tunnel[1], WG_PORT, peers))
     nat = ("table inet lab_nat {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n"

@@ -188,8 +188,8 @@ def server_ip(host: Host) -> CaseResult:
     """
     route = "ip route %%s %s/32 via %s dev eth0" % (VPN.v4(INET), ROUTER.v4(LAN))
     sh(host.name, route % "replace")
-    bpf = "ether src %s and dst host %s" % (sh(host.name, "cat /sys/class/net/eth0/address").stdout.strip(),
-                                              VPN.v4(INET))
+    mac = sh(host.name, "cat /sys/class/net/eth0/address").stdout.strip()
+    bpf = "ether src %s and dst host %s" % (mac, VPN.v4(INET))
 
     def attempt() -> tuple:
         marker = canary()

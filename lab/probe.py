@@ -167,12 +167,17 @@ def nft_table(container: str, table: str = "killswitch") -> Optional[dict]:
 
 @contextlib.contextmanager
 def killswitch_off(container: str, table: str = "killswitch"):
-    """Positive controls: the kill switch removed for the block, then loaded again by its boot unit."""
-    sh(container, "nft delete table inet %s" % table)
+    """Positive controls: the kill switch removed for the block, then loaded again by its boot unit.
+
+    The guard is paused meanwhile, or it would put the table back in the middle of the control.
+    """
+    sh(container, "systemctl stop netlock-killswitch-guard.timer 2>/dev/null; nft delete table inet %s" % table)
     try:
         yield
     finally:
-        result = sh(container, "systemctl restart netlock-killswitch.service")
+        result = sh(container, "systemctl restart netlock-killswitch.service && "
+                               "{ ! systemctl is-enabled -q netlock-killswitch-guard.timer 2>/dev/null || "
+                               "systemctl start netlock-killswitch-guard.timer; }")
         assert result.returncode == 0 and nft_table(container, table) is not None, result.stderr
 
 

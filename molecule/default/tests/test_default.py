@@ -1,6 +1,9 @@
 """The kill switch proven by traffic: a peer container captures what the client sends."""
 
 import os
+import time
+
+import pytest
 
 from lab.probe import Capture, canary, icmp_probe, killswitch_off, leak_filter, nft_table, restart, run_playbook, sh, tcp_probe, udp_probe, wait_for
 
@@ -82,6 +85,25 @@ def test_unmarked_traffic_to_the_endpoint_is_blocked():
         assert probe_endpoint(), "the probe itself is broken: nothing seen without the kill switch"
 
 
+def guard_reloads():
+    return sh(CLIENT, "journalctl -q -u netlock-killswitch-guard.service | grep -c reloading").stdout.strip()
+
+
+@pytest.mark.parametrize("tamper", ["nft delete table inet killswitch", "nft insert rule inet killswitch output accept",
+                                    "nft flush ruleset"])
+def test_guard_puts_the_table_back(tamper):
+    before = guard_reloads()
+    assert sh(CLIENT, tamper).returncode == 0
+    assert wait_for(lambda: guard_reloads() != before, timeout=20), "the guard did not react"
+    live = sh(CLIENT, "nft list table inet killswitch | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/'")
+    assert live.stdout.strip() == sh(CLIENT, "cat /etc/netlock-killswitch/expected-table.txt").stdout.strip()
+    reached, capture = leaks(canary())
+    assert not reached and capture.packets == []
+    steady = guard_reloads()
+    time.sleep(12)  # two more guard runs on an intact table must not reload it
+    assert guard_reloads() == steady
+
+
 def test_still_locked_after_a_restart():
     restart(CLIENT)
     assert nft_table(CLIENT) is not None, "the boot unit did not load the table"
@@ -107,3 +129,22 @@ def test_absent_restores_open_traffic():
 def test_reconverge_changes_nothing():
     result = run_playbook(CONVERGE)
     assert result.returncode == 0 and "changed=0" in result.stdout, result.stdout[-3000:]
+
+
+def test_drift_is_reported_and_enforced():
+    """A hand edit to the live table is drift: reported (and failing) by default, undone when enforced."""
+    drift = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "drift.yml")
+    # The on-host guard would repair the table within seconds; the fleet report must catch it without.
+    assert sh(CLIENT, "systemctl stop netlock-killswitch-guard.timer && "
+                      "nft insert rule inet killswitch output accept").returncode == 0
+    try:
+        reported = run_playbook(drift, "-e", "killswitch_rollout_hosts=killswitch")
+        assert reported.returncode != 0 and "kill switch drift found" in reported.stderr, reported.stdout[-3000:]
+        assert "1 of 1 hosts drifted" in reported.stdout
+    finally:
+        enforced = run_playbook(drift, "-e", "killswitch_rollout_hosts=killswitch", "-e", "killswitch_drift_enforce=true")
+    assert enforced.returncode == 0, enforced.stdout[-3000:]
+    clean = run_playbook(drift, "-e", "killswitch_rollout_hosts=killswitch")
+    assert clean.returncode == 0 and "0 of 1 hosts drifted" in clean.stdout, clean.stdout[-3000:]
+    reached, capture = leaks(canary())
+    assert not reached and capture.packets == []
