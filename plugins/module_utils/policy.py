@@ -14,7 +14,7 @@ import ipaddress
 import json
 import re
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -214,21 +214,23 @@ def _or_default(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _unknown_keys(check: _Checker, item: str, entry: Mapping, known: Sequence[str]) -> None:
-    unknown = sorted(str(key) for key in entry if key not in known)
-    if unknown:
-        check.fail(item, entry, "has unknown keys %s" % ", ".join(unknown))
+def _entries(check: _Checker, variable: str, value: Any, keys: Sequence[str],
+             allow_empty: bool = True) -> Iterator[Tuple[str, Mapping]]:
+    """(name, entry) for each mapping in a list variable; other items and unknown keys are problems."""
+    for i, entry in enumerate(check.items(variable, value, allow_empty=allow_empty)):
+        item = "%s[%d]" % (variable, i)
+        if not isinstance(entry, Mapping):
+            check.fail(item, entry, "is not a mapping with %s" % ", ".join(keys))
+            continue
+        unknown = sorted(str(key) for key in entry if key not in keys)
+        if unknown:
+            check.fail(item, entry, "has unknown keys %s" % ", ".join(unknown))
+        yield item, entry
 
 
 def _endpoints(check: _Checker, value: Any, ipv6: str, resolve: Optional[Resolver]) -> Tuple[AddressRule, ...]:
-    variable = PREFIX + "endpoints"
     grouped: Dict[Tuple[str, int], List[Network]] = {}
-    for i, entry in enumerate(check.items(variable, value, allow_empty=False)):
-        item = "%s[%d]" % (variable, i)
-        if not isinstance(entry, Mapping):
-            check.fail(item, entry, "is not a mapping with address, port and protocol")
-            continue
-        _unknown_keys(check, item, entry, ("address", "port", "protocol"))
+    for item, entry in _entries(check, PREFIX + "endpoints", value, ("address", "port", "protocol"), allow_empty=False):
         protocol = check.choice(item + ".protocol", _or_default(entry.get("protocol"), "udp"), ENDPOINT_PROTOCOLS)
         port = check.port(item + ".port", entry.get("port"))
         networks = _endpoint_networks(check, item + ".address", entry.get("address"), ipv6, resolve)
@@ -266,14 +268,8 @@ def _endpoint_networks(check: _Checker, variable: str, value: Any, ipv6: str, re
 
 
 def _extra_outbound(check: _Checker, value: Any, ipv6: str) -> Tuple[AddressRule, ...]:
-    variable = PREFIX + "extra_outbound"
     grouped: Dict[Tuple[str, Optional[int]], List[Network]] = {}
-    for i, entry in enumerate(check.items(variable, value)):
-        item = "%s[%d]" % (variable, i)
-        if not isinstance(entry, Mapping):
-            check.fail(item, entry, "is not a mapping with cidr, protocol and port")
-            continue
-        _unknown_keys(check, item, entry, ("cidr", "port", "protocol"))
+    for item, entry in _entries(check, PREFIX + "extra_outbound", value, ("cidr", "port", "protocol")):
         protocol = check.choice(item + ".protocol", _or_default(entry.get("protocol"), "any"), EXTRA_PROTOCOLS)
         port = entry.get("port")
         if port is not None:
