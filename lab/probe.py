@@ -30,7 +30,8 @@ ND_BPF = "(icmp6 and ip6[7] == 255) or (ip6 dst host ff02::16)"
 def leak_filter(sources, allowed=()):
     """BPF for every packet from these addresses except neighbour discovery and the allowed expressions."""
     exceptions = " or ".join("(%s)" % a for a in (ND_BPF,) + tuple(allowed))
-    return "(%s) and not (%s)" % (" or ".join("src host %s" % s for s in sources), exceptions)
+    # IP only: ARP is link layer, outside the inet family and the contract.
+    return "(ip or ip6) and (%s) and not (%s)" % (" or ".join("src host %s" % s for s in sources), exceptions)
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:

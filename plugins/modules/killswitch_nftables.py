@@ -44,7 +44,23 @@ options:
       - Where the ruleset is persisted for the boot unit.
     type: path
     default: /etc/netlock-killswitch/ruleset.nft
+  rollback_timeout:
+    description:
+      - Seconds the host waits, after a change, for the controller to reconnect and confirm; 0 disables.
+      - Before applying, the module saves the live table and the persisted file and starts a systemd
+        timer. The action plugin then resets the connection and confirms over a new one. If the new
+        rules cut the controller off, the timer restores the previous table and file.
+    type: int
+    default: 0
+  confirm:
+    description:
+      - Confirm the apply after reconnecting. V(false) leaves the rollback armed, to rehearse a lockout.
+    type: bool
+    default: true
 attributes:
+  action:
+    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
+    support: full
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
@@ -101,12 +117,24 @@ path:
   returned: always
   type: str
   sample: /etc/netlock-killswitch/ruleset.nft
+rollback:
+  description: The armed rollback, when O(rollback_timeout) is set and something changed.
+  returned: when armed
+  type: dict
+  contains:
+    timeout:
+      description: Seconds before the host restores its previous ruleset.
+      type: int
+    confirmed:
+      description: Whether the controller reconnected and confirmed in time.
+      type: bool
 """
 
 import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.netlock.killswitch.plugins.module_utils import rollback
 from ansible_collections.netlock.killswitch.plugins.module_utils.nft_live import Nft
 
 
@@ -126,7 +154,32 @@ def _write(directory, content):
     return tmp
 
 
-def present(module, nft, table, path, ruleset):
+def arm_rollback(module, table, path, live, timeout):
+    """Save what is there now and start the timer that restores it unless the controller confirms."""
+    files = rollback.paths()
+    os.makedirs(rollback.ROLLBACK_DIR, mode=0o700, exist_ok=True)
+    previous_file = _read(path)
+    contents = {
+        "previous-table.nft": rollback.previous_table(table, live[1] if live else None),
+        "previous-file.nft": previous_file or "",
+        "rollback.sh": rollback.script(module.get_bin_path("nft", required=True), path, previous_file is not None, files),
+        "armed": "",
+    }
+    for name, content in contents.items():
+        with open(files[name], "w") as handle:
+            handle.write(content)
+    systemd_run = module.get_bin_path("systemd-run", required=True)
+    module.run_command(["systemctl", "stop", rollback.ROLLBACK_UNIT + ".timer", rollback.ROLLBACK_UNIT + ".service"])
+    module.run_command(["systemctl", "reset-failed", rollback.ROLLBACK_UNIT + ".timer", rollback.ROLLBACK_UNIT + ".service"])
+    rc, out, err = module.run_command([systemd_run, "--unit", rollback.ROLLBACK_UNIT, "--on-active=%ds" % timeout,
+                                       "--timer-property=AccuracySec=1s", "/bin/sh", files["rollback.sh"]])
+    if rc != 0:
+        module.fail_json(msg="could not arm the rollback timer, nothing was changed: %s" % (err or out))
+    return dict(timeout=timeout, cookie=files["armed"], unit=rollback.ROLLBACK_UNIT,
+                confirm=rollback.confirm_command(files))
+
+
+def present(module, nft, table, path, ruleset, rollback_timeout=0):
     # Checked and compared from the module's temp dir: check mode must not write under /etc.
     probe = _write(module.tmpdir, ruleset)
     problem = nft.check(probe)
@@ -153,10 +206,14 @@ def present(module, nft, table, path, ruleset):
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     staged = _write(os.path.dirname(path), ruleset)
     try:
+        if rollback_timeout:
+            result["rollback"] = arm_rollback(module, table, path, live, rollback_timeout)
         if table_changed:
             # One nft transaction: on failure the kernel keeps the old table untouched.
             problem = nft.apply(staged)
             if problem:
+                if rollback_timeout:
+                    module.run_command(["sh", "-c", result["rollback"]["confirm"]])
                 module.fail_json(msg="nft -f failed, the previous table is still loaded: %s" % problem, **result)
         if file_changed:
             module.atomic_move(staged, path)
@@ -190,6 +247,8 @@ def main():
             ruleset=dict(type="str"),
             table=dict(type="str", default="killswitch"),
             path=dict(type="path", default="/etc/netlock-killswitch/ruleset.nft"),
+            rollback_timeout=dict(type="int", default=0),
+            confirm=dict(type="bool", default=True),
         ),
         required_if=[("state", "present", ["ruleset"])],
         supports_check_mode=True,
@@ -200,7 +259,7 @@ def main():
     params = module.params
     try:
         if params["state"] == "present":
-            result = present(module, nft, params["table"], params["path"], params["ruleset"])
+            result = present(module, nft, params["table"], params["path"], params["ruleset"], params["rollback_timeout"])
         else:
             result = absent(module, nft, params["table"], params["path"])
     except (RuntimeError, ValueError, OSError) as exc:

@@ -13,7 +13,8 @@ PEER_V4, PEER_V6, PEER_TUNNEL = "198.18.20.20", "2001:db8:20::20", "198.18.200.1
 # Everything the client sends on the lab link except its (marked) WireGuard traffic to the endpoint.
 LEAK_FILTER = leak_filter([CLIENT_V4, CLIENT_V6], allowed=["udp and dst port 51820"])
 SCENARIO = os.environ.get("MOLECULE_SCENARIO_DIRECTORY", "")
-CONVERGE, PREPARE = (os.path.join(SCENARIO, name) for name in ("converge.yml", "prepare.yml"))
+CONVERGE, PREPARE, REHEARSE = (os.path.join(SCENARIO, name)
+                               for name in ("converge.yml", "prepare.yml", "rehearse-rollback.yml"))
 
 testinfra_hosts = ["docker://" + CLIENT]
 
@@ -102,6 +103,23 @@ def test_guard_puts_the_table_back(tamper):
     steady = guard_reloads()
     time.sleep(12)  # two more guard runs on an intact table must not reload it
     assert guard_reloads() == steady
+
+
+def test_unconfirmed_apply_rolls_back():
+    """killswitch_safe_apply_timeout: an apply the controller cannot confirm is undone by the host."""
+    persisted = sh(CLIENT, "cat /etc/netlock-killswitch/ruleset.nft").stdout
+    sh(CLIENT, "systemctl stop netlock-killswitch-guard.timer")  # the guard would also undo the change
+    try:
+        result = run_playbook(REHEARSE)
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert "198.18.99.0/24" in sh(CLIENT, "nft list table inet killswitch").stdout, "the rehearsal did not apply"
+        assert wait_for(lambda: "198.18.99.0/24" not in sh(CLIENT, "nft list table inet killswitch").stdout, 20), \
+            "the host kept an unconfirmed ruleset"
+        assert sh(CLIENT, "cat /etc/netlock-killswitch/ruleset.nft").stdout == persisted
+    finally:
+        sh(CLIENT, "systemctl start netlock-killswitch-guard.timer")
+    reached, capture = leaks(canary())
+    assert not reached and capture.packets == []
 
 
 def test_still_locked_after_a_restart():
