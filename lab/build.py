@@ -11,7 +11,7 @@ import subprocess
 import sys
 from typing import Callable, Optional
 
-from lab.probe import docker, sh, wait_for
+from lab.probe import docker, sh, wait_booted, wait_for
 from lab.topology import (CLIENTS, DEFAULT_IMAGE, FWMARK, GUEST_V4, HOSTS, IMAGE_ENV, INET, LABEL, LAN, LANPEER,
                           NETWORKS, ROUTER, SINK, TUNNEL_V4, TUNNEL_V6, VPN, WG_PORT, Host)
 
@@ -79,13 +79,6 @@ def start_container(host: Host) -> None:
             docker("network", "connect", "--ip", v4, "--ip6", v6, name, host.name)
     wait_booted(host.name)
     docker("cp", os.path.join(ROOT, "lab", "agent.py"), "%s:%s" % (host.name, AGENT))
-
-
-def wait_booted(container: str, timeout: float = 90) -> None:
-    booted = wait_for(lambda: sh(container, "systemctl is-system-running").stdout.strip() in ("running", "degraded"),
-                      timeout=timeout)
-    if not booted:
-        raise RuntimeError("%s: systemd did not finish booting in %ds" % (container, timeout))
 
 
 def service(container: str, unit: str, command: str) -> None:

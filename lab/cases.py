@@ -17,8 +17,8 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from lab.build import AGENT, ROOT, setup_client_network, wait_booted
-from lab.probe import Capture, ND_BPF, canary, docker, killswitch_off, nft_table, sh, wait_for
+from lab.build import AGENT, ROOT, setup_client_network
+from lab.probe import ND_BPF, Capture, canary, docker, killswitch_off, nft_table, sh, wait_booted, wait_for
 from lab.results import CaseResult, FlapTimeline
 from lab.topology import CLIENTS, ENDPOINT, FWMARK, INET, LAN, LANPEER, ROUTER, SINK, VPN, Host
 
@@ -84,10 +84,17 @@ def measure(host: Host, probe: Probe, allow_lan: bool = False):
 def leak_case(host: Host, case: str, probe: Probe, allow_lan: bool = False) -> CaseResult:
     """Probe with the kill switch on (must leak nothing), then off (must be seen)."""
     outcome, capture = measure(host, probe, allow_lan)
-    with killswitch_off(host.name):
-        control = measure(host, probe, allow_lan)[1]
-    return CaseResult(host.name, case, outcome["sent"], len(capture.packets), bool(control.packets),
-                      details=capture.packets[:20] + ["reached: %s" % ", ".join(outcome["reached"]) or "nothing"])
+    details = capture.packets[:20] + ["reached: %s" % (", ".join(outcome["reached"]) or "nothing")]
+    # The control only proves the probe can be seen; a broken probe fails both attempts. The leak
+    # verdict above is never retried.
+    for attempt in (1, 2):
+        with killswitch_off(host.name):
+            control_outcome, control = measure(host, probe, allow_lan)
+        details.append("control %d: %d packets seen, reached %s" % (
+            attempt, len(control.packets), ", ".join(control_outcome["reached"]) or "nothing"))
+        if control.packets:
+            break
+    return CaseResult(host.name, case, outcome["sent"], len(capture.packets), bool(control.packets), details=details)
 
 
 # --- tunnel control ------------------------------------------------------------------------------
@@ -105,7 +112,8 @@ def tunnel_down(host: Host, how: str) -> None:
     command = {"kill": "pkill -9 -x wireguard-go", "link": "ip link del wg0",
                "stop": "systemctl stop wg-quick@wg0"}[how]
     sh(host.name, command)
-    wait_for(lambda: sh(host.name, "ip link show wg0").returncode != 0, 10, 0.05)
+    if not wait_for(lambda: sh(host.name, "ip link show wg0").returncode != 0, 10, 0.05):
+        raise RuntimeError("%s: wg0 is still there after '%s'" % (host.name, command))
 
 
 def tunnel_up(host: Host, wait: bool = True) -> None:

@@ -131,24 +131,21 @@ class Capture:
 _HEADER = re.compile(r"^\d+\.\d+ (\S+ )?(In |Out |P |B |M )?(IP6? |ARP)")
 
 
-def tcp_probe(container: str, address: str, port: int, marker: str, netns: str = "") -> bool:
+def tcp_probe(container: str, address: str, port: int, marker: str) -> bool:
     """Send the marker over TCP; True when the connection was made."""
-    wrap = "ip netns exec %s " % netns if netns else ""
-    result = sh(container, "echo %s | %stimeout %d nc -w %d %s %d" % (
-        marker, wrap, PROBE_TIMEOUT + 1, PROBE_TIMEOUT, shlex.quote(address), port))
+    result = sh(container, "echo %s | timeout %d nc -w %d %s %d" % (
+        marker, PROBE_TIMEOUT + 1, PROBE_TIMEOUT, shlex.quote(address), port))
     return result.returncode == 0
 
 
-def udp_probe(container: str, address: str, port: int, marker: str, count: int = 3, netns: str = "") -> None:
-    wrap = "ip netns exec %s " % netns if netns else ""
-    sh(container, "for i in $(seq %d); do echo %s | %stimeout 2 nc -u -w 1 %s %d; done" % (
-        count, marker, wrap, shlex.quote(address), port))
+def udp_probe(container: str, address: str, port: int, marker: str, count: int = 3) -> None:
+    sh(container, "for i in $(seq %d); do echo %s | timeout 2 nc -u -w 1 %s %d; done" % (
+        count, marker, shlex.quote(address), port))
 
 
-def icmp_probe(container: str, address: str, marker: str, count: int = 2, netns: str = "") -> bool:
-    wrap = "ip netns exec %s " % netns if netns else ""
+def icmp_probe(container: str, address: str, marker: str, count: int = 2) -> bool:
     pattern = marker.encode().hex()[:32]  # ping -p takes up to 16 pattern bytes in hex
-    result = sh(container, "%sping -c %d -W 1 -i 0.2 -p %s %s" % (wrap, count, pattern, shlex.quote(address)))
+    result = sh(container, "ping -c %d -W 1 -i 0.2 -p %s %s" % (count, pattern, shlex.quote(address)))
     return result.returncode == 0
 
 
@@ -172,7 +169,10 @@ def killswitch_off(container: str, table: str = "killswitch"):
 
     The guard is paused meanwhile, or it would put the table back in the middle of the control.
     """
-    sh(container, "systemctl stop netlock-killswitch-guard.timer 2>/dev/null; nft delete table inet %s" % table)
+    # Stopping the service too waits for a guard run already under way, which could reload the table.
+    sh(container, "systemctl stop netlock-killswitch-guard.timer netlock-killswitch-guard.service 2>/dev/null; "
+                  "nft delete table inet %s" % table)
+    assert nft_table(container, table) is None, "the kill switch table is still loaded"
     try:
         yield
     finally:
@@ -182,9 +182,17 @@ def killswitch_off(container: str, table: str = "killswitch"):
         assert result.returncode == 0 and nft_table(container, table) is not None, result.stderr
 
 
+def wait_booted(container: str, timeout: float = 90) -> None:
+    """systemd's own verdict; right after a start its bus is not up yet, hence the retries."""
+    booted = wait_for(lambda: sh(container, "systemctl is-system-running").stdout.strip() in ("running", "degraded"),
+                      timeout=timeout)
+    if not booted:
+        raise RuntimeError("%s: systemd did not finish booting in %ds" % (container, timeout))
+
+
 def restart(container: str) -> None:
     docker("restart", "-t", "10", container, timeout=120)
-    wait_for(lambda: sh(container, "systemctl is-system-running").stdout.strip() in ("running", "degraded"), 90)
+    wait_booted(container)
 
 
 def run_playbook(playbook: str, *extra: str) -> subprocess.CompletedProcess:
