@@ -44,5 +44,7 @@ def script(nft: str, ruleset_path: str, had_file: bool, files: Dict[str, str]) -
 
 
 def confirm_command(files: Dict[str, str], unit: str = ROLLBACK_UNIT) -> str:
-    """What the controller runs once it can reach the host again."""
-    return "rm -f %s && { systemctl stop %s.timer 2>/dev/null || true; }" % (shlex.quote(files["armed"]), unit)
+    """What the controller runs once it can reach the host again: disarm, then drop the saved state."""
+    saved = " ".join(shlex.quote(files[name]) for name in ("previous-table.nft", "previous-file.nft", "rollback.sh"))
+    return "rm -f %s && { systemctl stop %s.timer 2>/dev/null || true; } && rm -f %s" % (
+        shlex.quote(files["armed"]), unit, saved)

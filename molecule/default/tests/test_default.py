@@ -135,7 +135,9 @@ def test_absent_restores_open_traffic():
     assert result.returncode == 0, result.stdout[-3000:]
     try:
         assert nft_table(CLIENT) is None
-        assert sh(CLIENT, "ls /etc/netlock-killswitch /etc/systemd/system/netlock-killswitch.service").returncode != 0
+        leftovers = sh(CLIENT, "ls -d /etc/netlock-killswitch /run/netlock-killswitch /etc/systemd/system/netlock-killswitch*"
+                               " 2>/dev/null").stdout
+        assert leftovers == "", "state absent left files behind: %s" % leftovers
         marker = canary()
         reached, capture = leaks(marker)
         assert reached and capture.saw(marker)

@@ -38,7 +38,8 @@ def rehearse(tmp_path, had_table: bool, had_file: bool, confirm: bool):
     steps += ["%s -f %s/new.nft" % (NFT, tmp_path)]
     if confirm:
         steps.append(rollback.confirm_command(files).replace("systemctl", ": systemctl"))
-    steps += ["sh %s" % files["rollback.sh"], "%s list table inet ks || echo NO-TABLE" % NFT]
+    steps += ["{ [ ! -e %s ] || sh %s; }" % (files["rollback.sh"], files["rollback.sh"]),
+              "%s list table inet ks || echo NO-TABLE" % NFT]
     out = subprocess.run(["unshare", "--net", "sh", "-c", " && ".join(steps[:-1]) + "; " + steps[-1]],
                          capture_output=True, text=True, timeout=30, check=False)
     return out, ruleset, files
@@ -64,7 +65,7 @@ def test_confirmed_apply_stays(tmp_path):
     out, ruleset, files = rehearse(tmp_path, had_table=True, had_file=True, confirm=True)
     assert "policy accept" in out.stdout, out
     assert ruleset.read_text() == "new file\n"
-    assert not os.path.exists(files["armed"])
+    assert not any(os.path.exists(path) for path in files.values()), "confirmed state left behind"
 
 
 def test_previous_table_replaces_atomically():
@@ -77,3 +78,4 @@ def test_confirm_removes_the_cookie_and_stops_the_timer():
     command = rollback.confirm_command(rollback.paths("/run/x"))
     assert command.startswith("rm -f /run/x/armed")
     assert "systemctl stop %s.timer" % rollback.ROLLBACK_UNIT in command
+    assert command.endswith("rm -f /run/x/previous-table.nft /run/x/previous-file.nft /run/x/rollback.sh")
