@@ -3,8 +3,8 @@
 The detector captures on the host side of the client's veth, so it sees exactly what the client put
 on the LAN wire and the client cannot hide from it.  A packet from the client's MAC counts as a leak
 unless the policy allows it: WireGuard to the endpoint, neighbour discovery, and the LAN (not DNS)
-when allow_lan is on.  Every case then repeats its probes with the kill switch removed (the positive
-control); a case whose control sees nothing proves nothing and fails.
+when allow_lan is on.  Every case first runs its probes with the kill switch removed (the positive
+control), then with it in place; a case whose control sees nothing proves nothing and fails.
 """
 
 from __future__ import annotations
@@ -82,11 +82,10 @@ def measure(host: Host, probe: Probe, allow_lan: bool = False):
 
 
 def leak_case(host: Host, case: str, probe: Probe, allow_lan: bool = False) -> CaseResult:
-    """Probe with the kill switch on (must leak nothing), then off (must be seen)."""
-    outcome, capture = measure(host, probe, allow_lan)
-    details = capture.packets[:20] + ["reached: %s" % (", ".join(outcome["reached"]) or "nothing")]
+    """First the positive control (kill switch off: the probe must be seen), then the probe with it on."""
+    details = []
     # The control only proves the probe can be seen; a broken probe fails both attempts. The leak
-    # verdict above is never retried.
+    # verdict below is never retried.
     for attempt in (1, 2):
         with killswitch_off(host.name):
             control_outcome, control = measure(host, probe, allow_lan)
@@ -94,6 +93,8 @@ def leak_case(host: Host, case: str, probe: Probe, allow_lan: bool = False) -> C
             attempt, len(control.packets), ", ".join(control_outcome["reached"]) or "nothing"))
         if control.packets:
             break
+    outcome, capture = measure(host, probe, allow_lan)
+    details = capture.packets[:20] + ["reached: %s" % (", ".join(outcome["reached"]) or "nothing")] + details
     return CaseResult(host.name, case, outcome["sent"], len(capture.packets), bool(control.packets), details=details)
 
 
@@ -206,9 +207,9 @@ def server_ip(host: Host) -> CaseResult:
                             "--tcp-port", "8080", "--udp-port", str(ENDPOINT[1]), "--udp-count", "5", user=65534)
         return outcome, [line for line in capture.lines if marker in line]
     try:
-        outcome, leaked = attempt()
         with killswitch_off(host.name):
             control = attempt()[1]
+        outcome, leaked = attempt()
     finally:
         sh(host.name, route % "del")
     return CaseResult(host.name, "ServerIP", outcome["sent"], len(leaked), bool(control), details=leaked[:20])
