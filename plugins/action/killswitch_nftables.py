@@ -1,22 +1,30 @@
 # -*- coding: utf-8 -*-
 # Copyright: netlock.killswitch contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Apply on the host, then prove the controller can still reach it.
+"""Apply on the host, then prove the controller can still reach it over a new connection.
 
-When the module armed a rollback, the connection is reset and the confirmation runs over a new
-one: if the new rules cut the controller off, it cannot confirm, and the host restores its
-previous ruleset on its own when the timer fires.
+When the module armed a rollback it has not changed any rule yet: the host loads the staged ruleset
+a moment after the module's reply left (see module_utils/rollback.py).  The controller waits for that
+moment, drops its connection (a ControlPersist master included) and confirms over new ones.  Every
+attempt is bounded, so a rule that cuts the controller off makes the task fail within the rollback
+timeout plus a few seconds, never hang; the host then restores its last confirmed ruleset on its own.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
-from ansible.errors import AnsibleConnectionFailure
+from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
+from ansible_collections.netlock.killswitch.plugins.module_utils import rollback
+
 display = Display()
+
+ATTEMPT_SECONDS = 5  # one confirmation attempt: connect, run, answer
+KEEPALIVE = "-o ServerAliveInterval=1 -o ServerAliveCountMax=3"  # a stalled ssh session ends in ~3 s
 
 
 class ActionModule(ActionBase):
@@ -30,28 +38,75 @@ class ActionModule(ActionBase):
         if not armed or result.get("failed"):
             return result
         if not self._task.args.get("confirm", True):
-            armed["confirmed"] = False
+            armed.update(confirmed=False, status=rollback.PENDING)
             display.warning("%s: apply left unconfirmed on purpose; the host restores its previous ruleset in %ds"
-                            % (task_vars.get("inventory_hostname"), armed["timeout"]))
+                            % ((task_vars or {}).get("inventory_hostname"), armed["timeout"]))
             return result
-        armed["confirmed"] = self._confirm(armed)
-        if not armed["confirmed"]:
+        status = self._confirm(armed)
+        armed.update(status=status, confirmed=status == rollback.CONFIRMED)
+        if status.startswith(rollback.FAILED):
+            result.update(failed=True, msg="nft -f failed on the host, the previous table is still loaded: %s" % status)
+        elif not armed["confirmed"]:
             result.update(failed=True, msg=(
-                "the host could not be reached again within %ds of the apply: it restores its previous ruleset "
-                "(check killswitch_management_cidrs and killswitch_management_ports)" % armed["timeout"]))
+                "the host could not be reached over a new connection within %ds of the apply (%s): it restores "
+                "its previous ruleset on its own (check killswitch_management_cidrs and killswitch_management_ports)"
+                % (armed["timeout"], status)))
         return result
 
     def _confirm(self, armed):
+        """Confirm over new connections until the host answers or the rollback is due; returns the status."""
+        # The rules change `delay` seconds after the module's reply; a session opened before that could be
+        # cut in the middle and stall, so no new session starts until then.
+        time.sleep(armed.get("delay", 0) + 0.5)
+        deadline = time.monotonic() + armed["timeout"] - armed.get("delay", 0) - 2
+        status = "unreachable"
+        while time.monotonic() < deadline:
+            self._new_connection(min(ATTEMPT_SECONDS, max(1, int(deadline - time.monotonic()))))
+            answer = self._bounded(armed["confirm"], ATTEMPT_SECONDS + 2)
+            if answer is not None:
+                status = answer
+                if status != rollback.PENDING:
+                    return status
+            time.sleep(0.5)
+        return status
+
+    def _new_connection(self, timeout):
+        """Drop the current connection (and any ControlPersist master) so the next command opens a new one."""
+        for name, value in (("timeout", timeout), ("ssh_extra_args", KEEPALIVE)):
+            try:
+                current = self._connection.get_option(name)
+                if name == "ssh_extra_args" and current:
+                    value = current if KEEPALIVE in current else "%s %s" % (current, KEEPALIVE)
+                self._connection.set_option(name, value)
+            except (AnsibleError, KeyError, AttributeError):
+                pass  # a connection plugin without the option
         try:
-            self._connection.reset()  # a persistent connection would pass even if new ones are refused
+            self._connection.reset()
         except AttributeError:
             display.warning("the connection plugin cannot reset; confirming over the existing connection")
-        deadline = time.monotonic() + armed["timeout"] - 2
-        while time.monotonic() < deadline:
+        except Exception as exc:  # a reset that fails leaves nothing to reuse
+            display.vvv("connection reset failed: %s" % exc)
+
+    def _bounded(self, command, seconds):
+        """Run the confirmation in a thread and give up on it after `seconds`; None when it did not answer."""
+        answer = {}
+
+        def attempt():
             try:
-                if self._low_level_execute_command(armed["confirm"], sudoable=True)["rc"] == 0:
-                    return True
-            except AnsibleConnectionFailure:
+                out = self._low_level_execute_command(command, sudoable=True)
+                if out["rc"] == 0:
+                    answer["status"] = out["stdout"].strip().splitlines()[-1] if out["stdout"].strip() else ""
+            except Exception as exc:  # connection failures: the host is not reachable (yet)
+                answer["error"] = str(exc)
+
+        worker = threading.Thread(target=attempt, daemon=True)
+        worker.start()
+        worker.join(seconds)
+        if worker.is_alive():
+            display.vvv("confirmation attempt did not answer within %ds" % seconds)
+            try:
+                self._connection.close()
+            except Exception:  # the stalled session is abandoned either way
                 pass
-            time.sleep(1)
-        return False
+            return None
+        return answer.get("status")

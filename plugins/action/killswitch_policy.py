@@ -3,26 +3,57 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Validate the kill switch policy and render its ruleset on the controller.
 
-Runs entirely on the controller: hostnames are pinned here, so a host never needs DNS outside
-the tunnel, and bad input fails before any host is touched.
+Runs on the controller: hostnames are pinned here, so a host never needs DNS outside the tunnel,
+and bad input fails before any host is touched.  Over SSH it asks the host, over the connection
+itself and without become (sudo and su drop ``SSH_*``), which address and port the controller's
+connection comes from: that source is the default management source, and a policy that would cut
+it is refused unless ``allow_lockout`` is set.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
+from ansible.errors import AnsibleConnectionFailure
 from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
 from ansible_collections.netlock.killswitch.plugins.module_utils.nft_render import render
 from ansible_collections.netlock.killswitch.plugins.module_utils.policy import PREFIX, PolicyError, parse_policy
+
+display = Display()
 
 POLICY_OPTIONS = (
     "tunnel_interfaces", "endpoints", "endpoint_mark", "endpoint_user", "allow_lan", "lan_cidrs",
     "management_cidrs", "management_ports", "dns_servers", "allow_dhcp", "ipv6", "forward",
     "extra_outbound", "log_drops", "table", "safe_apply_timeout", "guard_enabled", "guard_interval",
+    "allow_lockout",
 )
 SSH_CONNECTIONS = ("ssh", "paramiko", "paramiko_ssh", "ansible.builtin.ssh", "ansible.builtin.paramiko_ssh",
-                   "ansible.netcommon.libssh")
+                   "ansible.netcommon.libssh", "libssh")
+# Read over the connection itself and without become: sudo and su reset the environment.
+SSH_CONNECTION_PROBE = "echo \"${SSH_CONNECTION:-}\""
+
+
+@dataclass(frozen=True)
+class ManagementPath:
+    """The live management connection as the host sees it: who connects, to which port."""
+
+    source: str
+    port: int
+
+    @classmethod
+    def parse(cls, text):
+        """From ``SSH_CONNECTION`` ("client port server port") or ``SSH_CLIENT`` ("client port server-port")."""
+        fields = (text or "").split()
+        if len(fields) not in (3, 4):
+            return None
+        try:
+            ipaddress.ip_address(fields[0])
+            return cls(fields[0], int(fields[-1]))
+        except ValueError:
+            return None
 
 
 def resolve(name):
@@ -34,37 +65,59 @@ def resolve(name):
     return sorted({info[4][0] for info in answers})
 
 
-def controller_address(task_vars):
-    """The controller's address as the host sees it (the SSH client), or None."""
+def path_from_facts(task_vars):
+    """The management path from gathered facts (only present when facts were gathered without become)."""
     env = (task_vars.get("ansible_facts") or {}).get("env") or {}
     for key in ("SSH_CLIENT", "SSH_CONNECTION"):
-        if env.get(key):
-            return env[key].split()[0]
+        path = ManagementPath.parse(env.get(key))
+        if path:
+            return path
     return None
+
+
+def controller_address(task_vars):
+    """The controller's address as the host sees it in gathered facts, or None."""
+    path = path_from_facts(task_vars)
+    return path.source if path else None
 
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(POLICY_OPTIONS)
-    _requires_connection = False
 
     def run(self, tmp=None, task_vars=None):
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
         args = self._task.args
         variables = {PREFIX + name: args.get(name) for name in POLICY_OPTIONS}
+        connection = self._connection_name(task_vars)
+        remote = connection in SSH_CONNECTIONS
+        path = self._management_path(task_vars) if remote else None
         if args.get("management_cidrs") is None:
-            address = controller_address(task_vars)
-            connection = task_vars.get("ansible_connection", "ssh")
-            if address is None and connection in SSH_CONNECTIONS:
+            if remote and path is None:
                 return dict(result, failed=True, msg=(
-                    "%smanagement_cidrs: None and the controller's address is unknown (no SSH_CLIENT in the "
-                    "host's facts); set it so the kill switch cannot lock you out" % PREFIX))
-            variables[PREFIX + "management_cidrs"] = [address] if address else []
+                    "%smanagement_cidrs: None and the controller's address as %s sees it is unknown (no "
+                    "SSH_CONNECTION over the %s connection); set it so the kill switch cannot lock you out"
+                    % (PREFIX, task_vars.get("inventory_hostname", "the host"), connection)))
+            variables[PREFIX + "management_cidrs"] = [path.source] if path else []
         try:
             policy = parse_policy(variables, resolve=resolve)
         except PolicyError as exc:
             return dict(result, failed=True, msg=str(exc), problems=[str(p) for p in exc.problems])
+        if path is not None:
+            result["management_path"] = {"source": path.source, "port": path.port}
+            if not policy.admits_management(path.source, path.port):
+                if not _truthy(args.get("allow_lockout")):
+                    return dict(result, failed=True, msg=(
+                        "%smanagement_cidrs: %s with %smanagement_ports: %s would cut the live management connection "
+                        "from %s to port %d on %s; add that source and port, or set %sallow_lockout: true to apply "
+                        "anyway (the safe-apply rollback then restores the host)" % (
+                            PREFIX, [str(n) for n in policy.management_networks], PREFIX,
+                            list(policy.management_ports), path.source, path.port,
+                            task_vars.get("inventory_hostname", "the host"), PREFIX)))
+                result.setdefault("warnings", []).append(
+                    "%s: %sallow_lockout is set: the new rules cut the management connection from %s to port %d"
+                    % (task_vars.get("inventory_hostname", "the host"), PREFIX, path.source, path.port))
         result.update(
             changed=False,
             ruleset=render(policy),
@@ -73,8 +126,29 @@ class ActionModule(ActionBase):
             policy=_plain(asdict(policy)),
         )
         if policy.warnings:
-            result["warnings"] = list(policy.warnings)
+            result.setdefault("warnings", []).extend(policy.warnings)
         return result
+
+    def _connection_name(self, task_vars):
+        transport = getattr(self._connection, "transport", None)
+        return transport or task_vars.get("ansible_connection") or "ssh"
+
+    def _management_path(self, task_vars):
+        """Ask the host over the connection itself, without become; gathered facts are the fallback."""
+        try:
+            out = self._low_level_execute_command(SSH_CONNECTION_PROBE, sudoable=False)
+            path = ManagementPath.parse(out.get("stdout", "").strip().splitlines()[-1] if out.get("stdout", "").strip()
+                                        else "")
+        except AnsibleConnectionFailure:
+            raise  # Ansible reports the host as unreachable
+        except Exception as exc:  # e.g. a shell that cannot echo: fall back to the facts
+            display.vvv("reading SSH_CONNECTION failed: %s" % exc)
+            path = None
+        return path or path_from_facts(task_vars)
+
+
+def _truthy(value):
+    return str(value).strip().lower() in ("true", "yes", "on", "1", "y", "t") if value is not None else False
 
 
 def _plain(value):

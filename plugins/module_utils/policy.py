@@ -38,6 +38,7 @@ FORWARD_MODES = ("block", "tunnel", "off")
 STATES = ("present", "absent")
 MAX_IFNAME = 15  # IFNAMSIZ - 1
 MAX_MARK = 0xFFFFFFFF
+MIN_SAFE_APPLY_TIMEOUT = 10  # seconds: the rules change after 1 s, then the controller must reconnect
 
 # Kernel interface names: no '/', whitespace or quotes; we also refuse ':' (aliases) and
 # shell/nft metacharacters.  An nft wildcard is a trailing '*' after a non-empty prefix.
@@ -94,6 +95,13 @@ class Policy:
     log_drops: bool = False
     table: str = "killswitch"
     warnings: Tuple[str, ...] = field(default=(), compare=False)
+
+    def admits_management(self, source: str, port: int) -> bool:
+        """Whether the rendered rules let ``source`` open (and keep) a TCP connection to ``port``."""
+        address = ipaddress.ip_address(source)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return port in self.management_ports and any(address in net for net in self.management_networks)
 
     def digest(self) -> str:
         """Stable fingerprint of everything that shapes the ruleset."""
@@ -367,12 +375,17 @@ def check_settings(check: _Checker, variables: Mapping[str, Any]) -> None:
     state = variables.get(PREFIX + "state")
     if state is not None:
         check.choice(PREFIX + "state", state, STATES)
+    checked = {}
     for name, low, high in (("safe_apply_timeout", 0, 86400), ("guard_interval", 5, 86400)):
         value = variables.get(PREFIX + name)
         if value is not None:
-            check.integer(PREFIX + name, value, low, high)
-    if variables.get(PREFIX + "guard_enabled") is not None:
-        check.boolean(PREFIX + "guard_enabled", variables[PREFIX + "guard_enabled"])
+            checked[name] = check.integer(PREFIX + name, value, low, high)
+    if checked.get("safe_apply_timeout") and checked["safe_apply_timeout"] < MIN_SAFE_APPLY_TIMEOUT:
+        check.fail(PREFIX + "safe_apply_timeout", variables[PREFIX + "safe_apply_timeout"],
+                   "is too short to reconnect and confirm (0 disables, else %d or more)" % MIN_SAFE_APPLY_TIMEOUT)
+    for name in ("guard_enabled", "allow_lockout"):
+        if variables.get(PREFIX + name) is not None:
+            check.boolean(PREFIX + name, variables[PREFIX + name])
 
 
 def validate_settings(variables: Mapping[str, Any]) -> None:

@@ -51,8 +51,10 @@ options:
   management_cidrs:
     description:
       - Sources that may connect to O(management_ports) outside the tunnel.
-      - When omitted, the controller's address as the host sees it (from the C(SSH_CLIENT) fact);
-        over SSH the task fails if that is unknown rather than lock the operator out.
+      - When omitted, the controller's address as the host sees it. Over C(ssh) and C(paramiko) the action
+        reads C(SSH_CONNECTION) over the connection itself, without become (sudo and su drop it from the
+        environment), falling back to gathered facts; the task fails if it is still unknown rather than
+        lock the operator out. Other connections (local, docker) get no management exception.
     type: list
     elements: str
   management_ports:
@@ -101,6 +103,13 @@ options:
   guard_interval:
     description: Validated here; see the role.
     type: int
+  allow_lockout:
+    description:
+      - Over SSH the task fails when the rendered rules would not admit the live management connection
+        (its source in O(management_cidrs) and its port in O(management_ports)). V(true) renders such a
+        policy anyway, with a warning; the safe-apply rollback then restores the host.
+    type: bool
+    default: false
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -153,6 +162,19 @@ policy:
   description: The normalized policy, with hostnames pinned to addresses.
   returned: success
   type: dict
+management_path:
+  description: The live management connection as the host sees it, over SSH.
+  returned: over ssh and paramiko connections
+  type: dict
+  contains:
+    source:
+      description: The controller's address (or its jump host's) as the host sees it.
+      type: str
+      sample: 198.18.30.1
+    port:
+      description: The host's port the connection arrives on.
+      type: int
+      sample: 22
 problems:
   description: Every rejected variable and value.
   returned: failure

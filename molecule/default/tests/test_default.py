@@ -112,7 +112,9 @@ def test_unconfirmed_apply_rolls_back():
     try:
         result = run_playbook(REHEARSE)
         assert result.returncode == 0, result.stdout[-3000:]
-        assert "198.18.99.0/24" in sh(CLIENT, "nft list table inet killswitch").stdout, "the rehearsal did not apply"
+        # The host loads the new rules a second after the module replied (module_utils/rollback.py).
+        assert wait_for(lambda: "198.18.99.0/24" in sh(CLIENT, "nft list table inet killswitch").stdout, 10), \
+            "the rehearsal did not apply"
         assert wait_for(lambda: "198.18.99.0/24" not in sh(CLIENT, "nft list table inet killswitch").stdout, 20), \
             "the host kept an unconfirmed ruleset"
         assert sh(CLIENT, "cat /etc/netlock-killswitch/ruleset.nft").stdout == persisted

@@ -102,8 +102,98 @@ def test_run_renders_the_ruleset_with_the_controller_as_management_source():
 
 
 def test_run_explicit_management_cidrs_win_over_facts():
-    result = make_action(dict(ARGS, management_cidrs=["203.0.113.0/24"])).run(task_vars=dict(FACTS))
-    assert result["policy"]["management_networks"] == ["203.0.113.0/24"]
+    result = make_action(dict(ARGS, management_cidrs=["192.0.2.0/24"])).run(task_vars=dict(FACTS))
+    assert result["policy"]["management_networks"] == ["192.0.2.0/24"]
+
+
+# --------------------------------------------------------------------------- the live management path
+
+
+def over_ssh(monkeypatch, stdout="198.18.30.1 40022 198.18.30.11 22\n", sudoable_seen=None):
+    """The host answers the SSH_CONNECTION probe; records whether it was asked with become."""
+    def low_level(self, cmd, sudoable=True, **kwargs):
+        if sudoable_seen is not None:
+            sudoable_seen.append(sudoable)
+        assert "SSH_CONNECTION" in cmd
+        return {"rc": 0, "stdout": stdout, "stderr": ""}
+    monkeypatch.setattr(ActionModule, "_low_level_execute_command", low_level)
+
+
+SSH = {"ansible_connection": "ssh", "inventory_hostname": "fleet1"}
+
+
+def test_the_controller_is_found_over_the_connection_without_become(monkeypatch):
+    """sudo drops SSH_*: the probe runs without become, and gathered (become) facts are not needed."""
+    seen = []
+    over_ssh(monkeypatch, sudoable_seen=seen)
+    result = make_action(dict(ARGS)).run(task_vars=dict(SSH))
+    assert not result.get("failed"), result
+    assert seen == [False]
+    assert result["policy"]["management_networks"] == ["198.18.30.1/32"]
+    assert result["management_path"] == {"source": "198.18.30.1", "port": 22}
+
+
+@pytest.mark.parametrize("connection", ["ssh", "paramiko", "ansible.builtin.paramiko_ssh"])
+def test_every_ssh_connection_is_probed(monkeypatch, connection):
+    over_ssh(monkeypatch)
+    result = make_action(dict(ARGS)).run(task_vars=dict(SSH, ansible_connection=connection))
+    assert result["policy"]["management_networks"] == ["198.18.30.1/32"]
+
+
+def test_no_ssh_connection_in_the_answer_fails_naming_the_variable(monkeypatch):
+    over_ssh(monkeypatch, stdout="\n")
+    result = make_action(dict(ARGS)).run(task_vars=dict(SSH))
+    assert result["failed"] is True and "killswitch_management_cidrs" in result["msg"] and "fleet1" in result["msg"]
+    assert "ruleset" not in result
+
+
+def test_an_unreachable_host_is_left_to_ansible(monkeypatch):
+    from ansible.errors import AnsibleConnectionFailure
+
+    def unreachable(self, cmd, sudoable=True, **kwargs):
+        raise AnsibleConnectionFailure("ssh: connect to host fleet1 port 22: No route to host")
+    monkeypatch.setattr(ActionModule, "_low_level_execute_command", unreachable)
+    with pytest.raises(AnsibleConnectionFailure):
+        make_action(dict(ARGS)).run(task_vars=dict(SSH))
+
+
+@pytest.mark.parametrize("overrides", [
+    {"management_cidrs": ["198.18.31.0/24"]},                     # the controller is not a source
+    {"management_cidrs": ["198.18.30.0/24"], "management_ports": [2222]},  # its port is not open
+    {"management_cidrs": []},
+])
+def test_a_policy_that_cuts_the_live_connection_is_refused(monkeypatch, overrides):
+    over_ssh(monkeypatch)
+    result = make_action(dict(ARGS, **overrides)).run(task_vars=dict(SSH))
+    assert result["failed"] is True, result
+    assert "would cut the live management connection from 198.18.30.1 to port 22 on fleet1" in result["msg"]
+    assert "killswitch_allow_lockout" in result["msg"]
+    assert "ruleset" not in result
+
+
+def test_allow_lockout_renders_it_with_a_warning(monkeypatch):
+    over_ssh(monkeypatch)
+    result = make_action(dict(ARGS, management_cidrs=["198.18.31.0/24"], allow_lockout=True)).run(task_vars=dict(SSH))
+    assert not result.get("failed"), result
+    assert any("cut the management connection" in w for w in result["warnings"])
+
+
+def test_a_management_source_through_the_tunnel_is_kept(monkeypatch):
+    """The controller reaches the host through the tunnel: its tunnel address is the management source."""
+    over_ssh(monkeypatch, stdout="198.18.130.5 40022 198.18.130.11 22\n")
+    result = make_action(dict(ARGS)).run(task_vars=dict(SSH))
+    assert result["policy"]["management_networks"] == ["198.18.130.5/32"]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("198.18.30.1 40022 198.18.30.11 22", ("198.18.30.1", 22)),
+    ("2001:db8:30::1 40022 2001:db8:30::11 2222", ("2001:db8:30::1", 2222)),
+    ("198.18.30.1 40022 22", ("198.18.30.1", 22)),
+    ("", None), ("garbage", None), ("host.example 1 2 22", None), ("198.18.30.1 1 2 port", None),
+])
+def test_management_path_parsing(text, expected):
+    path = action.ManagementPath.parse(text)
+    assert (path and (path.source, path.port)) == expected or (path is None and expected is None)
 
 
 def test_run_refuses_to_lock_out_an_unknown_ssh_controller():

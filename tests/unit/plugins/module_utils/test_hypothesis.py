@@ -234,7 +234,7 @@ def valid_variables(draw):
         "killswitch_extra_outbound": draw(st.lists(extra, max_size=6)),
         "killswitch_log_drops": draw(st.booleans()),
         "killswitch_table": draw(st.none() | st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,31}", fullmatch=True)),
-        "killswitch_safe_apply_timeout": draw(st.none() | st.integers(min_value=0, max_value=86400)),
+        "killswitch_safe_apply_timeout": draw(st.none() | st.just(0) | st.integers(min_value=10, max_value=86400)),
         "killswitch_guard_enabled": draw(st.none() | st.booleans()),
         "killswitch_guard_interval": draw(st.none() | st.integers(min_value=5, max_value=86400)),
     }

@@ -764,3 +764,32 @@ def test_digest_differs_when_the_policy_differs(overrides):
     other = parse(**overrides)
     assert other != base
     assert other.digest() != base.digest()
+
+
+# --------------------------------------------------------------------------- the live management path
+
+
+@pytest.mark.parametrize("source,port,admitted", [
+    ("198.18.30.1", 22, True), ("198.18.30.200", 22, True), ("::ffff:198.18.30.1", 22, True),
+    ("198.18.31.1", 22, False), ("198.18.30.1", 2222, False), ("2001:db8:30::1", 22, True), ("2001:db8:31::1", 22, False),
+])
+def test_admits_management(source, port, admitted):
+    policy = parse_policy({"killswitch_tunnel_interfaces": ["wg0"],
+                           "killswitch_endpoints": [{"address": "198.51.100.7", "port": 1}],
+                           "killswitch_management_cidrs": ["198.18.30.0/24", "2001:db8:30::/64"]})
+    assert policy.admits_management(source, port) is admitted
+
+
+@pytest.mark.parametrize("value", [1, 9, "5"])
+def test_a_safe_apply_timeout_too_short_to_confirm_is_refused(value):
+    with pytest.raises(PolicyError, match="killswitch_safe_apply_timeout: .* too short"):
+        parse_policy({"killswitch_tunnel_interfaces": ["wg0"],
+                      "killswitch_endpoints": [{"address": "198.51.100.7", "port": 1}],
+                      "killswitch_safe_apply_timeout": value})
+
+
+def test_allow_lockout_must_be_a_boolean():
+    with pytest.raises(PolicyError, match="killswitch_allow_lockout"):
+        parse_policy({"killswitch_tunnel_interfaces": ["wg0"],
+                      "killswitch_endpoints": [{"address": "198.51.100.7", "port": 1}],
+                      "killswitch_allow_lockout": "maybe"})

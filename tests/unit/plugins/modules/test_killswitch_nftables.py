@@ -36,6 +36,14 @@ class FakeModule:
         self.tmpdir = str(tmpdir)
         self.check_mode = check_mode
         self.moves = []
+        self.commands = []
+
+    def get_bin_path(self, name, required=False):
+        return "/usr/bin/" + name
+
+    def run_command(self, argv):
+        self.commands.append(argv)
+        return 0, "", ""
 
     def fail_json(self, **kwargs):
         raise FailJson(kwargs)
@@ -106,6 +114,14 @@ def new_module(module_tmpdir):
     def make(check_mode=False):
         return FakeModule(module_tmpdir, check_mode=check_mode)
     return make
+
+
+@pytest.fixture(autouse=True)
+def rollback_dir(tmp_path, monkeypatch):
+    """The rollback state lives under the test's own directory, never under /run."""
+    directory = tmp_path / "run" / "rollback"
+    monkeypatch.setattr(mod.rollback, "ROLLBACK_DIR", str(directory))
+    return directory
 
 
 @pytest.fixture
@@ -360,6 +376,85 @@ def test_absent_delete_failure_keeps_the_file(new_module, target):
     assert "nft delete table inet killswitch failed" in info.value.kwargs["msg"]
     assert "busy" in info.value.kwargs["msg"]
     assert target.read_text() == RULESET
+
+
+# --------------------------------------------------------------------------- commit-confirmed applies
+
+
+def armed(module, nft, path, timeout=30, expected=None):
+    return mod.present(module, nft, "killswitch", str(path), RULESET, timeout, expected)
+
+
+def test_rollback_defers_the_rule_change(new_module, target, rollback_dir):
+    """With a rollback the module changes no rule itself: it stages, arms, and schedules the load."""
+    module = new_module()
+    target.write_text(OLD_RULESET)
+    nft = FakeNft(live=(OTHER, OTHER_TEXT))
+    expected = target.parent / "expected-table.txt"
+    result = armed(module, nft, target, expected=str(expected))
+    assert "apply" not in nft.calls, "the rules must not change before the module's reply is out"
+    assert target.read_text() == OLD_RULESET
+    assert (target.parent / ".staged-ruleset.nft").read_text() == RULESET
+    assert (target.parent / ".staged-expected-table.txt").read_text() == DESIRED_TEXT
+    assert (rollback_dir / "status").read_text().strip() == "pending"
+    assert (rollback_dir / "previous-table.nft").read_text().endswith(OTHER_TEXT)
+    assert (rollback_dir / "previous-file.nft").read_text() == OLD_RULESET
+    assert (rollback_dir / "had-file").exists() and not (rollback_dir / "had-expected").exists()
+    timers = [argv for argv in module.commands if argv[0].endswith("systemd-run")]
+    assert [t[2] for t in timers] == ["netlock-killswitch-rollback", "netlock-killswitch-apply"]
+    assert timers[0][3] == "--on-active=30s" and timers[1][3] == "--on-active=1000ms"
+    assert result["changed"] is True and result["rollback"]["timeout"] == 30
+    assert result["rollback"]["confirm"] == "/bin/sh %s" % (rollback_dir / "confirm.sh")
+
+
+def test_a_file_only_change_needs_no_rollback(new_module, target, rollback_dir):
+    target.write_text(OLD_RULESET)
+    result = armed(new_module(), FakeNft(live=(DESIRED, DESIRED_TEXT)), target)
+    assert "rollback" not in result and result["file_changed"] and not result["table_changed"]
+    assert target.read_text() == RULESET and not rollback_dir.exists()
+
+
+def test_an_unconfirmed_apply_is_confirmed_by_the_next_run(new_module, target, rollback_dir):
+    """The earlier run was cut off before it confirmed: same rules now, yet a change that needs confirming,
+    and the rollback target stays the state saved before that earlier apply."""
+    rollback_dir.mkdir(parents=True)
+    (rollback_dir / "armed").write_text("")
+    (rollback_dir / "previous-table.nft").write_text("last confirmed")
+    target.write_text(RULESET)
+    result = armed(new_module(), FakeNft(live=(DESIRED, DESIRED_TEXT)), target)
+    assert result["changed"] is True and result["rollback_pending"] is True
+    assert result["rollback"]["pending_before"] is True
+    assert (rollback_dir / "previous-table.nft").read_text() == "last confirmed"
+
+
+def test_a_pending_rollback_is_disarmed_when_protection_is_off(new_module, target, rollback_dir):
+    rollback_dir.mkdir(parents=True)
+    (rollback_dir / "armed").write_text("")
+    module = new_module()
+    result = mod.present(module, FakeNft(live=(OTHER, OTHER_TEXT)), "killswitch", str(target), RULESET, 0)
+    assert "rollback" not in result
+    assert any("netlock-killswitch-rollback.timer" in " ".join(argv) for argv in module.commands)
+
+
+def test_no_rollback_writes_the_expected_listing(new_module, target):
+    expected = target.parent / "expected-table.txt"
+    result = mod.present(new_module(), FakeNft(live=None), "killswitch", str(target), RULESET, 0, str(expected))
+    assert expected.read_text() == DESIRED_TEXT and result["expected_changed"] is True
+    again = mod.present(new_module(), FakeNft(live=(DESIRED, DESIRED_TEXT)), "killswitch", str(target), RULESET, 0,
+                        str(expected))
+    assert again["changed"] is False
+
+
+def test_absent_disarms_and_removes_the_listing(new_module, target, rollback_dir):
+    rollback_dir.mkdir(parents=True)
+    (rollback_dir / "armed").write_text("")
+    expected = target.parent / "expected-table.txt"
+    expected.write_text(DESIRED_TEXT)
+    module = new_module()
+    result = mod.absent(module, FakeNft(live=None), "killswitch", str(target), str(expected))
+    assert result["changed"] is True and result["rollback_pending"] is True
+    assert not expected.exists()
+    assert any("netlock-killswitch-rollback.timer" in " ".join(argv) for argv in module.commands)
 
 
 # --------------------------------------------------------------------------- main()
