@@ -49,11 +49,15 @@ def fresh_ssh_works():
     return fleet.ssh(HOST, "true", timeout=fleet.SSH_TIMEOUT + 5).returncode == 0
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def converged():
-    """Every case starts and ends with the default policy applied and confirmed over SSH."""
     proc, _ = playbook()
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+@pytest.fixture(autouse=True)
+def next_run_works(converged):
+    """Every case ends with the host reachable over a new SSH connection and the next run applying."""
     yield
     assert wait_for(fresh_ssh_works, TIMEOUT + 10), "the host is still unreachable over SSH after the case"
     proc, _ = playbook()
