@@ -693,3 +693,51 @@ def test_no_ipv6_leak_through_the_dhcp_rule(unshare_binary, nft_binary, tmp_path
         ("ipv6 from the dhcp client port", 6, 68, "2001:db8:2::99", 67),
     ])
     assert up == down == {"ipv4 from the dhcp client port": "sent", "ipv6 from the dhcp client port": "refused"}
+
+
+# The controller reaches the host through the tunnel: the host listens on 22 behind the kill switch, and
+# the controller, in a namespace of its own on the far side of "wg0", connects from its tunnel address.
+MANAGEMENT_SETUP = r'''
+set -e
+ip link set lo up
+ip link add wg0 type veth peer name wg0p
+ip addr add 198.18.130.11/24 dev wg0
+ip link set wg0 up
+"$NFT" -f "$RULESET"
+"$PY" -c 'import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 22)); s.listen(4)
+s.settimeout(4)
+try:
+    c, _ = s.accept(); c.sendall(b"SSH-2.0-stand-in\r\n"); time.sleep(0.5)
+except OSError:
+    pass' &
+unshare --net sh -c 'echo $$ > "$PIDFILE"; exec sleep 20' &
+while [ ! -s "$PIDFILE" ]; do sleep 0.05; done
+ctl=$(cat "$PIDFILE")
+ip link set wg0p netns "$ctl"
+nsenter --net=/proc/$ctl/ns/net sh -c '
+ip link set lo up; ip addr add 198.18.130.5/24 dev wg0p; ip link set wg0p up
+"$PY" -c "import socket
+s = socket.create_connection((\"198.18.130.11\", 22), timeout=3)
+print(\"banner\", s.recv(64).decode().strip())"' || echo "no connection"
+kill "$ctl" 2>/dev/null || true
+'''
+
+
+@pytest.mark.parametrize("management,admitted", [(["198.18.130.5"], True), ([], False)],
+                         ids=["controller-admitted", "control-not-admitted"])
+def test_management_through_the_tunnel(unshare_binary, nft_binary, tmp_path, management, admitted):
+    """Real packets: the controller's tunnel address as management source opens port 22 over the tunnel;
+    without it (the control) the same connection is refused, so the test can fail."""
+    import os
+    import subprocess
+    import sys
+
+    ruleset = tmp_path / "ruleset.nft"
+    ruleset.write_text(render(policy_of(management_cidrs=management)))
+    env = dict(os.environ, NFT=nft_binary, RULESET=str(ruleset), PY=sys.executable, PIDFILE=str(tmp_path / "ctl.pid"))
+    proc = subprocess.run([unshare_binary, "--net", "--", "sh", "-c", MANAGEMENT_SETUP], capture_output=True, text=True,
+                          check=False, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert ("banner SSH-2.0-stand-in" in proc.stdout) is admitted, proc.stdout + proc.stderr
+    assert ("no connection" in proc.stdout) is not admitted
