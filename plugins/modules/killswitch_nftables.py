@@ -151,7 +151,7 @@ rollback:
       description: Seconds between the module's reply and the load of the new ruleset.
       type: float
     status:
-      description: The host's last word on the apply (V(confirmed), V(rolled back), V(failed: ...)), or V(unreachable).
+      description: "The host's last word on the apply: V(confirmed), V(rolled back), V(failed) with nft's message, or V(unreachable)."
       type: str
     confirmed:
       description: Whether the controller reconnected over a new connection and confirmed in time.

@@ -51,7 +51,7 @@ def fresh_ssh_works():
 
 @pytest.fixture(scope="module", autouse=True)
 def converged():
-    proc, _ = playbook()
+    proc, _seconds = playbook()
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 
@@ -60,7 +60,7 @@ def next_run_works(converged):
     """Every case ends with the host reachable over a new SSH connection and the next run applying."""
     yield
     assert wait_for(fresh_ssh_works, TIMEOUT + 10), "the host is still unreachable over SSH after the case"
-    proc, _ = playbook()
+    proc, _seconds = playbook()
     assert proc.returncode == 0, "the next run after the case failed:\n" + proc.stdout[-3000:]
 
 
@@ -71,7 +71,7 @@ def test_the_default_management_source_is_the_controller():
 
 def test_a_policy_that_cuts_ssh_is_refused_before_the_host_changes():
     before = sh(HOST.name, "nft list table inet killswitch").stdout
-    proc, _ = playbook({"killswitch_management_cidrs": ["198.18.31.0/24"]})
+    proc, _seconds = playbook({"killswitch_management_cidrs": ["198.18.31.0/24"]})
     assert proc.returncode != 0
     assert "would cut the live management connection from %s to port 22" % fleet.CONTROLLER in proc.stdout
     assert "killswitch_allow_lockout" in proc.stdout
@@ -79,7 +79,7 @@ def test_a_policy_that_cuts_ssh_is_refused_before_the_host_changes():
 
 
 def test_a_management_port_the_policy_does_not_open_is_refused():
-    proc, _ = playbook({"killswitch_management_ports": [2222]})
+    proc, _seconds = playbook({"killswitch_management_ports": [2222]})
     assert proc.returncode != 0 and "to port 22" in proc.stdout
 
 
@@ -118,7 +118,7 @@ def test_the_controller_is_found_over_paramiko_with_su():
     """paramiko instead of OpenSSH, su instead of sudo: su resets the environment too."""
     sh(HOST.name, "echo root:netlock-lab | chpasswd")
     try:
-        proc, _ = playbook({"ansible_connection": "ansible.builtin.paramiko_ssh", "ansible_become_method": "su",
+        proc, _seconds = playbook({"ansible_connection": "ansible.builtin.paramiko_ssh", "ansible_become_method": "su",
                             "ansible_become_password": "netlock-lab", "ansible_paramiko_host_key_checking": False})
         assert proc.returncode == 0, proc.stdout[-3000:]
         assert management_sources() == [fleet.CONTROLLER]

@@ -73,7 +73,7 @@ def quick(monkeypatch):
 
 
 def test_confirmed_over_a_new_connection_with_become():
-    plugin, connection, calls, _ = make_action(["pending", "confirmed"], ARMED)
+    plugin, connection, calls, _release = make_action(["pending", "confirmed"], ARMED)
     result = plugin.run(task_vars={})
     assert not result.get("failed"), result
     assert result["rollback"]["confirmed"] is True and result["rollback"]["status"] == "confirmed"
@@ -84,7 +84,7 @@ def test_confirmed_over_a_new_connection_with_become():
 
 
 def test_a_host_that_never_answers_fails_within_the_timeout():
-    plugin, _connection, _calls, _ = make_action([], ARMED, default=AnsibleConnectionFailure("timed out"))
+    plugin, _connection, _calls, _release = make_action([], ARMED, default=AnsibleConnectionFailure("timed out"))
     started = time.monotonic()
     result = plugin.run(task_vars={"inventory_hostname": "fleet1"})
     assert time.monotonic() - started < ARMED["rollback"]["timeout"] + 3
@@ -108,19 +108,19 @@ def test_a_stalled_session_is_abandoned_not_waited_for():
 
 @pytest.mark.parametrize("status", ["rolled back", "failed: Error: syntax error"])
 def test_a_final_status_other_than_confirmed_fails(status):
-    plugin, _c, calls, _ = make_action([status], ARMED)
+    plugin, _conn, calls, _release = make_action([status], ARMED)
     result = plugin.run(task_vars={})
     assert result["failed"] is True and len(calls) == 1
     assert status in result["msg"]
 
 
 def test_nothing_armed_means_nothing_to_confirm():
-    plugin, connection, calls, _ = make_action([], {"changed": False})
+    plugin, connection, calls, _release = make_action([], {"changed": False})
     assert plugin.run(task_vars={}) == {"changed": False}
     assert calls == [] and connection.resets == 0
 
 
 def test_confirm_false_leaves_the_rollback_armed():
-    plugin, _c, calls, _ = make_action([], ARMED, args={"ruleset": "x", "confirm": False})
+    plugin, _conn, calls, _release = make_action([], ARMED, args={"ruleset": "x", "confirm": False})
     result = plugin.run(task_vars={"inventory_hostname": "h"})
     assert calls == [] and result["rollback"]["confirmed"] is False and not result.get("failed")
