@@ -16,7 +16,7 @@ HOST_PACKAGES := nftables debootstrap docker.io iproute2 util-linux tcpdump pyth
 # Lab networks: name, IPv4 subnet, IPv6 subnet (checked by tools/labnet.py before creation).
 DEFAULT_NET := ks-default --subnet 198.18.20.0/24 --subnet6 2001:db8:20::/64
 
-.PHONY: bench help host-deps venv collection engine image networks unit lint sanity molecule build test demo demo-down clean
+.PHONY: bench help host-deps venv collection engine image networks unit lint sanity molecule build ee-context ee test demo demo-down clean
 
 help:
 	@echo "make demo       roll the kill switch out to the lab fleet and show traffic blocked"
@@ -70,6 +70,15 @@ molecule: venv collection image networks
 
 build: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path dist .
+
+# Execution environment (execution-environment.yml): `ee-context` writes the build context offline;
+# `ee` builds the image, which needs a container registry (base image) and PyPI.
+EE_RUNTIME ?= docker
+ee-context: build
+	$(BIN)/ansible-builder create -f execution-environment.yml -c dist/ee-context --output-filename Containerfile
+
+ee: build
+	$(BIN)/ansible-builder build -f execution-environment.yml -c dist/ee-context --container-runtime $(EE_RUNTIME)
 
 test: unit lint sanity build molecule
 
