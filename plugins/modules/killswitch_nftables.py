@@ -158,6 +158,8 @@ rollback:
       type: bool
 """
 
+import contextlib
+import fcntl
 import os
 import tempfile
 
@@ -184,6 +186,16 @@ def _write(directory, content):
 
 def _rollback_files():
     return rollback.paths(rollback.ROLLBACK_DIR)
+
+
+@contextlib.contextmanager
+def _locked():
+    """The lock the apply, rollback and confirm scripts and the guard take: table and files change together."""
+    lock = _rollback_files()["lock"]
+    os.makedirs(os.path.dirname(lock), mode=0o700, exist_ok=True)
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _stage(module, path, content):
@@ -286,18 +298,19 @@ def present(module, nft, table, path, ruleset, rollback_timeout=0, expected_path
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     staged = _write(os.path.dirname(path), ruleset)
     try:
-        if table_changed:
-            # One nft transaction: on failure the kernel keeps the old table untouched.
-            problem = nft.apply(staged)
-            if problem:
-                module.fail_json(msg="nft -f failed, the previous table is still loaded: %s" % problem, **result)
-        if file_changed:
-            module.atomic_move(staged, path)
+        with _locked():
+            if table_changed:
+                # One nft transaction: on failure the kernel keeps the old table untouched.
+                problem = nft.apply(staged)
+                if problem:
+                    module.fail_json(msg="nft -f failed, the previous table is still loaded: %s" % problem, **result)
+            if file_changed:
+                module.atomic_move(staged, path)
+            if expected_changed:
+                _stage(module, expected_path, desired_text)
     finally:
         if os.path.exists(staged):
             os.unlink(staged)
-    if expected_changed:
-        _stage(module, expected_path, desired_text)
     return result
 
 

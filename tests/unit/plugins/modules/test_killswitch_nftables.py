@@ -411,7 +411,26 @@ def test_a_file_only_change_needs_no_rollback(new_module, target, rollback_dir):
     target.write_text(OLD_RULESET)
     result = armed(new_module(), FakeNft(live=(DESIRED, DESIRED_TEXT)), target)
     assert "rollback" not in result and result["file_changed"] and not result["table_changed"]
-    assert target.read_text() == RULESET and not rollback_dir.exists()
+    assert target.read_text() == RULESET and not (rollback_dir / "armed").exists()
+
+
+def test_the_direct_apply_holds_the_guards_lock(new_module, target, rollback_dir):
+    """The guard compares live and expected under the same lock: it never sees the table without its files."""
+    import fcntl
+
+    held = []
+
+    class Locked(FakeNft):
+        def apply(self, path):
+            with open(str(rollback_dir / "lock"), "w") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held.append(False)
+                except OSError:
+                    held.append(True)
+            return super().apply(path)
+    mod.present(new_module(), Locked(live=None), "killswitch", str(target), RULESET, 0)
+    assert held == [True]
 
 
 def test_an_unconfirmed_apply_is_confirmed_by_the_next_run(new_module, target, rollback_dir):
