@@ -1,0 +1,158 @@
+# -*- coding: utf-8 -*-
+# Copyright: netlock.killswitch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Is the kill switch in force on this host?  One read-only status, in one shape.
+
+    table      {present, digest, matches}  the nftables table and the policy digest in its comment
+    boot_unit  {enabled}                   the unit that loads the ruleset at boot
+    guard      {active}                    the timer that re-asserts the table
+    tunnels    [{name, up, traffic}]       each tunnel interface present, and whether traffic flows
+    ok, problems                           the verdict and every reason against it
+
+Nothing here changes the host: commands are ``nft list table``, ``systemctl is-enabled``,
+``systemctl is-active`` and ``ping`` bound to a tunnel interface.  Commands are run through an
+injected runner (``AnsibleModule.run_command`` on a host, a fake in the tests) and interfaces are
+read from ``/sys/class/net`` (a parameter, for the tests).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+# (rc, stdout, stderr) of a command, as AnsibleModule.run_command returns it.
+Runner = Callable[[Sequence[str]], Tuple[int, str, str]]
+
+COMMENT = re.compile(r"^netlock\.killswitch ([0-9a-f]{16})$")
+DIGEST_LENGTH = 16  # the table comment carries the first 16 hex digits of the policy digest
+IFF_UP = 0x1
+TRAFFIC_OK, TRAFFIC_FAILED, TRAFFIC_NOT_CHECKED = "ok", "failed", "not checked"
+
+
+def digest_from_comment(comment: Optional[str]) -> Optional[str]:
+    """The digest prefix in the table's comment (``netlock.killswitch <16 hex>``), or None."""
+    match = COMMENT.match((comment or "").strip())
+    return match.group(1) if match else None
+
+
+def table_comment(listing: str) -> Optional[str]:
+    """The table's own comment in ``nft list table`` text (not a set's or a chain's), or None.
+
+    The text listing is read rather than ``nft -j``: nft before 1.0.7 leaves table comments out of JSON.
+    """
+    depth = 0
+    for line in listing.splitlines():
+        stripped = line.strip()
+        if depth == 1 and stripped.startswith('comment "'):
+            return stripped[len('comment "'):].rsplit('"', 1)[0]
+        depth += stripped.count("{") - stripped.count("}")
+    return None
+
+
+def table_status(run: Runner, nft: str, table: str, digest: Optional[str]) -> Dict[str, Any]:
+    """``{present, digest, matches}``; ``matches`` is None when no digest is expected."""
+    rc, out, _err = run([nft, "list", "table", "inet", table])
+    if rc != 0:
+        return dict(present=False, digest=None, matches=False if digest else None)
+    if not out.lstrip().startswith("table inet %s {" % table):
+        raise RuntimeError("nft list table inet %s returned an unexpected listing: %s" % (table, out[:200]))
+    found = digest_from_comment(table_comment(out))
+    matches = None
+    if digest:
+        matches = found is not None and found == digest.lower()[:DIGEST_LENGTH]
+    return dict(present=True, digest=found, matches=matches)
+
+
+def unit_is(run: Runner, systemctl: str, verb: str, unit: str) -> bool:
+    """``systemctl is-enabled`` / ``is-active``: True only for ``enabled`` / ``active``."""
+    rc, out, _err = run([systemctl, verb, unit])
+    return rc == 0 and out.strip() == ("enabled" if verb == "is-enabled" else "active")
+
+
+def matches_pattern(name: str, pattern: str) -> bool:
+    """nft interface matching: exact, or a trailing ``*`` wildcard (``tun*``)."""
+    if pattern.endswith("*"):
+        return name.startswith(pattern[:-1])
+    return name == pattern
+
+
+def interface_up(sys_class_net: str, name: str) -> bool:
+    """Administratively up (IFF_UP) and not without carrier; WireGuard and tun report ``unknown``."""
+    try:
+        with open(os.path.join(sys_class_net, name, "flags")) as handle:
+            flags = int(handle.read().strip(), 16)
+        with open(os.path.join(sys_class_net, name, "operstate")) as handle:
+            operstate = handle.read().strip()
+    except (OSError, ValueError):
+        return False
+    return bool(flags & IFF_UP) and operstate in ("up", "unknown")
+
+
+def tunnel_names(sys_class_net: str, patterns: Sequence[str]) -> List[str]:
+    """Every interface on the host that one of the patterns names, plus exact names that are absent."""
+    try:
+        present = sorted(os.listdir(sys_class_net))
+    except OSError:
+        present = []
+    names = [name for name in present if any(matches_pattern(name, p) for p in patterns)]
+    names += [p for p in patterns if not p.endswith("*") and p not in names]
+    return names
+
+
+def traffic(run: Runner, ping: Optional[str], interface: str, target: Optional[str], count: int = 3,
+            wait: int = 2) -> str:
+    """Echo requests to target bound to interface: ``ok`` on any reply, ``failed`` on none."""
+    if not target or not ping:
+        return TRAFFIC_NOT_CHECKED
+    rc, _out, _err = run([ping, "-n", "-q", "-c", str(count), "-i", "0.2", "-W", str(wait), "-I", interface, target])
+    return TRAFFIC_OK if rc == 0 else TRAFFIC_FAILED
+
+
+def status(run: Runner, nft: str, systemctl: str, ping: Optional[str] = None, state: str = "present",
+           table: str = "killswitch", digest: Optional[str] = None, boot_unit: str = "netlock-killswitch.service",
+           guard_unit: str = "netlock-killswitch-guard.timer", guard: bool = True,
+           tunnel_interfaces: Sequence[str] = (), traffic_target: Optional[str] = None,
+           sys_class_net: str = "/sys/class/net") -> Dict[str, Any]:
+    """The whole status and its verdict.
+
+    With ``state=present`` the kill switch must be in force: the table loaded (and carrying ``digest``
+    when given), the boot unit enabled, the guard active when ``guard`` is set, and traffic flowing
+    through every tunnel interface that is up (when there is a ``traffic_target``).  With
+    ``state=absent`` nothing may be left: no table, no enabled boot unit, no active guard.
+    """
+    result: Dict[str, Any] = dict(
+        table=table_status(run, nft, table, digest),
+        boot_unit=dict(name=boot_unit, enabled=unit_is(run, systemctl, "is-enabled", boot_unit)),
+        guard=dict(name=guard_unit, active=unit_is(run, systemctl, "is-active", guard_unit)),
+        tunnels=[],
+    )
+    problems: List[str] = []
+    if state == "present":
+        if not result["table"]["present"]:
+            problems.append("table inet %s is not loaded" % table)
+        elif result["table"]["matches"] is False:
+            problems.append("table inet %s carries policy digest %s, expected %s"
+                            % (table, result["table"]["digest"] or "none", digest.lower()[:DIGEST_LENGTH]))
+        if not result["boot_unit"]["enabled"]:
+            problems.append("%s is not enabled" % boot_unit)
+        if guard and not result["guard"]["active"]:
+            problems.append("%s is not active" % guard_unit)
+        for name in tunnel_names(sys_class_net, tunnel_interfaces):
+            up = interface_up(sys_class_net, name)
+            flow = traffic(run, ping, name, traffic_target) if up else TRAFFIC_NOT_CHECKED
+            result["tunnels"].append(dict(name=name, up=up, traffic=flow, target=traffic_target if up else None))
+            if flow == TRAFFIC_FAILED:
+                problems.append("no reply from %s through %s: the tunnel is up but traffic does not flow"
+                                % (traffic_target, name))
+    else:
+        if result["table"]["present"]:
+            problems.append("table inet %s is still loaded" % table)
+        if result["boot_unit"]["enabled"]:
+            problems.append("%s is still enabled" % boot_unit)
+        if result["guard"]["active"]:
+            problems.append("%s is still active" % guard_unit)
+    result.update(ok=not problems, problems=problems,
+                  msg=("kill switch %s" % ("in force" if state == "present" else "removed")) if not problems
+                  else "; ".join(problems))
+    return result
