@@ -12,7 +12,7 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_FORCE_COLOR ?= 0
 export PY_COLORS ?= 0
-HOST_PACKAGES := nftables debootstrap docker.io iproute2 util-linux tcpdump python3-venv shellcheck git
+HOST_PACKAGES := nftables debootstrap docker.io iproute2 util-linux tcpdump python3-venv shellcheck git openssh-client
 # Lab networks: name, IPv4 subnet, IPv6 subnet (checked by tools/labnet.py before creation).
 DEFAULT_NET := ks-default --subnet 198.18.20.0/24 --subnet6 2001:db8:20::/64
 
@@ -21,7 +21,7 @@ DEFAULT_NET := ks-default --subnet 198.18.20.0/24 --subnet6 2001:db8:20::/64
 help:
 	@echo "make demo       roll the kill switch out to the lab fleet and show traffic blocked"
 	@echo "make demo-down  remove the lab"
-	@echo "make test       unit tests, nft -c, lint, ansible-test sanity, molecule scenarios (default, leak)"
+	@echo "make test       unit tests, nft -c, lint, ansible-test sanity, molecule scenarios (default, leak, fleet)"
 
 host-deps:
 	@missing=(); for pkg in $(HOST_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing+=($$pkg); done; \
@@ -67,6 +67,7 @@ sanity: venv
 molecule: venv collection image networks
 	NETLOCK_LAB_IMAGE=$$(cat .cache-image-ref) $(BIN)/molecule test -s default
 	NETLOCK_LAB_IMAGE=$$(cat .cache-image-ref) $(BIN)/molecule test -s leak
+	NETLOCK_LAB_IMAGE=$$(cat .cache-image-ref) $(BIN)/molecule test -s fleet
 
 build: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path dist .

@@ -5,6 +5,8 @@
     python -m lab cases     run every leak case and the flap stream, print and write the report
     python -m lab demo      all three; exits 1 if anything leaked
     python -m lab down      remove the lab
+    python -m lab fleet-up    build the SSH fleet lab (managed hosts reached over SSH as operator)
+    python -m lab fleet-down  remove the SSH fleet lab
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from lab import build, cases, report
+from lab import build, cases, fleet, report
 from lab.topology import CLIENTS, HOSTS
 
 console = Console()
@@ -37,6 +39,16 @@ def up() -> None:
             display.update(task, description=message, advance=1)
         build.up(step)
         display.update(task, description="lab ready", completed=steps)
+
+
+def fleet_up() -> None:
+    with progress() as display:
+        task = display.add_task("building the SSH fleet lab", total=fleet.STEPS)
+
+        def step(message: str) -> None:
+            display.update(task, description=message, advance=1)
+        fleet.up(step)
+        display.update(task, description="fleet lab ready", completed=fleet.STEPS)
 
 
 def rollout() -> None:
@@ -65,7 +77,7 @@ def run_cases(names, flaps: int, outdir: str) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__.split("\n\n", maxsplit=1)[0])
-    parser.add_argument("command", choices=["up", "rollout", "cases", "demo", "down"])
+    parser.add_argument("command", choices=["up", "rollout", "cases", "demo", "down", "fleet-up", "fleet-down"])
     parser.add_argument("--case", action="append", choices=sorted(cases.CASES), help="run only these cases")
     parser.add_argument("--flaps", type=int, default=20)
     parser.add_argument("--reports", default=os.path.join(build.ROOT, "reports"))
@@ -73,6 +85,12 @@ def main(argv=None) -> int:
     names = args.case or list(cases.CASES)
     if args.command == "down":
         build.down()
+        return 0
+    if args.command == "fleet-up":
+        fleet_up()
+        return 0
+    if args.command == "fleet-down":
+        fleet.down()
         return 0
     if args.command in ("up", "demo"):
         up()

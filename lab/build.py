@@ -7,13 +7,14 @@ here; ``playbooks/rollout.yml`` does that against ``inventories/lab``.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
-from typing import Callable, Optional
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 from lab.probe import docker, sh, wait_booted, wait_for
-from lab.topology import (CLIENTS, DEFAULT_IMAGE, FWMARK, GUEST_V4, HOSTS, IMAGE_ENV, INET, LABEL, LAN, LANPEER,
-                          NETWORKS, ROUTER, SINK, TUNNEL_V4, TUNNEL_V6, VPN, WG_PORT, Host)
+from lab.topology import (CLIENTS, DEFAULT_IMAGE, ENDPOINT, FWMARK, GUEST_V4, HOSTS, IMAGE_ENV, INET, LABEL, LAN,
+                          LANPEER, NETWORKS, ROUTER, SINK, TUNNEL_V4, TUNNEL_V6, VPN, WG_PORT, Host, Net)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT = "/usr/local/bin/netlock-agent.py"
@@ -36,8 +37,8 @@ def exists(container: str) -> bool:
     return docker("container", "inspect", container, check=False).returncode == 0
 
 
-def create_networks() -> None:
-    for net in NETWORKS:
+def create_networks(networks: Iterable[Net] = NETWORKS) -> None:
+    for net in networks:
         subprocess.run([sys.executable, os.path.join(ROOT, "tools", "labnet.py"), "create", net.name,
                         "--subnet", net.v4, "--subnet6", net.v6], check=True, timeout=120)
         bridge_rule("-I", net.name)
@@ -60,12 +61,12 @@ def bridge_rule(action: str, network: str) -> None:
         subprocess.run(["iptables", action, *rule], check=True, capture_output=True, timeout=30)
 
 
-def start_container(host: Host) -> None:
+def start_container(host: Host, label: str = LABEL) -> None:
     if exists(host.name):
         docker("start", host.name)
     else:
         (first, (v4, v6)), *others = host.addresses.items()
-        argv = ["run", "-d", "--name", host.name, "--hostname", host.name, "--label", LABEL,
+        argv = ["run", "-d", "--name", host.name, "--hostname", host.name, "--label", label,
                 "--network", first, "--ip", v4, "--ip6", v6,
                 "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--cap-add", "SYS_ADMIN",
                 "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
@@ -82,9 +83,16 @@ def start_container(host: Host) -> None:
 
 
 def service(container: str, unit: str, command: str) -> None:
-    """A transient systemd service, so it survives the docker exec that started it."""
-    run_script(container, "systemctl is-active -q %s || systemd-run --unit=%s --property=Restart=always %s"
-               % (unit, unit, command), "starting %s" % unit)
+    """A transient systemd service, so it survives the docker exec that started it; a changed command restarts it."""
+    run_script(container, """
+mkdir -p /run/netlock-lab
+if [ "$(cat /run/netlock-lab/{unit}.cmd 2>/dev/null)" != {quoted} ]; then
+  systemctl stop {unit} 2>/dev/null || true
+  systemctl reset-failed {unit} 2>/dev/null || true
+fi
+systemctl is-active -q {unit} || systemd-run --unit={unit} --property=Restart=always {command}
+printf '%s' {quoted} > /run/netlock-lab/{unit}.cmd
+""".format(unit=unit, command=command, quoted=shlex.quote(command)), "starting %s" % unit)
 
 
 def routes_via_router(net) -> str:
@@ -98,15 +106,39 @@ def wg_key(container: str) -> str:
                       "generating a WireGuard key").strip()
 
 
+def _prefixed(addresses: Sequence[str], v4: int, v6: int) -> str:
+    return ", ".join("%s/%d" % (a, v6 if ":" in a else v4) for a in addresses)
+
+
+def wg_server_config(server: Host, clients: Sequence[Host], client_keys: Dict[str, str], port: int = WG_PORT) -> str:
+    """wg-quick configuration of a server: one peer per client, each owning its tunnel addresses."""
+    peers = "".join("[Peer]\nPublicKey = %s\nAllowedIPs = %s\n\n" % (client_keys[c.name], _prefixed(c.tunnel, 32, 128))
+                    for c in clients)
+    return ("[Interface]\nAddress = %s\nListenPort = %d\nPostUp = wg set %%i private-key "
+            "/etc/wireguard/private.key\n\n%s" % (_prefixed(server.tunnel, 24, 64), port, peers))
+
+
+def wg_client_config(host: Host, server_key: str, endpoint: Tuple[str, int], fwmark: int = FWMARK,
+                     allowed: str = "0.0.0.0/0, ::/0") -> str:
+    """wg-quick configuration of a full-tunnel client: wg-quick marks its own packets with fwmark."""
+    return ("[Interface]\nAddress = %s\nFwMark = %d\nPostUp = wg set %%i private-key "
+            "/etc/wireguard/private.key\n\n[Peer]\nPublicKey = %s\nEndpoint = %s:%d\n"
+            "AllowedIPs = %s\nPersistentKeepalive = 1\n"
+            % (_prefixed(host.tunnel, 32, 128), fwmark, server_key, endpoint[0], endpoint[1], allowed))
+
+
+def wait_tunnel(hosts: Iterable[Host], address: str, timeout: float = 30) -> None:
+    for host in hosts:
+        if not wait_for(lambda h=host: sh(h.name, "ping -n -c 1 -W 1 %s" % address).returncode == 0, timeout):
+            raise RuntimeError("%s: no traffic through the tunnel to %s" % (host.name, address))
+
+
 def setup_vpn(client_keys: dict) -> None:
-    peers = "".join("[Peer]\nPublicKey = %s\nAllowedIPs = %s/32, %s/128\n\n" % (client_keys[c.name], *c.tunnel)
-                    for c in CLIENTS)
-    config = ("[Interface]\nAddress = %s/24, %s/64\nListenPort = %d\nPostUp = wg set %%i private-key "
-              "/etc/wireguard/private.key\n\n%s" % (VPN.tunnel[0], VPN.tunnel[1], WG_PORT, peers))
+    config = wg_server_config(VPN, CLIENTS, client_keys)
     nat = ("table inet lab_nat {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n"
            "  ip saddr %s oifname \"eth0\" masquerade\n  ip6 saddr %s oifname \"eth0\" masquerade\n }\n}\n"
            % (TUNNEL_V4, TUNNEL_V6))
-    run_script(VPN.name, routes_via_router(INET) + _wg_quick_unit(config) + """
+    run_script(VPN.name, routes_via_router(INET) + wg_quick_unit(config) + """
 printf '%%s\\n' 'table inet lab_nat' 'delete table inet lab_nat' > /etc/lab-nat.nft
 cat >> /etc/lab-nat.nft <<'NFT'
 %s
@@ -117,13 +149,21 @@ nft -f /etc/lab-nat.nft
             "--address=/leak.test/%s --log-queries" % (VPN.tunnel[0], SINK.v4(INET)))
 
 
-def _wg_quick_unit(config: str) -> str:
+def wg_quick_unit(config: str) -> str:
     """wg-quick@wg0 with wireguard-go (no kernel module in the lab), enabled at boot."""
     return """
-cat > /etc/wireguard/wg0.conf <<'EOF'
+umask 077
+cat > /etc/wireguard/wg0.conf.new <<'EOF'
 %s
 EOF
-chmod 600 /etc/wireguard/wg0.conf
+# A changed configuration (a peer's new key after its container was recreated) restarts the tunnel.
+if cmp -s /etc/wireguard/wg0.conf.new /etc/wireguard/wg0.conf; then
+  rm -f /etc/wireguard/wg0.conf.new
+else
+  mv -f /etc/wireguard/wg0.conf.new /etc/wireguard/wg0.conf
+  ! systemctl is-active -q wg-quick@wg0 || systemctl stop wg-quick@wg0
+fi
+umask 022
 mkdir -p /etc/systemd/system/wg-quick@wg0.service.d /usr/local/lib/netlock-lab
 # Docker mounts /proc/sys read-only and the lab presets (docker run --sysctl) what wg-quick sets:
 # accept a write of an unchanged value, pass everything else to the real sysctl.
@@ -183,12 +223,9 @@ nft -f /etc/lab-nat.nft
 
 
 def setup_client(host: Host, server_key: str) -> None:
-    config = ("[Interface]\nAddress = %s/32, %s/128\nFwMark = %d\nPostUp = wg set %%i private-key "
-              "/etc/wireguard/private.key\n\n[Peer]\nPublicKey = %s\nEndpoint = %s:%d\n"
-              "AllowedIPs = 0.0.0.0/0, ::/0\nPersistentKeepalive = 1\n"
-              % (host.tunnel[0], host.tunnel[1], FWMARK, server_key, VPN.v4(INET), WG_PORT))
+    config = wg_client_config(host, server_key, ENDPOINT)
     setup_client_network(host)
-    run_script(host.name, _wg_quick_unit(config), "starting %s's WireGuard client" % host.name)
+    run_script(host.name, wg_quick_unit(config), "starting %s's WireGuard client" % host.name)
 
 
 def up(step: Optional[Step] = None) -> None:
@@ -210,15 +247,14 @@ def up(step: Optional[Step] = None) -> None:
         step("WireGuard client %s" % host.name)
         setup_client(host, server_key)
     step("tunnels up")
-    for host in CLIENTS:
-        if not wait_for(lambda h=host: sh(h.name, "ping -n -c 1 -W 1 %s" % VPN.tunnel[0]).returncode == 0, 30):
-            raise RuntimeError("%s: no traffic through the tunnel to %s" % (host.name, VPN.tunnel[0]))
+    wait_tunnel(CLIENTS, VPN.tunnel[0])
 
 
-def down() -> None:
-    listed = docker("ps", "-aq", "--filter", "label=" + LABEL, check=False).stdout.split()
+def down(label: str = LABEL, networks: Iterable[Net] = NETWORKS) -> None:
+    """Remove the containers that carry this label and these networks, nothing else."""
+    listed = docker("ps", "-aq", "--filter", "label=" + label, check=False).stdout.split()
     if listed:
         docker("rm", "-f", *listed, timeout=180)
-    for net in NETWORKS:
+    for net in networks:
         bridge_rule("-D", net.name)
         docker("network", "rm", net.name, check=False)

@@ -21,7 +21,7 @@ REPO=netlock-lab
 PACKAGES=(
     systemd systemd-sysv dbus python3 python3-apt nftables iproute2 iputils-ping
     wireguard-go wireguard-tools tcpdump netcat-openbsd dnsmasq socat procps
-    ca-certificates sudo openssh-client kmod
+    ca-certificates sudo openssh-client kmod openssh-server python3-venv git
 )
 # Units that cannot work (or only add noise) inside a container.
 MASK_UNITS=(
@@ -37,6 +37,8 @@ MASK_UNITS=(
 )
 # Installed but started explicitly by the lab.
 DISABLE_UNITS=(dnsmasq.service)
+# Enabled at boot (the SSH fleet lab manages its hosts over real SSH).
+ENABLE_UNITS=(ssh.service)
 
 say() { echo "build-image: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -147,7 +149,21 @@ systemctl --root="$ROOTFS" mask "${MASK_UNITS[@]}" >/dev/null 2>&1 \
 for u in "${DISABLE_UNITS[@]}"; do
     systemctl --root="$ROOTFS" disable "$u" >/dev/null 2>&1 || die "cannot disable $u"
 done
+for u in "${ENABLE_UNITS[@]}"; do
+    systemctl --root="$ROOTFS" enable "$u" >/dev/null 2>&1 || die "cannot enable $u"
+done
 systemctl --root="$ROOTFS" set-default multi-user.target >/dev/null 2>&1
+
+# No SSH host keys in the image: every container generates its own at first boot, so that
+# known_hosts (ssh-keyscan) tells the hosts apart.
+rm -f "$ROOTFS"/etc/ssh/ssh_host_*
+mkdir -p "$ROOTFS/etc/systemd/system/ssh.service.d"
+cat >"$ROOTFS/etc/systemd/system/ssh.service.d/10-netlock-hostkeys.conf" <<'EOF'
+[Service]
+ExecStartPre=
+ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/sbin/sshd -t
+EOF
 
 # Clean caches and logs.
 rm -rf "$ROOTFS"/var/cache/apt/*.bin "$ROOTFS"/var/cache/apt/archives/*.deb \
