@@ -119,7 +119,7 @@ def test_the_controller_is_found_over_paramiko_with_su():
     sh(HOST.name, "echo root:netlock-lab | chpasswd")
     try:
         proc, _seconds = playbook({"ansible_connection": "ansible.builtin.paramiko_ssh", "ansible_become_method": "su",
-                            "ansible_become_password": "netlock-lab", "ansible_paramiko_host_key_checking": False})
+                                   "ansible_become_password": "netlock-lab", "ansible_paramiko_host_key_checking": False})
         assert proc.returncode == 0, proc.stdout[-3000:]
         assert management_sources() == [fleet.CONTROLLER]
     finally:
