@@ -11,8 +11,8 @@ import tracemalloc
 
 import pytest
 
-from ansible_collections.netlock.killswitch.plugins.module_utils.nft_render import render
-from ansible_collections.netlock.killswitch.plugins.module_utils.policy import parse_policy
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.render_nftables import render
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
 
 SIZES = (1_000, 100_000)
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+import shlex
+from typing import Any, Dict, List, Optional, Tuple
 
-# (rc, stdout, stderr) of a command, as AnsibleModule.run_command returns it.
-Runner = Callable[[Sequence[str]], Tuple[int, str, str]]
+from ansible_collections.netlock.killswitch.plugins.module_utils.firewall import Firewall, Runner
 
 _COUNTER_TEXT = re.compile(r"counter packets \d+ bytes \d+")
 _VOLATILE_KEYS = ("handle", "metainfo")
@@ -46,7 +46,9 @@ def plain_text(listing: str) -> str:
     return _COUNTER_TEXT.sub("counter", listing)
 
 
-class Nft:
+class Nft(Firewall):
+    name = "nftables"
+
     def __init__(self, run: Runner, nft: str = "nft", unshare: str = "unshare"):
         self.run = run
         self.nft = nft
@@ -84,3 +86,14 @@ class Nft:
     def delete(self, table: str) -> Optional[str]:
         rc, out, err = self.run([self.nft, "delete", "table", "inet", table])
         return None if rc == 0 else (err or out).strip()
+
+    def load_argv(self, path: str) -> List[str]:
+        return [self.nft, "-f", path]
+
+    def list_command(self, table: str) -> str:
+        return "%s list table inet %s 2>/dev/null | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/'" % (
+            shlex.quote(self.nft), shlex.quote(table))
+
+    def previous_payload(self, table: str, live: Optional[Tuple[Any, str]]) -> str:
+        """Restores the listed table atomically, or removes the table if there was none."""
+        return "table inet %s\ndelete table inet %s\n%s" % (table, table, live[1] if live else "")

@@ -17,8 +17,8 @@ from ansible_collections.netlock.killswitch.plugins.action.killswitch_policy imp
     controller_address,
     resolve,
 )
-from ansible_collections.netlock.killswitch.plugins.module_utils.nft_render import render
-from ansible_collections.netlock.killswitch.plugins.module_utils.policy import parse_policy
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.render_nftables import render
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
 
 # --------------------------------------------------------------------------- controller_address
 

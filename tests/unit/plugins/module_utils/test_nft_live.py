@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.netlock.killswitch.plugins.module_utils.nft_live import Nft, normalize, plain_text
-from ansible_collections.netlock.killswitch.plugins.module_utils.nft_render import render
-from ansible_collections.netlock.killswitch.plugins.module_utils.policy import parse_policy
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.render_nftables import render
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
 
 COLLECTIONS = str(Path(__file__).resolve().parents[4] / ".collections")
 POLICY = parse_policy({

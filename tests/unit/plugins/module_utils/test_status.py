@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 from ansible_collections.netlock.killswitch.plugins.module_utils import status as st
-from ansible_collections.netlock.killswitch.plugins.module_utils.nft_render import render
-from ansible_collections.netlock.killswitch.plugins.module_utils.policy import parse_policy
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.render_nftables import render
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
 
 DIGEST = "3f2a9c0d11b4e7a8" + "0" * 48
 OTHER_DIGEST = "ffffffffffffffff" + "0" * 48

@@ -588,8 +588,8 @@ def test_present_is_idempotent_with_real_nft(nft_binary, unshare_binary, tmp_pat
     import sys
     from pathlib import Path
 
-    from ansible_collections.netlock.killswitch.plugins.module_utils.nft_render import render
-    from ansible_collections.netlock.killswitch.plugins.module_utils.policy import parse_policy
+    from ansible_collections.netlock.killswitch.plugins.plugin_utils.render_nftables import render
+    from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
 
     base = {"killswitch_tunnel_interfaces": ["wg0"], "killswitch_endpoints": [{"address": "198.51.100.7", "port": 1}],
             "killswitch_allow_lan": True, "killswitch_management_cidrs": ["192.0.2.10"]}

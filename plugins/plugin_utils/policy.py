@@ -3,8 +3,10 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The kill switch policy: role variables in, one validated and normalized policy out.
 
-Pure Python with no I/O: hostname resolution is injected by the caller (the action plugin
-resolves on the controller).  Every rejection names the role variable and the bad value.
+Pure Python with no I/O, run on the controller: hostname resolution is injected by the caller (the
+action plugin resolves there).  Every rejection names the role variable and the bad value.  The policy
+states intent only; what a firewall can express (interface-name rules, table names, which endpoint
+owners it can enforce) is checked per backend in ``backends.py``.
 """
 
 from __future__ import annotations
@@ -36,13 +38,42 @@ EXTRA_PROTOCOLS = ("tcp", "udp", "icmp", "any")
 IPV6_MODES = ("block", "tunnel")
 FORWARD_MODES = ("block", "tunnel", "off")
 STATES = ("present", "absent")
-MAX_IFNAME = 15  # IFNAMSIZ - 1
+BACKENDS = ("auto", "nftables", "iptables")
 MAX_MARK = 0xFFFFFFFF
 MIN_SAFE_APPLY_TIMEOUT = 10  # seconds: the rules change after 1 s, then the controller must reconnect
 
-# Kernel interface names: no '/', whitespace or quotes; we also refuse ':' (aliases) and
-# shell/nft metacharacters.  An nft wildcard is a trailing '*' after a non-empty prefix.
-_IFNAME_RE = re.compile(r"[A-Za-z0-9_.@+-]+\*?")
+# The role's defaults, by variable name without the prefix.  roles/killswitch/meta/argument_specs.yml is
+# the documented source; tests/unit/test_contract.py fails when this, defaults/main.yml, the module
+# documentation or the action plugin's options disagree with it.
+DEFAULTS: Dict[str, Any] = {
+    "state": "present",
+    "backend": "auto",
+    "tunnel_interfaces": [],
+    "endpoints": [],
+    "endpoint_mark": None,
+    "endpoint_user": None,
+    "endpoint_program": None,
+    "allow_lan": False,
+    "lan_cidrs": list(DEFAULT_LAN_CIDRS),
+    "management_cidrs": None,  # the controller's address as the host sees it (the action plugin finds it)
+    "management_ports": [22],
+    "dns_servers": [],
+    "allow_dhcp": True,
+    "ipv6": "block",
+    "forward": "tunnel",
+    "extra_outbound": [],
+    "log_drops": False,
+    "safe_apply_timeout": 60,
+    "guard_enabled": True,
+    "guard_interval": 30,
+    "table": "killswitch",
+    "allow_lockout": False,
+}
+
+# Interface names or aliases on any OS ("wg0", "tun*", "Wintun Userspace Tunnel"): printable, no quotes or
+# backslashes, no leading or trailing blanks.  A trailing '*' is a wildcard; each backend checks its own rules.
+_INTERFACE_RE = re.compile(r"[^\x00-\x1f\x7f\"'\\`$;|&<>]{1,256}")
+_PROGRAM_RE = re.compile(r"(/|[A-Za-z]:\\)[^\x00-\x1f\x7f\"]{0,4095}")
 _TABLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -78,11 +109,24 @@ class AddressRule:
 
 
 @dataclass(frozen=True)
+class Owner:
+    """Who may send endpoint traffic outside the tunnel: a firewall mark, a user, a program, or anyone."""
+
+    mark: Optional[int] = None
+    user: Optional[str] = None
+    program: Optional[str] = None
+
+    KINDS = ("mark", "user", "program")
+
+    def kinds(self) -> Tuple[str, ...]:
+        return tuple(kind for kind in self.KINDS if getattr(self, kind) is not None)
+
+
+@dataclass(frozen=True)
 class Policy:
     tunnel_interfaces: Tuple[str, ...]
     endpoints: Tuple[AddressRule, ...]
-    endpoint_mark: Optional[int] = None
-    endpoint_user: Optional[str] = None
+    endpoint_owner: Owner = Owner()
     allow_lan: bool = False
     lan_networks: Tuple[Network, ...] = ()
     management_networks: Tuple[Network, ...] = ()
@@ -95,6 +139,14 @@ class Policy:
     log_drops: bool = False
     table: str = "killswitch"
     warnings: Tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def endpoint_mark(self) -> Optional[int]:
+        return self.endpoint_owner.mark
+
+    @property
+    def endpoint_user(self) -> Optional[str]:
+        return self.endpoint_owner.user
 
     def admits_management(self, source: str, port: int) -> bool:
         """Whether the rendered rules let ``source`` open (and keep) a TCP connection to ``port``."""
@@ -207,12 +259,10 @@ def _interfaces(check: _Checker, variable: str, value: Any) -> Tuple[str, ...]:
     names = []
     for i, name in enumerate(check.items(variable, value, allow_empty=False)):
         item = "%s[%d]" % (variable, i)
-        if not isinstance(name, str) or not _IFNAME_RE.fullmatch(name) or name.strip("*") in ("", ".", ".."):
-            check.fail(item, name, "is not a valid interface name or nft wildcard (letters, digits, '_.@+-', optional trailing '*')")
-        elif len(name) > MAX_IFNAME:
-            check.fail(item, name, "is longer than %d characters" % MAX_IFNAME)
-        elif name == "lo" or (name.endswith("*") and "lo".startswith(name[:-1])):
-            check.fail(item, name, "matches the loopback interface, not a tunnel")
+        if (not isinstance(name, str) or not _INTERFACE_RE.fullmatch(name) or name != name.strip()
+                or "*" in name[:-1] or name.strip("*") in ("", ".", "..")):
+            check.fail(item, name, "is not an interface name or wildcard (printable, no quotes, shell or nft "
+                                   "metacharacters, optional trailing '*')")
         else:
             names.append(name)
     return tuple(sorted(set(names)))
@@ -300,18 +350,23 @@ def parse_policy(variables: Mapping[str, Any], resolve: Optional[Resolver] = Non
     """
     check = _Checker()
 
-    def var(name: str, default: Any = None) -> Tuple[str, Any]:
+    def var(name: str) -> Tuple[str, Any]:
         value = variables.get(PREFIX + name)
-        return PREFIX + name, default if value is None else value
+        return PREFIX + name, DEFAULTS[name] if value is None else value
 
-    ipv6 = check.choice(*var("ipv6", "block"), choices=IPV6_MODES)
-    forward = check.choice(*var("forward", "tunnel"), choices=FORWARD_MODES)
-    allow_lan = check.boolean(*var("allow_lan", False))
-    tunnels = _interfaces(check, *var("tunnel_interfaces", []))
-    endpoints = _endpoints(check, var("endpoints", [])[1], ipv6, resolve)
+    check.choice(*var("backend"), choices=BACKENDS)
+    ipv6 = check.choice(*var("ipv6"), choices=IPV6_MODES)
+    forward = check.choice(*var("forward"), choices=FORWARD_MODES)
+    allow_lan = check.boolean(*var("allow_lan"))
+    tunnels = _interfaces(check, *var("tunnel_interfaces"))
+    endpoints = _endpoints(check, var("endpoints")[1], ipv6, resolve)
 
     mark_name, mark = var("endpoint_mark")
     endpoint_mark = None if mark is None else check.integer(mark_name, mark, 1, MAX_MARK)
+    program_name, program = var("endpoint_program")
+    if program is not None and not (isinstance(program, str) and _PROGRAM_RE.fullmatch(program)):
+        check.fail(program_name, program, "is not an absolute program path")
+        program = None
     user_name, user = var("endpoint_user")
     endpoint_user = None
     if user is not None:
@@ -324,7 +379,7 @@ def parse_policy(variables: Mapping[str, Any], resolve: Optional[Resolver] = Non
         else:
             check.fail(user_name, user, "is not a user name or uid")
 
-    lan_name, lan_value = var("lan_cidrs", list(DEFAULT_LAN_CIDRS))
+    lan_name, lan_value = var("lan_cidrs")
     lan = check.networks(lan_name, lan_value)
     if allow_lan:
         for net in lan:
@@ -332,9 +387,9 @@ def parse_policy(variables: Mapping[str, Any], resolve: Optional[Resolver] = Non
                 check.warnings.append("%s: %s is a public range; with %sallow_lan on, traffic to it leaves outside "
                                       "the tunnel (the TunnelCrack LocalNet attack relies on this)" % (lan_name, net, PREFIX))
 
-    ports_name, ports_value = var("management_ports", [22])
+    ports_name, ports_value = var("management_ports")
     ports = [check.port("%s[%d]" % (ports_name, i), p) for i, p in enumerate(check.items(ports_name, ports_value))]
-    dns_name, dns_value = var("dns_servers", [])
+    dns_name, dns_value = var("dns_servers")
     dns = [check.address("%s[%d]" % (dns_name, i), a) for i, a in enumerate(check.items(dns_name, dns_value))]
     dns_servers = tuple(sorted({a for a in dns if a is not None}, key=lambda a: (a.version, int(a))))
     if ipv6 == "block" and any(a.version == 6 for a in dns_servers):
@@ -343,19 +398,18 @@ def parse_policy(variables: Mapping[str, Any], resolve: Optional[Resolver] = Non
     policy = Policy(
         tunnel_interfaces=tunnels,
         endpoints=endpoints,
-        endpoint_mark=endpoint_mark,
-        endpoint_user=endpoint_user,
+        endpoint_owner=Owner(endpoint_mark, endpoint_user, program),
         allow_lan=allow_lan,
         lan_networks=lan,
-        management_networks=check.networks(*var("management_cidrs", [])),
+        management_networks=check.networks(*var("management_cidrs")),
         management_ports=tuple(sorted({p for p in ports if p is not None})),
         dns_servers=dns_servers,
-        allow_dhcp=check.boolean(*var("allow_dhcp", True)),
+        allow_dhcp=check.boolean(*var("allow_dhcp")),
         ipv6=ipv6,
         forward=forward,
-        extra_outbound=_extra_outbound(check, var("extra_outbound", [])[1], ipv6),
-        log_drops=check.boolean(*var("log_drops", False)),
-        table=_table(check, *var("table", "killswitch")),
+        extra_outbound=_extra_outbound(check, var("extra_outbound")[1], ipv6),
+        log_drops=check.boolean(*var("log_drops")),
+        table=_table(check, *var("table")),
     )
     check_settings(check, variables)
     if check.problems:
@@ -366,7 +420,7 @@ def parse_policy(variables: Mapping[str, Any], resolve: Optional[Resolver] = Non
 def _table(check: _Checker, variable: str, value: Any) -> str:
     if isinstance(value, str) and _TABLE_RE.fullmatch(value):
         return value
-    check.fail(variable, value, "is not a valid nft table name (a letter, then letters, digits or '_', at most 32)")
+    check.fail(variable, value, "is not a valid table name (a letter, then letters, digits or '_', at most 32)")
     return "killswitch"
 
 

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from ansible_collections.netlock.killswitch.plugins.module_utils.nft_render import HEADER, render
-from ansible_collections.netlock.killswitch.plugins.module_utils.policy import PolicyError, parse_policy
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.render_nftables import HEADER, render
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import PolicyError, parse_policy
 
 BASE = {
     "killswitch_tunnel_interfaces": ["wg0"],

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.netlock.killswitch.plugins.module_utils.nft_render import render
-from ansible_collections.netlock.killswitch.plugins.module_utils.policy import Policy, PolicyError, parse_policy
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.render_nftables import render
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import Policy, PolicyError, parse_policy
 
 KEYS = ("state", "tunnel_interfaces", "endpoints", "endpoint_mark", "endpoint_user", "allow_lan", "lan_cidrs",
         "management_cidrs", "management_ports", "dns_servers", "allow_dhcp", "ipv6", "forward", "extra_outbound",

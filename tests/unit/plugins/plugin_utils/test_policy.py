@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.netlock.killswitch.plugins.module_utils.policy import (
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import (
     DEFAULT_LAN_CIDRS,
     AddressRule,
     Policy,
@@ -723,7 +723,7 @@ def test_digest_is_stable():
 def test_digest_is_stable_across_processes():
     """Sets are used while normalizing: hash randomization must not leak into the digest."""
     code = (
-        "from ansible_collections.netlock.killswitch.plugins.module_utils.policy import parse_policy\n"
+        "from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy\n"
         "print(parse_policy({'killswitch_tunnel_interfaces': ['wg3', 'wg1', 'tun*', 'wg2'],"
         " 'killswitch_endpoints': [{'address': '198.51.100.7', 'port': 1}, {'address': '203.0.113.1', 'port': 2}],"
         " 'killswitch_management_ports': [22, 2222, 443], 'killswitch_dns_servers': ['10.0.0.3', '10.0.0.1']}).digest())"

@@ -1,0 +1,92 @@
+# -*- coding: utf-8 -*-
+# Copyright: netlock.killswitch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The firewalls the policy can be rendered for, what each can express, and its renderer.
+
+Adding a backend means one renderer (rule list to payload) here, one applier in module_utils
+(``module_utils/firewall.py`` documents the interface) and an entry in ``BACKENDS``.  A policy that
+asks for something a host's backend cannot enforce fails on the controller, naming the variable, the
+host and the backend.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, FrozenSet, List, Optional
+
+from ansible_collections.netlock.killswitch.plugins.plugin_utils import render_iptables, render_nftables
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.nft_keywords import NFT_KEYWORDS
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import PREFIX, Policy, PolicyError, Problem
+
+# Linux interface names (IFNAMSIZ - 1 characters), no '/', whitespace, quotes or ':' (aliases); a wildcard
+# is a trailing '*' after a non-empty prefix.
+LINUX_IFNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,15}\*?")
+MAX_LINUX_IFNAME = 15
+OWNER_VARIABLES = {"mark": PREFIX + "endpoint_mark", "user": PREFIX + "endpoint_user",
+                   "program": PREFIX + "endpoint_program"}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A firewall: what it can enforce, and how a policy becomes its payload."""
+
+    name: str
+    owners: FrozenSet[str]              # endpoint owner kinds it can enforce (Owner.KINDS)
+    render: Callable[[Policy], str]
+    max_table: int                      # longest table (or chain prefix, or rule group) name
+    table_words: FrozenSet[str] = frozenset()   # names its syntax refuses
+    payload_suffix: str = ""            # the persisted file's extension
+
+    def problems(self, policy: Policy) -> List[Problem]:
+        found = []
+        for kind in policy.endpoint_owner.kinds():
+            if kind not in self.owners:
+                found.append(Problem(OWNER_VARIABLES[kind], getattr(policy.endpoint_owner, kind),
+                                     "cannot be enforced by the %s backend (it can match: %s)"
+                                     % (self.name, ", ".join(sorted(self.owners)) or "no owner")))
+        for i, name in enumerate(policy.tunnel_interfaces):
+            problem = linux_interface_problem(name)
+            if problem:
+                found.append(Problem("%stunnel_interfaces[%d]" % (PREFIX, i), name, "%s (%s backend)"
+                                     % (problem, self.name)))
+        if len(policy.table) > self.max_table:
+            found.append(Problem(PREFIX + "table", policy.table, "is longer than %d characters, the most the %s "
+                                 "backend allows" % (self.max_table, self.name)))
+        if policy.table.lower() in self.table_words:
+            found.append(Problem(PREFIX + "table", policy.table, "is a keyword of the %s backend's syntax"
+                                 % self.name))
+        return found
+
+
+def linux_interface_problem(name: str) -> Optional[str]:
+    if not LINUX_IFNAME.fullmatch(name) or name.strip("*") in (".", ".."):
+        return "is not a Linux interface name or wildcard (letters, digits, '_.@+-', at most %d, optional " \
+               "trailing '*')" % MAX_LINUX_IFNAME
+    if name == "lo" or (name.endswith("*") and "lo".startswith(name[:-1])):
+        return "matches the loopback interface, not a tunnel"
+    return None
+
+
+BACKENDS = {
+    "nftables": Backend("nftables", frozenset(("mark", "user")), render_nftables.render, 32, NFT_KEYWORDS, ".nft"),
+    # iptables chain names hold at most 28 characters; ours are the table name plus "-out" and the like.
+    "iptables": Backend("iptables", frozenset(("mark", "user")), render_iptables.render,
+                        28 - len(render_iptables.LONGEST_SUFFIX), frozenset(), ".sh"),
+}
+
+
+def backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise PolicyError([Problem(PREFIX + "backend", name, "is not one of %s" % ", ".join(sorted(BACKENDS)))])
+
+
+def render_for(policy: Policy, name: str, host: str = "the host") -> str:
+    """The payload for one host's backend, or PolicyError naming the variable, the host and the backend."""
+    chosen = backend(name)
+    problems = chosen.problems(policy)
+    if problems:
+        raise PolicyError([Problem(p.variable, p.value, "%s, on %s" % (p.reason, host)) for p in problems])
+    return chosen.render(policy)

@@ -1,0 +1,111 @@
+# -*- coding: utf-8 -*-
+# Copyright: netlock.killswitch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Print the rule list (``rules.py``) as ``iptables-restore`` and ``ip6tables-restore`` lines, wrapped in the
+host-side payload script of ``module_utils/iptables.py`` (one transaction per family, our own chains)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Dict, List, Optional, Sequence
+
+from ansible_collections.netlock.killswitch.plugins.module_utils.iptables import chain_names, script
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import Policy
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.rules import (
+    ACCEPT, DIRECTIONS, DROP, LOG, OUTPUT, REJECT, Rule, rule_list)
+
+HEADER = "# Managed by netlock.killswitch: generated from the role variables, do not edit.\n"
+LONGEST_SUFFIX = "-out"
+MAX_MULTIPORT = 15  # ports per multiport match
+ICMP = {4: "icmp", 6: "ipv6-icmp"}
+# nftables ICMPv6 names (the rule list's vocabulary) to ip6tables' names.
+ICMPV6_TYPES = {
+    "nd-router-solicit": "router-solicitation",
+    "nd-router-advert": "router-advertisement",
+    "nd-neighbor-solicit": "neighbour-solicitation",
+    "nd-neighbor-advert": "neighbour-advertisement",
+    "mld2-listener-report": "143",
+}
+REJECT_WITH = {4: "icmp-admin-prohibited", 6: "icmp6-adm-prohibited"}
+
+
+def _interface(option: str, name: Optional[str]) -> List[str]:
+    if name is None:
+        return []
+    return [option, name[:-1] + "+" if name.endswith("*") else name]
+
+
+def _ports(option: str, ports: Sequence[int]) -> List[List[str]]:
+    """One match per chunk of ports: ``--dport 22``, or ``-m multiport --dports 53,853``."""
+    if not ports:
+        return [[]]
+    if len(ports) == 1:
+        return [["--%s" % option, str(ports[0])]]
+    chunks = [ports[i:i + MAX_MULTIPORT] for i in range(0, len(ports), MAX_MULTIPORT)]
+    return [["-m", "multiport", "--%ss" % option, ",".join(str(p) for p in chunk)] for chunk in chunks]
+
+
+def _verdict(rule: Rule, family: int, protocol: Optional[str]) -> List[str]:
+    if rule.verdict == ACCEPT:
+        return ["-j", "ACCEPT"]
+    if rule.verdict == DROP:
+        return ["-j", "DROP"]
+    if rule.verdict == LOG:
+        return ["-m", "limit", "--limit", "5/sec", "--limit-burst", "10", "-j", "LOG", "--log-prefix",
+                '"%s"' % rule.log_prefix, "--log-level", "6"]
+    if rule.verdict == REJECT:
+        return ["-j", "REJECT", "--reject-with", "tcp-reset" if protocol == "tcp" else REJECT_WITH[family]]
+    raise ValueError("unknown verdict %r" % rule.verdict)
+
+
+def rule_lines(rule: Rule, chain: str, family: int) -> List[str]:
+    """The ``-A`` lines of one rule for one family (none when the rule is for the other family)."""
+    if rule.family not in (None, family):
+        return []
+    lines = []
+    head = ["-A", chain] + _interface("-i", rule.in_interface) + _interface("-o", rule.out_interface)
+    protocols: List[Optional[str]] = [ICMP[family] if p == "icmp" else p for p in rule.protocols] or [None]
+    if rule.icmp_types:
+        protocols = [ICMP[6]]
+    icmp_types: List[Optional[str]] = [ICMPV6_TYPES[t] for t in rule.icmp_types] or [None]
+    for source, destination, protocol, icmp_type in itertools.product(
+            rule.sources or [None], rule.destinations or [None], protocols, icmp_types):
+        match = list(head)
+        if source is not None:
+            match += ["-s", str(source)]
+        if destination is not None:
+            match += ["-d", str(destination)]
+        if protocol is not None:
+            match += ["-p", protocol]
+        if icmp_type is not None:
+            match += ["-m", "icmp6", "--icmpv6-type", icmp_type]
+        if rule.hop_limit is not None:
+            match += ["-m", "hl", "--hl-eq", str(rule.hop_limit)]
+        if rule.owner.mark is not None:
+            match += ["-m", "mark", "--mark", "0x%x" % rule.owner.mark]
+        if rule.owner.user is not None:
+            match += ["-m", "owner", "--uid-owner", rule.owner.user]
+        if rule.states or rule.reply:
+            match += ["-m", "conntrack"]
+            match += ["--ctstate", ",".join(s.upper() for s in rule.states)] if rule.states else []
+            match += ["--ctdir", "REPLY"] if rule.reply else []
+        for sports, dports in itertools.product(_ports("sport", rule.source_ports),
+                                                _ports("dport", rule.destination_ports)):
+            lines.append(" ".join(match + sports + dports + _verdict(rule, family, protocol)))
+    return lines
+
+
+def render(policy: Policy) -> str:
+    """The payload script for a policy: same policy, same bytes."""
+    chains = chain_names(policy.table)
+    digest = policy.digest()
+    rules = rule_list(policy)
+    bodies: Dict[int, List[str]] = {}
+    for family in (4, 6):
+        # The digest rides on a rule with no target (it only counts), for killswitch_status and people.
+        lines = ['-A %s -m comment --comment "netlock.killswitch %s"' % (chains[OUTPUT], digest[:16])]
+        for rule in rules:
+            lines += rule_lines(rule, chains[rule.direction], family)
+        bodies[family] = lines
+    directions = [d for d in DIRECTIONS if any(r.direction == d for r in rules)]
+    return script(policy.table, bodies, directions, HEADER + "# policy sha256 %s\n" % digest)

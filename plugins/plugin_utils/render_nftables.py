@@ -1,0 +1,134 @@
+# -*- coding: utf-8 -*-
+# Copyright: netlock.killswitch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Print the rule list (``rules.py``) as one nftables ``inet`` table, replaced atomically by one ``nft -f``.
+
+Addresses go into named interval sets, one per rule name and family; each base chain drops by default.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import Network, Policy
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.rules import (
+    ACCEPT, DIRECTIONS, DROP, LOG, REJECT, Rule, rule_list)
+
+HEADER = "# Managed by netlock.killswitch: generated from the role variables, do not edit.\n"
+SET_TYPES = {4: ("ip", "ipv4_addr", "v4"), 6: ("ip6", "ipv6_addr", "v6")}
+L4_ICMP = {4: "icmp", 6: "ipv6-icmp"}
+
+
+class _Table:
+    """Accumulates named sets and chains, and prints them in a stable order."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self.sets: Dict[str, Tuple[str, Tuple[Network, ...]]] = {}
+        self.chains: List[Tuple[str, List[str]]] = []
+
+    def address_set(self, name: str, family: int, networks: Sequence[Network], field: str) -> str:
+        """Declare a named interval set (reused when the same name holds the same members); return the match."""
+        base = "%s_%s" % (name, SET_TYPES[family][2])
+        set_name, index = base, 1
+        while set_name in self.sets and self.sets[set_name][1] != tuple(networks):
+            index += 1
+            set_name = "%s_%d" % (base, index)
+        self.sets[set_name] = (SET_TYPES[family][1], tuple(networks))
+        return "%s %s @%s" % (SET_TYPES[family][0], field, set_name)
+
+    def text(self) -> str:
+        policy = self.policy
+        digest = policy.digest()
+        out = [HEADER, "# policy sha256 %s\n" % digest]
+        # Create-then-delete makes the replacement one transaction that works whether or not the
+        # table exists: there is never a moment with no table loaded.
+        out.append("table inet %s\ndelete table inet %s\n" % (policy.table, policy.table))
+        out.append("table inet %s {\n" % policy.table)
+        out.append('\tcomment "netlock.killswitch %s"\n' % digest[:16])
+        for name in sorted(self.sets):
+            kind, members = self.sets[name]
+            out.append("\tset %s {\n\t\ttype %s\n\t\tflags interval\n" % (name, kind))
+            out.append("\t\telements = { %s }\n\t}\n" % ",\n\t\t\t     ".join(str(m) for m in members))
+        for hook, rules in self.chains:
+            out.append("\n\tchain %s {\n" % hook)
+            out.append("\t\ttype filter hook %s priority filter; policy drop;\n" % hook)
+            out.extend("\t\t%s\n" % rule for rule in rules)
+            out.append("\t}\n")
+        out.append("}\n")
+        return "".join(out)
+
+
+def _values(values: Sequence) -> str:
+    return str(values[0]) if len(values) == 1 else "{ %s }" % ", ".join(str(v) for v in values)
+
+
+def _protocol(rule: Rule) -> List[str]:
+    """Protocol and port matches: ``udp dport 51820``, ``meta l4proto { tcp, udp }``, ``meta l4proto icmp``."""
+    protocols = [L4_ICMP[rule.family or 4] if p == "icmp" else p for p in rule.protocols]
+    if rule.icmp_types:
+        return ["icmpv6 type %s" % _values(rule.icmp_types)]
+    ports = [("sport", rule.source_ports), ("dport", rule.destination_ports)]
+    if len(protocols) == 1 and protocols[0] in ("tcp", "udp") and (rule.source_ports or rule.destination_ports):
+        return ["%s %s %s" % (protocols[0], key, _values(values)) for key, values in ports if values]
+    parts = ["meta l4proto %s" % _values(protocols)] if protocols else []
+    return parts + ["th %s %s" % (key, _values(values)) for key, values in ports if values]
+
+
+def _owner(rule: Rule) -> List[str]:
+    parts = []
+    if rule.owner.mark is not None:
+        parts.append("meta mark 0x%08x" % rule.owner.mark)
+    if rule.owner.user is not None:
+        user = rule.owner.user
+        parts.append("meta skuid %s" % (user if user.isdigit() else '"%s"' % user))
+    return parts
+
+
+def _verdict(rule: Rule) -> str:
+    if rule.verdict == ACCEPT:
+        return "accept"
+    if rule.verdict == DROP:
+        return "counter drop"
+    if rule.verdict == LOG:
+        return 'limit rate 5/second burst 10 packets log prefix "%s" level info' % rule.log_prefix
+    if rule.verdict == REJECT:
+        return "counter reject with tcp reset" if rule.protocols == ("tcp",) else "counter reject with icmpx admin-prohibited"
+    raise ValueError("unknown verdict %r" % rule.verdict)
+
+
+def _interface(key: str, name: Optional[str]) -> List[str]:
+    return ['%s "%s"' % (key, name)] if name is not None else []
+
+
+def rule_text(table: _Table, rule: Rule) -> str:
+    parts = _interface("iifname", rule.in_interface) + _interface("oifname", rule.out_interface) + _owner(rule)
+    if rule.sources:
+        parts.append(table.address_set(rule.name, rule.family, rule.sources, "saddr"))
+    if rule.destinations:
+        parts.append(table.address_set(rule.name, rule.family, rule.destinations, "daddr"))
+    if rule.family and not (rule.sources or rule.destinations or rule.icmp_types):
+        parts.append("meta nfproto ipv%d" % rule.family)
+    if rule.verdict == REJECT and rule.protocols == ("tcp",) and not rule.destination_ports:
+        parts.append("meta l4proto tcp")  # `reject with tcp reset` needs the protocol matched
+    else:
+        parts += _protocol(rule)
+    if rule.hop_limit is not None:
+        parts.append("ip6 hoplimit %d" % rule.hop_limit)
+    if rule.states:
+        parts.append("ct state %s" % ",".join(rule.states))
+    if rule.reply:
+        parts.append("ct direction reply")
+    parts.append(_verdict(rule))
+    return " ".join(parts)
+
+
+def render(policy: Policy) -> str:
+    """The complete ``nft -f`` file for a policy: same policy, same bytes."""
+    table = _Table(policy)
+    rules = rule_list(policy)
+    for direction in DIRECTIONS:
+        chain = [rule_text(table, rule) for rule in rules if rule.direction == direction]
+        if chain:
+            table.chains.append((direction, chain))
+    return table.text()

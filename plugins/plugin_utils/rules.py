@@ -1,0 +1,250 @@
+# -*- coding: utf-8 -*-
+# Copyright: netlock.killswitch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The seam between the policy and the firewalls: one ordered list of typed, backend-neutral rules.
+
+The threat-model order is written down here once, per direction, and every renderer prints this list
+and nothing else (first match wins):
+
+output   loopback, endpoints (scoped to address, protocol, port and owner), management replies,
+         DHCP and neighbour discovery (on-link destinations only), DNS refused outside the tunnel,
+         tunnel interfaces, LAN, extra exceptions, reject
+input    loopback, replies to allowed flows, management, DHCP and neighbour discovery, drop
+forward  DNS refused outside the tunnel, tunnel interfaces, LAN, drop
+
+A rule with ``family`` None applies to IPv4 and IPv6; rules with addresses carry their family, so a
+renderer never has to split or re-derive anything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import (
+    DNS_PORTS, AddressRule, Network, Owner, Policy)
+
+INPUT, OUTPUT, FORWARD = "input", "output", "forward"
+DIRECTIONS = (INPUT, OUTPUT, FORWARD)
+ACCEPT, DROP, REJECT, LOG = "accept", "drop", "reject", "log"
+# The groups in threat-model order; every rule belongs to one, and the list never leaves this order.
+GROUPS = ("loopback", "established", "endpoint", "management", "dhcp", "neighbour", "dns", "tunnel", "lan",
+          "extra", "final")
+
+LOOPBACK = "lo"
+BROADCAST_V4 = ipaddress.ip_network("255.255.255.255/32")
+# Where on-link control traffic may go: a neighbour-discovery message to any other address could carry
+# data off-link (RFC 4861 messages are only ever sent to link-local or multicast addresses).
+ON_LINK_V6 = (ipaddress.ip_network("fe80::/10"), ipaddress.ip_network("ff00::/8"))
+DHCP6_SERVERS = (ipaddress.ip_network("ff02::1:2/128"),)
+MLD_ROUTERS = (ipaddress.ip_network("ff02::16/128"),)
+LINK_LOCAL_V6 = (ipaddress.ip_network("fe80::/10"),)
+# ICMPv6 types by their nftables names (neutral enough; each renderer maps them).
+ND_OUT = ("nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert")
+ND_IN = ("nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert")
+MLD_REPORT = ("mld2-listener-report",)
+ND_HOP_LIMIT = 255  # RFC 4861: proves the packet never crossed a router
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One firewall rule: every field that is set must match (an empty tuple matches anything)."""
+
+    direction: str
+    group: str
+    verdict: str
+    name: str = ""                    # stable name of what the rule allows, for address sets and comments
+    family: Optional[int] = None      # 4 or 6; None for both
+    out_interface: Optional[str] = None   # name, or prefix with a trailing '*'
+    in_interface: Optional[str] = None
+    sources: Tuple[Network, ...] = ()
+    destinations: Tuple[Network, ...] = ()
+    protocols: Tuple[str, ...] = ()   # "tcp", "udp", "icmp" (ICMPv4 or ICMPv6 by family)
+    source_ports: Tuple[int, ...] = ()
+    destination_ports: Tuple[int, ...] = ()
+    icmp_types: Tuple[str, ...] = ()  # ICMPv6 types (family 6), by their nftables names
+    hop_limit: Optional[int] = None
+    owner: Owner = Owner()
+    states: Tuple[str, ...] = ()      # conntrack states: "established", "related", "invalid"
+    reply: bool = False               # conntrack direction: reply packets of the flow only
+    log_prefix: str = ""              # for verdict LOG: the rule logs (rate-limited) and matching goes on
+
+
+def _families(policy: Policy) -> Tuple[int, ...]:
+    return (4,) if policy.ipv6 == "block" else (4, 6)
+
+
+def _by_family(networks: Sequence[Network], family: int) -> Tuple[Network, ...]:
+    return tuple(n for n in networks if n.version == family)
+
+
+def _address_rules(direction: str, group: str, prefix: str, rules: Sequence[AddressRule],
+                   owner: Owner = Owner()) -> List[Rule]:
+    """One rule per destination group (protocol and port) and family."""
+    out = []
+    for rule in rules:
+        name = "%s_%s_%s" % (prefix, rule.protocol, rule.port if rule.port is not None else "all")
+        protocols = () if rule.protocol == "any" else (rule.protocol,)
+        ports = (rule.port,) if rule.port is not None else ()
+        for family in (4, 6):
+            networks = _by_family(rule.networks, family)
+            if networks:
+                out.append(Rule(direction, group, ACCEPT, name, family, destinations=networks, protocols=protocols,
+                                destination_ports=ports, owner=owner))
+    return out
+
+
+def _tunnels(policy: Policy, direction: str, verdict: str = ACCEPT, incoming: bool = False,
+             **match) -> List[Rule]:
+    """One rule per tunnel interface; with IPv6 blocked, IPv4 only."""
+    family = 4 if policy.ipv6 == "block" else None
+    side = "in_interface" if incoming else "out_interface"
+    return [Rule(direction, match.pop("group", "tunnel"), verdict, "tunnel", family, **{side: name}, **match)
+            for name in policy.tunnel_interfaces]
+
+
+def _dns(policy: Policy, direction: str) -> List[Rule]:
+    """DNS and DNS-over-TLS leave only through the tunnel (to the configured resolvers if any); refused elsewhere."""
+    rules = []
+    resolvers = [ipaddress.ip_network(a) for a in policy.dns_servers]
+    match = dict(protocols=("tcp", "udp"), destination_ports=DNS_PORTS)
+    if not resolvers:
+        rules += _tunnels(policy, direction, group="dns", **match)
+    for family in _families(policy):
+        networks = _by_family(resolvers, family)
+        if networks:
+            rules += [Rule(direction, "dns", ACCEPT, "dns", family, out_interface=name, destinations=networks, **match)
+                      for name in policy.tunnel_interfaces]
+    rules += _log(policy, direction, "dns", "dns", **match)
+    rules += [Rule(direction, "dns", REJECT, "dns", protocols=(protocol,), destination_ports=DNS_PORTS)
+              for protocol in ("tcp", "udp")]
+    return rules
+
+
+def _log(policy: Policy, direction: str, group: str, what: str, **match) -> List[Rule]:
+    if not policy.log_drops:
+        return []
+    return [Rule(direction, group, LOG, what, log_prefix="killswitch %s drop: " % what, **match)]
+
+
+def _lan(policy: Policy, direction: str, towards: bool = True, **match) -> List[Rule]:
+    if not policy.allow_lan:
+        return []
+    rules = []
+    for family in _families(policy):
+        networks = _by_family(policy.lan_networks, family)
+        if networks:
+            side = "destinations" if towards else "sources"
+            rules.append(Rule(direction, "lan", ACCEPT, "lan", family, **{side: networks}, **match))
+    return rules
+
+
+def _management(policy: Policy, direction: str) -> List[Rule]:
+    if not policy.management_ports:
+        return []
+    rules = []
+    for family in (4, 6):
+        networks = _by_family(policy.management_networks, family)
+        if not networks:
+            continue
+        if direction == INPUT:
+            rules.append(Rule(INPUT, "management", ACCEPT, "management", family, sources=networks,
+                              protocols=("tcp",), destination_ports=policy.management_ports))
+        else:  # only the replies of connections the management sources opened
+            rules.append(Rule(OUTPUT, "management", ACCEPT, "management", family, destinations=networks,
+                              protocols=("tcp",), source_ports=policy.management_ports, states=("established",),
+                              reply=True))
+    return rules
+
+
+def _dhcp_and_neighbours_out(policy: Policy) -> List[Rule]:
+    if not policy.allow_dhcp:
+        return []
+    # A DHCPv4 client broadcasts, and renews by unicast to its server, which is on the LAN: the LAN ranges
+    # stand in for "the server it got its lease from", which only the host's DHCP client knows.
+    dhcp_servers = (BROADCAST_V4,) + _by_family(policy.lan_networks, 4)
+    rules = [Rule(OUTPUT, "dhcp", ACCEPT, "dhcp", 4, destinations=dhcp_servers, protocols=("udp",),
+                  source_ports=(68,), destination_ports=(67,))]
+    if policy.ipv6 == "tunnel":
+        rules.append(Rule(OUTPUT, "dhcp", ACCEPT, "dhcp6", 6, destinations=DHCP6_SERVERS, protocols=("udp",),
+                          source_ports=(546,), destination_ports=(547,)))
+    return rules + [
+        Rule(OUTPUT, "neighbour", ACCEPT, "onlink", 6, destinations=ON_LINK_V6, icmp_types=ND_OUT,
+             hop_limit=ND_HOP_LIMIT),
+        Rule(OUTPUT, "neighbour", ACCEPT, "mld", 6, destinations=MLD_ROUTERS, icmp_types=MLD_REPORT),
+    ]
+
+
+def _dhcp_and_neighbours_in(policy: Policy) -> List[Rule]:
+    if not policy.allow_dhcp:
+        return []
+    rules = [Rule(INPUT, "dhcp", ACCEPT, "dhcp", 4, protocols=("udp",), source_ports=(67,), destination_ports=(68,))]
+    if policy.ipv6 == "tunnel":
+        rules.append(Rule(INPUT, "dhcp", ACCEPT, "dhcp6_server", 6, sources=LINK_LOCAL_V6, protocols=("udp",),
+                          source_ports=(547,), destination_ports=(546,)))
+    return rules + [Rule(INPUT, "neighbour", ACCEPT, "onlink", 6, icmp_types=ND_IN, hop_limit=ND_HOP_LIMIT)]
+
+
+def _refuse(policy: Policy, direction: str) -> List[Rule]:
+    """Reject locally generated traffic so programs fail at once instead of timing out."""
+    return _log(policy, direction, "final", direction) + [
+        Rule(direction, "final", REJECT, "final", protocols=("tcp",)),
+        Rule(direction, "final", REJECT, "final"),
+    ]
+
+
+def output_rules(policy: Policy) -> List[Rule]:
+    return (
+        [Rule(OUTPUT, "loopback", ACCEPT, "loopback", out_interface=LOOPBACK)]
+        + _address_rules(OUTPUT, "endpoint", "endpoint", policy.endpoints, policy.endpoint_owner)
+        + _management(policy, OUTPUT)
+        + _dhcp_and_neighbours_out(policy)
+        + _dns(policy, OUTPUT)
+        + _tunnels(policy, OUTPUT)
+        + _lan(policy, OUTPUT)
+        + _address_rules(OUTPUT, "extra", "extra", policy.extra_outbound)
+        + _refuse(policy, OUTPUT)
+    )
+
+
+def input_rules(policy: Policy) -> List[Rule]:
+    # Inbound packets cannot leak; replies to flows the output chain allowed are fine.
+    return (
+        [Rule(INPUT, "loopback", ACCEPT, "loopback", in_interface=LOOPBACK),
+         Rule(INPUT, "established", ACCEPT, "established", states=("established", "related")),
+         Rule(INPUT, "established", DROP, "invalid", states=("invalid",))]
+        + _management(policy, INPUT)
+        + _dhcp_and_neighbours_in(policy)
+        + _log(policy, INPUT, "final", INPUT)
+        + [Rule(INPUT, "final", DROP, "final")]
+    )
+
+
+def forward_rules(policy: Policy) -> List[Rule]:
+    if policy.forward == "off":
+        return []
+    rules: List[Rule] = []
+    if policy.forward == "tunnel":
+        # Conntrack state is not interface-scoped: a flow that began in the tunnel may be re-routed to the
+        # LAN when the tunnel drops, so replies are accepted per interface.
+        rules += _dns(policy, FORWARD)
+        rules += _tunnels(policy, FORWARD)
+        rules += _tunnels(policy, FORWARD, incoming=True, states=("established", "related"))
+        rules += _lan(policy, FORWARD)
+        rules += _lan(policy, FORWARD, towards=False, states=("established", "related"))
+    return rules + _log(policy, FORWARD, "final", FORWARD) + [Rule(FORWARD, "final", DROP, "final")]
+
+
+def rule_list(policy: Policy) -> List[Rule]:
+    """Every rule of the policy: input, output, forward, each in threat-model order."""
+    return input_rules(policy) + output_rules(policy) + forward_rules(policy)
+
+
+def in_order(rules: Sequence[Rule]) -> bool:
+    """Whether each direction's rules follow GROUPS (used by tests and renderers' self-checks)."""
+    for direction in DIRECTIONS:
+        ranks = [GROUPS.index(r.group) for r in rules if r.direction == direction]
+        if ranks != sorted(ranks):
+            return False
+    return True
