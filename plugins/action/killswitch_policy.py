@@ -16,24 +16,24 @@ import ipaddress
 import socket
 from dataclasses import asdict, dataclass
 
-from ansible.errors import AnsibleConnectionFailure
+from ansible.errors import AnsibleConnectionFailure, AnsibleError
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
-from ansible_collections.netlock.killswitch.plugins.module_utils.nft_render import render
-from ansible_collections.netlock.killswitch.plugins.module_utils.policy import PREFIX, PolicyError, parse_policy
+from ansible_collections.netlock.killswitch.plugins.plugin_utils import backends
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import DEFAULTS, PREFIX, PolicyError, parse_policy
 
 display = Display()
 
-POLICY_OPTIONS = (
-    "tunnel_interfaces", "endpoints", "endpoint_mark", "endpoint_user", "allow_lan", "lan_cidrs",
-    "management_cidrs", "management_ports", "dns_servers", "allow_dhcp", "ipv6", "forward",
-    "extra_outbound", "log_drops", "table", "safe_apply_timeout", "guard_enabled", "guard_interval",
-    "allow_lockout",
-)
+# The role variables without the prefix (policy.DEFAULTS is the one list); the state is the role's business.
+POLICY_OPTIONS = tuple(name for name in DEFAULTS if name != "state")
 SSH_CONNECTIONS = ("ssh", "paramiko", "paramiko_ssh", "ansible.builtin.ssh", "ansible.builtin.paramiko_ssh",
                    "ansible.netcommon.libssh", "libssh")
 # Read over the connection itself and without become: sudo and su reset the environment.
 SSH_CONNECTION_PROBE = "echo \"${SSH_CONNECTION:-}\""
+# killswitch_backend auto: nftables where nft works (needs root, so with become), else iptables; a host with
+# neither gets nftables, which the role installs.
+BACKEND_PROBE = ("if command -v nft >/dev/null 2>&1 && nft list tables >/dev/null 2>&1; then echo nftables; "
+                 "elif command -v iptables-restore >/dev/null 2>&1; then echo iptables; else echo nftables; fi")
 
 
 @dataclass(frozen=True)
@@ -118,9 +118,19 @@ class ActionModule(ActionBase):
                 result.setdefault("warnings", []).append(
                     "%s: %sallow_lockout is set: the new rules cut the management connection from %s to port %d"
                     % (task_vars.get("inventory_hostname", "the host"), PREFIX, path.source, path.port))
+        host = task_vars.get("inventory_hostname", "the host")
+        backend = args.get("backend") or "auto"
+        if backend == "auto":
+            backend = self._probe_backend()
+        try:
+            payload = backends.render_for(policy, backend, host)
+        except PolicyError as exc:
+            return dict(result, failed=True, msg=str(exc), problems=[str(p) for p in exc.problems], backend=backend)
         result.update(
             changed=False,
-            ruleset=render(policy),
+            backend=backend,
+            payload_suffix=backends.backend(backend).payload_suffix,
+            ruleset=payload,
             digest=policy.digest(),
             table=policy.table,
             policy=_plain(asdict(policy)),
@@ -128,6 +138,14 @@ class ActionModule(ActionBase):
         if policy.warnings:
             result.setdefault("warnings", []).extend(policy.warnings)
         return result
+
+    def _probe_backend(self):
+        out = self._low_level_execute_command(BACKEND_PROBE, sudoable=True)
+        answer = (out.get("stdout") or "").strip().splitlines()
+        if out.get("rc") != 0 or not answer or answer[-1] not in backends.BACKENDS:
+            raise AnsibleError("%sbackend: auto could not tell which firewall the host has: %s"
+                               % (PREFIX, (out.get("stderr") or out.get("stdout") or "").strip()))
+        return answer[-1]
 
     def _connection_name(self, task_vars):
         transport = getattr(self._connection, "transport", None)

@@ -23,7 +23,7 @@ from ansible_collections.netlock.killswitch.plugins.module_utils.firewall import
 
 HOOKS = (("input", "INPUT", "-in"), ("output", "OUTPUT", "-out"), ("forward", "FORWARD", "-fwd"))
 FAMILIES = ((4, "iptables"), (6, "ip6tables"))
-PATH = "PATH=/usr/sbin:/sbin:/usr/bin:/bin:$PATH"
+PATH = "PATH=$PATH:/usr/sbin:/sbin:/usr/bin:/bin"  # boot units and cron have a short PATH
 WAIT = "-w 10"  # the xtables lock: wait for another tool's restore rather than fail
 
 

@@ -5,11 +5,11 @@
 
 The protocol, all on the host and all under one lock:
 
-1. the module saves the live table, the persisted file and the guard's expected listing, writes the
+1. the module saves the live rules (as a payload of the host's backend that restores them), the persisted file and the guard's expected listing, writes the
    ``armed`` cookie and starts the rollback timer (``timeout`` seconds);
 2. it stages the new ruleset and starts the apply timer (``APPLY_DELAY``): the rules change only after
    the module's reply is on its way, so a rule that cuts the connection cannot swallow the reply;
-3. ``apply.sh`` loads the staged ruleset in one ``nft -f`` and writes ``status``;
+3. ``apply.sh`` loads the staged ruleset (one transaction per table) and writes ``status``;
 4. the controller, over a new connection, runs ``confirm.sh``: once the status is ``applied`` it removes
    the cookie and stops the rollback timer; if it cannot reach the host, ``rollback.sh`` fires and puts
    the saved table, file and listing back (a failed restore leaves the new table: fail closed).
@@ -22,7 +22,7 @@ the module does the I/O.
 from __future__ import annotations
 
 import shlex
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 ROLLBACK_DIR = "/run/netlock-killswitch/rollback"
 ROLLBACK_UNIT = "netlock-killswitch-rollback"
@@ -32,7 +32,7 @@ APPLY_DELAY = 1.0  # seconds between the module's reply and the rule change
 # Status words written to ``status`` and printed by confirm.sh.
 PENDING, APPLIED, CONFIRMED, ROLLED_BACK, FAILED = "pending", "applied", "confirmed", "rolled back", "failed"
 
-STATE_FILES = ("armed", "lock", "status", "previous-table.nft", "previous-file.nft", "previous-expected.txt",
+STATE_FILES = ("armed", "lock", "status", "previous-rules", "previous-file", "previous-expected.txt",
                "had-file", "had-expected", "apply.sh", "rollback.sh", "confirm.sh")
 
 
@@ -46,12 +46,12 @@ def staged_paths(ruleset_path: str, expected_path: Optional[str]) -> Dict[str, O
     expected = None
     if expected_path:
         expected = "%s/.staged-%s" % (expected_path.rsplit("/", 1)[0] or "/", expected_path.rsplit("/", 1)[-1])
-    return {"ruleset": "%s/.staged-ruleset.nft" % directory, "expected": expected}
+    return {"ruleset": "%s/.staged-%s" % (directory, ruleset_path.rsplit("/", 1)[-1]), "expected": expected}
 
 
-def previous_table(table: str, listing: Optional[str]) -> str:
-    """An nft file that restores the listed table atomically, or removes the table if there was none."""
-    return "table inet %s\ndelete table inet %s\n%s" % (table, table, listing or "")
+def command(argv: Sequence[str]) -> str:
+    """A backend's load command (``Firewall.load_argv``) as shell text."""
+    return " ".join(shlex.quote(arg) for arg in argv)
 
 
 def _locked(files: Dict[str, str]) -> str:
@@ -65,11 +65,12 @@ def _restore(saved: str, flag: str, target: str) -> str:
         q(flag), q(saved), q(target), q(target), q(target), q(target))
 
 
-def apply_script(nft: str, files: Dict[str, str], staged: Dict[str, Optional[str]], ruleset_path: str,
+def apply_script(load_staged: str, files: Dict[str, str], staged: Dict[str, Optional[str]], ruleset_path: str,
                  expected_path: Optional[str], table_changed: bool, file_changed: bool) -> str:
-    """What the apply timer runs: load the staged ruleset, move the files in place, record the status."""
+    """What the apply timer runs: load the staged ruleset (``load_staged``), move the files in place, record
+    the status."""
     q = shlex.quote
-    load = "%s -f %s 2>&1" % (q(nft), q(staged["ruleset"])) if table_changed else "true"
+    load = "%s 2>&1" % load_staged if table_changed else "true"
     place = ("mv -f %s %s\n" % (q(staged["ruleset"]), q(ruleset_path)) if file_changed
              else "rm -f %s\n" % q(staged["ruleset"]))
     if expected_path:
@@ -93,11 +94,12 @@ def apply_script(nft: str, files: Dict[str, str], staged: Dict[str, Optional[str
              rollback=ROLLBACK_UNIT)
 
 
-def script(nft: str, ruleset_path: str, expected_path: Optional[str], files: Dict[str, str],
+def script(load_previous: str, ruleset_path: str, expected_path: Optional[str], files: Dict[str, str],
            staged: Dict[str, Optional[str]]) -> str:
-    """What the rollback timer runs: nothing once confirmed, else restore the table, then the files."""
+    """What the rollback timer runs: nothing once confirmed, else restore the rules (``load_previous`` loads
+    the saved payload), then the files."""
     q = shlex.quote
-    restore = _restore(files["previous-file.nft"], files["had-file"], ruleset_path)
+    restore = _restore(files["previous-file"], files["had-file"], ruleset_path)
     if expected_path:
         restore += _restore(files["previous-expected.txt"], files["had-expected"], expected_path)
     return (
@@ -107,21 +109,20 @@ def script(nft: str, ruleset_path: str, expected_path: Optional[str], files: Dic
         "[ -e %(armed)s ] || exit 0\n"
         "systemctl stop %(apply)s.timer 2>/dev/null\n"
         "rm -f %(staged)s\n"
-        "%(nft)s -f %(table)s || exit 1\n"
+        "%(load)s || exit 1\n"
         "%(restore)s"
         "rm -f %(armed)s\n"
         "echo %(rolled_back)s > %(status)s\n"
         "echo 'netlock.killswitch: apply not confirmed, previous ruleset restored'\n"
     ) % dict(lock=_locked(files), armed=q(files["armed"]), apply=APPLY_UNIT,
-             staged=" ".join(q(p) for p in staged.values() if p), nft=q(nft),
-             table=q(files["previous-table.nft"]), restore=restore, rolled_back=shlex.quote(ROLLED_BACK),
+             staged=" ".join(q(p) for p in staged.values() if p), load=load_previous, restore=restore, rolled_back=shlex.quote(ROLLED_BACK),
              status=q(files["status"]))
 
 
 def confirm_script(files: Dict[str, str]) -> str:
     """What the controller runs over a new connection: confirm once applied; print the status either way."""
     q = shlex.quote
-    saved = " ".join(q(files[name]) for name in ("previous-table.nft", "previous-file.nft", "previous-expected.txt",
+    saved = " ".join(q(files[name]) for name in ("previous-rules", "previous-file", "previous-expected.txt",
                                                  "had-file", "had-expected"))
     return (
         "#!/bin/sh\n"

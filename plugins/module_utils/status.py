@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Is the kill switch in force on this host?  One read-only status, in one shape.
 
-    table      {present, digest, matches}  the nftables table and the policy digest in its comment
+    table      {present, digest, matches}  the nftables table (or iptables chains) and the policy digest
     boot_unit  {enabled}                   the unit that loads the ruleset at boot
     guard      {active}                    the timer that re-asserts the table
     tunnels    [{name, up, traffic}]       each tunnel interface present, and whether traffic flows
@@ -64,6 +64,29 @@ def table_status(run: Runner, nft: str, table: str, digest: Optional[str]) -> Di
     return dict(present=True, digest=found, matches=matches)
 
 
+IPTABLES_COMMENT = re.compile(r'^-A (\S+) -m comment --comment "?(netlock\.killswitch [0-9a-f]{16})"?$')
+
+
+def iptables_status(run: Runner, save: str, table: str, digest: Optional[str]) -> Dict[str, Any]:
+    """The same shape for the iptables backend: our output chain, and the digest its first rule carries."""
+    rc, out, err = run([save, "-t", "filter"])
+    if rc != 0:
+        raise RuntimeError("%s -t filter failed: %s" % (save, (err or out).strip()))
+    chain = table + "-out"
+    if not any(line.startswith(":%s " % chain) for line in out.splitlines()):
+        return dict(present=False, digest=None, matches=False if digest else None)
+    found = None
+    for line in out.splitlines():
+        match = IPTABLES_COMMENT.match(line.strip())
+        if match and match.group(1) == chain:
+            found = digest_from_comment(match.group(2))
+            break
+    matches = None
+    if digest:
+        matches = found is not None and found == digest.lower()[:DIGEST_LENGTH]
+    return dict(present=True, digest=found, matches=matches)
+
+
 def unit_is(run: Runner, systemctl: str, verb: str, unit: str) -> bool:
     """``systemctl is-enabled`` / ``is-active``: True only for ``enabled`` / ``active``."""
     rc, out, _err = run([systemctl, verb, unit])
@@ -113,7 +136,7 @@ def status(run: Runner, nft: str, systemctl: str, ping: Optional[str] = None, st
            table: str = "killswitch", digest: Optional[str] = None, boot_unit: str = "netlock-killswitch.service",
            guard_unit: str = "netlock-killswitch-guard.timer", guard: bool = True,
            tunnel_interfaces: Sequence[str] = (), traffic_target: Optional[str] = None,
-           sys_class_net: str = "/sys/class/net") -> Dict[str, Any]:
+           sys_class_net: str = "/sys/class/net", backend: str = "nftables") -> Dict[str, Any]:
     """The whole status and its verdict.
 
     With ``state=present`` the kill switch must be in force: the table loaded (and carrying ``digest``
@@ -121,8 +144,12 @@ def status(run: Runner, nft: str, systemctl: str, ping: Optional[str] = None, st
     through every tunnel interface that is up (when there is a ``traffic_target``).  With
     ``state=absent`` nothing may be left: no table, no enabled boot unit, no active guard.
     """
+    # For the iptables backend ``nft`` is the path of iptables-save (IPv4: the chains of both families
+    # are loaded together, IPv4 first).
+    rules = iptables_status(run, nft, table, digest) if backend == "iptables" else table_status(run, nft, table, digest)
+    what = "iptables chain %s-out" % table if backend == "iptables" else "table inet %s" % table
     result: Dict[str, Any] = dict(
-        table=table_status(run, nft, table, digest),
+        table=rules,
         boot_unit=dict(name=boot_unit, enabled=unit_is(run, systemctl, "is-enabled", boot_unit)),
         guard=dict(name=guard_unit, active=unit_is(run, systemctl, "is-active", guard_unit)),
         tunnels=[],
@@ -130,10 +157,10 @@ def status(run: Runner, nft: str, systemctl: str, ping: Optional[str] = None, st
     problems: List[str] = []
     if state == "present":
         if not result["table"]["present"]:
-            problems.append("table inet %s is not loaded" % table)
+            problems.append("%s is not loaded" % what)
         elif result["table"]["matches"] is False:
-            problems.append("table inet %s carries policy digest %s, expected %s"
-                            % (table, result["table"]["digest"] or "none", digest.lower()[:DIGEST_LENGTH]))
+            problems.append("%s carries policy digest %s, expected %s"
+                            % (what, result["table"]["digest"] or "none", digest.lower()[:DIGEST_LENGTH]))
         if not result["boot_unit"]["enabled"]:
             problems.append("%s is not enabled" % boot_unit)
         if guard and not result["guard"]["active"]:
@@ -147,7 +174,7 @@ def status(run: Runner, nft: str, systemctl: str, ping: Optional[str] = None, st
                                 % (traffic_target, name))
     else:
         if result["table"]["present"]:
-            problems.append("table inet %s is still loaded" % table)
+            problems.append("%s is still loaded" % what)
         if result["boot_unit"]["enabled"]:
             problems.append("%s is still enabled" % boot_unit)
         if result["guard"]["active"]:

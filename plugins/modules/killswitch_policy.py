@@ -8,13 +8,14 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: killswitch_policy
-short_description: Validate a kill switch policy and render its nftables ruleset on the controller
+short_description: Validate a kill switch policy and render its ruleset for the host's firewall on the controller
 version_added: 1.0.0
 description:
   - Parses the kill switch options into one normalized policy, fails with a message naming every bad
-    variable and value, and renders the nftables ruleset for
-    M(netlock.killswitch.killswitch_nftables).
-  - Runs on the controller only (an action plugin) and never touches the host.
+    variable and value, and renders the payload of the host's backend (nftables or iptables) for
+    M(netlock.killswitch.killswitch_firewall).
+  - Runs on the controller (an action plugin). It changes nothing on the host; it only asks it which firewall
+    works (V(auto)) and, over SSH, where the connection comes from.
   - Hostnames in O(endpoints) are resolved here and pinned as addresses, so the host never needs DNS
     outside the tunnel; a name that does not resolve fails the task.
   - The options mirror the role variables of the same name with the C(killswitch_) prefix; see the
@@ -40,6 +41,19 @@ options:
   endpoint_user:
     description: When set, endpoint traffic must also come from this user (name or uid).
     type: str
+  endpoint_program:
+    description:
+      - When set, endpoint traffic must also come from this program (absolute path).
+      - Only backends that can match a program enforce it; on the others the task fails naming the variable,
+        the host and the backend.
+    type: str
+  backend:
+    description:
+      - The firewall to render for. V(auto) asks the host (with become) whether C(nft) works, else whether
+        C(iptables-restore) exists, else picks V(nftables).
+    type: str
+    choices: [auto, nftables, iptables]
+    default: auto
   allow_lan:
     description: Allow traffic to O(lan_cidrs) outside the tunnel.
     type: bool
@@ -91,7 +105,7 @@ options:
     type: bool
     default: false
   table:
-    description: Name of the dedicated C(inet) table.
+    description: Name of the dedicated C(inet) table (nftables), or the prefix of our chains (iptables).
     type: str
     default: killswitch
   safe_apply_timeout:
@@ -130,7 +144,7 @@ attributes:
     platforms: all
     details: Runs on the controller.
 seealso:
-  - module: netlock.killswitch.killswitch_nftables
+  - module: netlock.killswitch.killswitch_firewall
 """
 
 EXAMPLES = r"""
@@ -145,8 +159,21 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+backend:
+  description: The firewall the payload was rendered for (V(auto) resolved on the host).
+  returned: success
+  type: str
+  sample: nftables
+payload_suffix:
+  description: The file extension the role gives the persisted payload.
+  returned: success
+  type: str
+  sample: .nft
 ruleset:
-  description: The complete C(nft -f) file; the same policy always renders the same bytes.
+  description:
+    - The payload for the host's backend; the same policy always renders the same bytes.
+    - For nftables, a complete C(nft -f) file; for iptables, a C(sh) script holding the
+      C(iptables-restore) lines of both families (C(sh FILE load|check|delete|list)).
   returned: success
   type: str
 digest:

@@ -30,8 +30,15 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  backend:
+    description:
+      - The firewall holding the kill switch. For V(iptables) the output chain C(<table>-out) must exist and its
+        first rule carry the digest comment.
+    type: str
+    choices: [nftables, iptables]
+    default: nftables
   table:
-    description: Name of the kill switch C(inet) table.
+    description: Name of the kill switch C(inet) table (nftables), or the prefix of its chains (iptables).
     type: str
     default: killswitch
   digest:
@@ -83,7 +90,7 @@ notes:
   - Runs as root (C(nft list) needs C(CAP_NET_ADMIN)). Needs C(nft) and C(systemctl); C(ping) for the traffic test.
 seealso:
   - module: netlock.killswitch.killswitch_policy
-  - module: netlock.killswitch.killswitch_nftables
+  - module: netlock.killswitch.killswitch_firewall
 """
 
 EXAMPLES = r"""
@@ -182,6 +189,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             state=dict(type="str", choices=["present", "absent"], default="present"),
+            backend=dict(type="str", choices=["nftables", "iptables"], default="nftables"),
             table=dict(type="str", default="killswitch"),
             digest=dict(type="str"),
             boot_unit=dict(type="str", default="netlock-killswitch.service"),
@@ -196,7 +204,8 @@ def main():
     try:
         result = status(
             lambda argv: module.run_command(list(argv)),
-            nft=module.get_bin_path("nft", required=True),
+            nft=module.get_bin_path("iptables-save" if params["backend"] == "iptables" else "nft", required=True),
+            backend=params["backend"],
             systemctl=module.get_bin_path("systemctl", required=True),
             ping=module.get_bin_path("ping"),
             state=params["state"],

@@ -83,6 +83,12 @@ def make_action(args, check_mode=False):
 
 
 ARGS = {"tunnel_interfaces": ["wg0"], "endpoints": [{"address": "198.51.100.7", "port": 51820}]}
+
+
+@pytest.fixture(autouse=True)
+def host_with_nftables(monkeypatch):
+    """killswitch_backend auto asks the host; these tests' host has a working nft."""
+    monkeypatch.setattr(ActionModule, "_probe_backend", lambda self: "nftables")
 FACTS = {"ansible_facts": {"env": {"SSH_CLIENT": "192.0.2.10 50022 22"}}}
 
 
@@ -255,3 +261,48 @@ def test_run_validates_the_settings_options():
     result = make_action(dict(ARGS, guard_interval=1)).run(task_vars=dict(FACTS))
     assert result["failed"] is True
     assert any(p.startswith("killswitch_guard_interval: 1") for p in result["problems"])
+
+
+# --------------------------------------------------------------------------- backends
+
+LOCAL = {"ansible_connection": "local", "inventory_hostname": "web7"}
+
+
+@pytest.mark.parametrize("answer,backend", [("nftables\n", "nftables"), ("iptables\n", "iptables"),
+                                            ("motd line\niptables\n", "iptables")])
+def test_auto_asks_the_host_with_become(monkeypatch, answer, backend):
+    seen = []
+
+    def low_level(self, cmd, sudoable=True, **kwargs):
+        seen.append((sudoable, "nft list tables" in cmd and "iptables-restore" in cmd))
+        return {"rc": 0, "stdout": answer, "stderr": ""}
+    monkeypatch.setattr(ActionModule, "_low_level_execute_command", low_level)
+    monkeypatch.undo()  # the autouse stub of _probe_backend
+    monkeypatch.setattr(ActionModule, "_low_level_execute_command", low_level)
+    result = make_action(dict(ARGS)).run(task_vars=dict(LOCAL))
+    assert not result.get("failed"), result
+    assert result["backend"] == backend and seen == [(True, True)]
+
+
+def test_auto_fails_when_the_host_cannot_tell(monkeypatch):
+    monkeypatch.undo()
+    monkeypatch.setattr(ActionModule, "_low_level_execute_command",
+                        lambda self, cmd, sudoable=True, **kw: {"rc": 1, "stdout": "", "stderr": "sudo: a password"})
+    with pytest.raises(Exception) as info:
+        make_action(dict(ARGS)).run(task_vars=dict(LOCAL))
+    assert "killswitch_backend" in str(info.value) and "sudo: a password" in str(info.value)
+
+
+def test_iptables_backend_renders_the_iptables_payload():
+    result = make_action(dict(ARGS, backend="iptables")).run(task_vars=dict(LOCAL))
+    assert not result.get("failed"), result
+    assert result["backend"] == "iptables" and result["payload_suffix"] == ".sh"
+    assert result["ruleset"].startswith("#!/bin/sh") and "iptables-restore" in result["ruleset"]
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_an_owner_the_backend_cannot_enforce_names_variable_host_and_backend(backend):
+    result = make_action(dict(ARGS, backend=backend, endpoint_program="/usr/bin/wireguard")).run(
+        task_vars=dict(LOCAL))
+    assert result["failed"] and result["backend"] == backend
+    assert "killswitch_endpoint_program" in result["msg"] and "web7" in result["msg"] and backend in result["msg"]

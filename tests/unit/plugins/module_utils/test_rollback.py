@@ -15,6 +15,7 @@ import subprocess
 import pytest
 
 from ansible_collections.netlock.killswitch.plugins.module_utils import rollback
+from ansible_collections.netlock.killswitch.plugins.module_utils.nft_live import Nft
 
 NFT = shutil.which("nft") or "/usr/sbin/nft"
 OLD = "table inet ks {\n\tchain output {\n\t\ttype filter hook output priority filter; policy drop;\n\t\toifname \"lo\" accept\n\t}\n}\n"
@@ -48,13 +49,16 @@ class Host:
             write(self.expected, "old listing\n")
             write(self.files["had-file"], "")
             write(self.files["had-expected"], "")
-        write(self.files["previous-table.nft"], rollback.previous_table("ks", previous_listing if had_table else None))
-        write(self.files["previous-file.nft"], "old file\n" if had_file else "")
+        nft = Nft(None, nft=NFT)
+        write(self.files["previous-rules"], nft.previous_payload("ks", (None, previous_listing) if had_table else None))
+        write(self.files["previous-file"], "old file\n" if had_file else "")
         write(self.files["previous-expected.txt"], "old listing\n" if had_file else "")
         write(self.files["status"], rollback.PENDING + "\n")
-        write(self.files["apply.sh"], rollback.apply_script(NFT, self.files, self.staged, self.ruleset, self.expected,
-                                                            table_changed=True, file_changed=True))
-        write(self.files["rollback.sh"], rollback.script(NFT, self.ruleset, self.expected, self.files, self.staged))
+        write(self.files["apply.sh"], rollback.apply_script(
+            rollback.command(nft.load_argv(self.staged["ruleset"])), self.files, self.staged, self.ruleset,
+            self.expected, table_changed=True, file_changed=True))
+        write(self.files["rollback.sh"], rollback.script(rollback.command(nft.load_argv(self.files["previous-rules"])),
+                                                         self.ruleset, self.expected, self.files, self.staged))
         write(self.files["confirm.sh"], rollback.confirm_script(self.files))
         write(self.files["armed"], "")
         write(self.staged["ruleset"], new)
@@ -107,7 +111,7 @@ def test_applied_then_confirmed_stays(tmp_path):
     assert out["confirm.sh"].strip() == rollback.CONFIRMED, raw
     assert "policy accept" in out["live"], raw
     assert host.read(host.ruleset) == NEW and host.read(host.expected) == "new listing\n"
-    for name in ("armed", "previous-table.nft", "previous-file.nft", "previous-expected.txt"):
+    for name in ("armed", "previous-rules", "previous-file", "previous-expected.txt"):
         assert not os.path.exists(host.files[name]), "confirmed state left behind: %s" % name
     assert not any(os.path.exists(p) for p in host.staged.values())
 
@@ -158,9 +162,9 @@ def test_a_restore_that_fails_leaves_the_new_rules(tmp_path):
 
 
 def test_previous_table_replaces_atomically():
-    text = rollback.previous_table("killswitch", OLD)
+    text = Nft(None).previous_payload("killswitch", (None, OLD))
     assert text.startswith("table inet killswitch\ndelete table inet killswitch\n") and text.endswith(OLD)
-    assert rollback.previous_table("killswitch", None) == "table inet killswitch\ndelete table inet killswitch\n"
+    assert Nft(None).previous_payload("killswitch", None) == "table inet killswitch\ndelete table inet killswitch\n"
 
 
 def test_staged_files_sit_beside_their_targets():

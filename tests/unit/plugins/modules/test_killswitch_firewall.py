@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: netlock.killswitch contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""killswitch_nftables: present()/absent() with a fake module and a fake Nft; main() end to end."""
+"""killswitch_firewall: present()/absent() with a fake module and a fake Nft; main() end to end."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.netlock.killswitch.plugins.modules import killswitch_nftables as mod
+from ansible_collections.netlock.killswitch.plugins.modules import killswitch_firewall as mod
 
 RULESET = "table inet killswitch\ndelete table inet killswitch\ntable inet killswitch {\n}\n# new\n"
 OLD_RULESET = "table inet killswitch\ndelete table inet killswitch\ntable inet killswitch {\n}\n# old\n"
@@ -55,6 +55,17 @@ class FakeModule:
 
 class FakeNft:
     """Scripted answers; records each call and the staged file's content when nft saw it."""
+
+    name = "nftables"
+
+    def load_argv(self, path):
+        return ["/usr/sbin/nft", "-f", path]
+
+    def list_command(self, table):
+        return "nft list table inet %s" % table
+
+    def previous_payload(self, table, live):
+        return "table inet %s\ndelete table inet %s\n%s" % (table, table, live[1] if live else "")
 
     def __init__(self, live=None, desired=(DESIRED, DESIRED_TEXT), check_error=None, apply_error=None,
                  delete_error=None, desired_error=None):
@@ -290,7 +301,7 @@ def test_nft_check_failure_fails_and_writes_nothing(new_module, target):
     module = new_module()
     with pytest.raises(FailJson) as info:
         present(module, nft, target)
-    assert "nft -c rejected the ruleset" in info.value.kwargs["msg"]
+    assert "the nftables check rejected the ruleset" in info.value.kwargs["msg"]
     assert "Error: syntax error" in info.value.kwargs["msg"]
     assert nft.calls == ["check"]
     assert module.moves == []
@@ -305,7 +316,7 @@ def test_apply_failure_leaves_the_persisted_file_untouched(new_module, target):
     module = new_module()
     with pytest.raises(FailJson) as info:
         present(module, nft, target)
-    assert "nft -f failed, the previous table is still loaded" in info.value.kwargs["msg"]
+    assert "loading the nftables ruleset failed, the previous rules are still loaded" in info.value.kwargs["msg"]
     assert "Could not process rule" in info.value.kwargs["msg"]
     assert info.value.kwargs["table_changed"] is True
     assert module.moves == []
@@ -373,7 +384,7 @@ def test_absent_delete_failure_keeps_the_file(new_module, target):
     nft = FakeNft(live=(DESIRED, DESIRED_TEXT), delete_error="Error: Device or resource busy")
     with pytest.raises(FailJson) as info:
         mod.absent(new_module(), nft, "killswitch", str(target))
-    assert "nft delete table inet killswitch failed" in info.value.kwargs["msg"]
+    assert "removing the nftables rules killswitch failed" in info.value.kwargs["msg"]
     assert "busy" in info.value.kwargs["msg"]
     assert target.read_text() == RULESET
 
@@ -397,8 +408,8 @@ def test_rollback_defers_the_rule_change(new_module, target, rollback_dir):
     assert (target.parent / ".staged-ruleset.nft").read_text() == RULESET
     assert (target.parent / ".staged-expected-table.txt").read_text() == DESIRED_TEXT
     assert (rollback_dir / "status").read_text().strip() == "pending"
-    assert (rollback_dir / "previous-table.nft").read_text().endswith(OTHER_TEXT)
-    assert (rollback_dir / "previous-file.nft").read_text() == OLD_RULESET
+    assert (rollback_dir / "previous-rules").read_text().endswith(OTHER_TEXT)
+    assert (rollback_dir / "previous-file").read_text() == OLD_RULESET
     assert (rollback_dir / "had-file").exists() and not (rollback_dir / "had-expected").exists()
     timers = [argv for argv in module.commands if argv[0].endswith("systemd-run")]
     assert [t[2] for t in timers] == ["netlock-killswitch-rollback", "netlock-killswitch-apply"]
@@ -438,12 +449,12 @@ def test_an_unconfirmed_apply_is_confirmed_by_the_next_run(new_module, target, r
     and the rollback target stays the state saved before that earlier apply."""
     rollback_dir.mkdir(parents=True)
     (rollback_dir / "armed").write_text("")
-    (rollback_dir / "previous-table.nft").write_text("last confirmed")
+    (rollback_dir / "previous-rules").write_text("last confirmed")
     target.write_text(RULESET)
     result = armed(new_module(), FakeNft(live=(DESIRED, DESIRED_TEXT)), target)
     assert result["changed"] is True and result["rollback_pending"] is True
     assert result["rollback"]["pending_before"] is True
-    assert (rollback_dir / "previous-table.nft").read_text() == "last confirmed"
+    assert (rollback_dir / "previous-rules").read_text() == "last confirmed"
 
 
 def test_a_pending_rollback_is_disarmed_when_protection_is_off(new_module, target, rollback_dir):
@@ -552,7 +563,7 @@ def test_main_absent(monkeypatch, capsys, module_tmpdir, target):
 E2E_SCRIPT = r'''
 import json, os, subprocess, sys
 from ansible_collections.netlock.killswitch.plugins.module_utils.nft_live import Nft
-from ansible_collections.netlock.killswitch.plugins.modules import killswitch_nftables as mod
+from ansible_collections.netlock.killswitch.plugins.modules import killswitch_firewall as mod
 
 nft_bin, unshare_bin, path, first, second = sys.argv[1:6]
 

@@ -13,8 +13,8 @@ import pytest
 
 from ansible.errors import AnsibleConnectionFailure
 
-from ansible_collections.netlock.killswitch.plugins.action import killswitch_nftables as action
-from ansible_collections.netlock.killswitch.plugins.action.killswitch_nftables import ActionModule
+from ansible_collections.netlock.killswitch.plugins.action import killswitch_firewall as action
+from ansible_collections.netlock.killswitch.plugins.action.killswitch_firewall import ActionModule
 
 
 class Connection:
@@ -43,7 +43,7 @@ def make_action(answers, module_result, args=None, default="pending"):
     """answers: what each confirmation attempt does: a status string, an exception, or 'hang'."""
     connection = Connection()
     task = SimpleNamespace(args=args or {"ruleset": "x"}, async_val=0, check_mode=False,
-                           action="netlock.killswitch.killswitch_nftables")
+                           action="netlock.killswitch.killswitch_firewall")
     plugin = ActionModule(task, connection, None, None, None, None)
     release = threading.Event()
     calls = []

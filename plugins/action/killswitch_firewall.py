@@ -32,7 +32,7 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        result.update(self._execute_module(module_name="netlock.killswitch.killswitch_nftables",
+        result.update(self._execute_module(module_name="netlock.killswitch.killswitch_firewall",
                                            module_args=self._task.args, task_vars=task_vars))
         armed = result.get("rollback")
         if not armed or result.get("failed"):

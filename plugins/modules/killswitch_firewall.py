@@ -7,18 +7,21 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: killswitch_nftables
-short_description: Converge the kill switch nftables table on a Linux host
+module: killswitch_firewall
+short_description: Converge the kill switch rules on a Linux host (nftables or iptables)
 version_added: 1.0.0
 description:
-  - Loads a rendered kill switch ruleset (see M(netlock.killswitch.killswitch_policy)) as one
-    dedicated C(inet) table, replaced atomically by a single C(nft -f) transaction, and persists
-    it under C(/etc) for the boot unit.
-  - The file is checked with C(nft -c) before anything changes.
-  - The live table is compared with the desired one as normalized C(nft -j) JSON (the desired
-    side is loaded in a private network namespace and listed back), so an unchanged policy
-    reports C(changed=false) and a table someone edited by hand is put back.
-  - Needs the C(nft) and C(unshare) commands, not the Python nftables bindings.
+  - Loads a kill switch payload rendered on the controller for the host's backend (see
+    M(netlock.killswitch.killswitch_policy)) and persists it under C(/etc) for the boot unit and the guard.
+  - "C(nftables): one dedicated C(inet) table, replaced atomically by a single C(nft -f) transaction."
+  - "C(iptables): our own chains, jumped to first from C(INPUT), C(OUTPUT) and C(FORWARD), loaded by one
+    C(iptables-restore --noflush) transaction per family (IPv4, then IPv6); rules of other tools are left
+    alone. Works with iptables-nft and iptables-legacy, whichever the host's alternatives select."
+  - The payload is checked (C(nft -c), C(iptables-restore --test)) before anything changes.
+  - The live rules are compared with the desired ones as the kernel lists them (the desired side is loaded
+    in a private network namespace and listed back), so an unchanged policy reports C(changed=false) and
+    rules someone edited by hand, or a jump someone moved, are put back.
+  - Formerly C(killswitch_nftables), which still works as a redirect.
 author:
   - netlock.killswitch contributors (@netlock)
 options:
@@ -34,11 +37,23 @@ options:
       - The complete C(nft -f) file, as rendered by M(netlock.killswitch.killswitch_policy).
       - Required when O(state=present).
     type: str
+  backend:
+    description:
+      - The firewall the payload was rendered for (the C(backend) that M(netlock.killswitch.killswitch_policy)
+        returns).
+    type: str
+    choices: [nftables, iptables]
+    default: nftables
   table:
     description:
-      - Name of the C(inet) table the ruleset defines.
+      - Name of the C(inet) table (nftables), or the prefix of our chains (iptables).
     type: str
     default: killswitch
+  endpoint_user:
+    description:
+      - The user endpoint traffic must come from (C(killswitch_endpoint_user)); checked on the host before
+        anything changes, since a user that does not exist makes the firewall refuse the whole payload.
+    type: str
   path:
     description:
       - Where the ruleset is persisted for the boot unit.
@@ -53,7 +68,7 @@ options:
   rollback_timeout:
     description:
       - Seconds the host waits, after a rule change, for the controller to reconnect and confirm; 0 disables.
-      - Before applying, the module saves the live table, the persisted file and the expected listing of the
+      - Before applying, the module saves the live rules, the persisted file and the expected listing of the
         last confirmed apply and starts a systemd timer. The new ruleset is staged and loaded by a second
         timer one second after the module returns, so a rule that cuts the connection cannot swallow the
         module's reply. The action plugin then resets the connection and confirms over a new one, with
@@ -100,15 +115,32 @@ EXAMPLES = r"""
   register: killswitch_rendered
 
 - name: Load and persist it
-  netlock.killswitch.killswitch_nftables:
+  netlock.killswitch.killswitch_firewall:
     ruleset: "{{ killswitch_rendered.ruleset }}"
 
 - name: Remove the kill switch table and file
-  netlock.killswitch.killswitch_nftables:
+  netlock.killswitch.killswitch_firewall:
     state: absent
 """
 
 RETURN = r"""
+backend:
+  description: The firewall the module converged.
+  returned: always
+  type: str
+  sample: nftables
+commands:
+  description: Shell commands for the role's boot unit and guard, from the backend's applier.
+  returned: when O(state=present)
+  type: dict
+  contains:
+    load:
+      description: Loads the persisted ruleset (O(path)).
+      type: str
+      sample: /usr/sbin/nft -f /etc/netlock-killswitch/ruleset.nft
+    list:
+      description: Prints the live rules as the module and the guard compare them (counter values removed).
+      type: str
 table_changed:
   description: Whether the live table differed from the desired one (or was missing).
   returned: always
@@ -161,10 +193,13 @@ rollback:
 import contextlib
 import fcntl
 import os
+import pwd
+import socket
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.netlock.killswitch.plugins.module_utils import rollback
+from ansible_collections.netlock.killswitch.plugins.module_utils.iptables import Iptables
 from ansible_collections.netlock.killswitch.plugins.module_utils.nft_live import Nft
 
 
@@ -177,7 +212,7 @@ def _read(path):
 
 
 def _write(directory, content):
-    fd, tmp = tempfile.mkstemp(prefix=".ruleset-", suffix=".nft", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".ruleset-", dir=directory)
     with os.fdopen(fd, "w") as handle:
         handle.write(content)
     os.chmod(tmp, 0o644)
@@ -210,7 +245,8 @@ def _stage(module, path, content):
             os.unlink(tmp)
 
 
-def arm_rollback(module, table, path, expected_path, live, timeout, table_changed, file_changed, ruleset, listing):
+def arm_rollback(module, firewall, table, path, expected_path, live, timeout, table_changed, file_changed, ruleset,
+                 listing):
     """Save the last confirmed state, start the rollback timer, stage the new ruleset and schedule its load.
 
     The load runs APPLY_DELAY seconds after the module returns, so that its reply reaches the controller
@@ -218,7 +254,6 @@ def arm_rollback(module, table, path, expected_path, live, timeout, table_change
     """
     files = _rollback_files()
     staged = rollback.staged_paths(path, expected_path)
-    nft = module.get_bin_path("nft", required=True)
     systemd_run = module.get_bin_path("systemd-run", required=True)
     os.makedirs(os.path.dirname(files["armed"]), mode=0o700, exist_ok=True)
     pending = os.path.exists(files["armed"])
@@ -227,8 +262,8 @@ def arm_rollback(module, table, path, expected_path, live, timeout, table_change
     module.run_command(["systemctl", "reset-failed"] + units)
     contents = {}
     if not pending:  # an unconfirmed earlier apply keeps the state it saved: the last confirmed one
-        contents["previous-table.nft"] = rollback.previous_table(table, live[1] if live else None)
-        for name, flag, source in (("previous-file.nft", "had-file", path),
+        contents["previous-rules"] = firewall.previous_payload(table, live)
+        for name, flag, source in (("previous-file", "had-file", path),
                                    ("previous-expected.txt", "had-expected", expected_path)):
             saved = _read(source) if source else None
             contents[name] = saved or ""
@@ -238,8 +273,10 @@ def arm_rollback(module, table, path, expected_path, live, timeout, table_change
                 contents[flag] = ""
     contents.update({
         "status": rollback.PENDING + "\n",
-        "apply.sh": rollback.apply_script(nft, files, staged, path, expected_path, table_changed, file_changed),
-        "rollback.sh": rollback.script(nft, path, expected_path, files, staged),
+        "apply.sh": rollback.apply_script(rollback.command(firewall.load_argv(staged["ruleset"])), files, staged,
+                                          path, expected_path, table_changed, file_changed),
+        "rollback.sh": rollback.script(rollback.command(firewall.load_argv(files["previous-rules"])), path,
+                                       expected_path, files, staged),
         "confirm.sh": rollback.confirm_script(files),
         "armed": "",
     })
@@ -260,14 +297,14 @@ def arm_rollback(module, table, path, expected_path, live, timeout, table_change
                 unit=rollback.ROLLBACK_UNIT, confirm=rollback.confirm_command(files))
 
 
-def present(module, nft, table, path, ruleset, rollback_timeout=0, expected_path=None):
+def present(module, firewall, table, path, ruleset, rollback_timeout=0, expected_path=None):
     # Checked and compared from the module's temp dir: check mode must not write under /etc.
     probe = _write(module.tmpdir, ruleset)
-    problem = nft.check(probe)
+    problem = firewall.check(probe)
     if problem:
-        module.fail_json(msg="nft -c rejected the ruleset, nothing was changed: %s" % problem)
-    desired, desired_text = nft.desired(probe, table)
-    live = nft.live(table)
+        module.fail_json(msg="the %s check rejected the ruleset, nothing was changed: %s" % (firewall.name, problem))
+    desired, desired_text = firewall.desired(probe, table)
+    live = firewall.live(table)
     table_changed = live is None or live[0] != desired
     file_changed = _read(path) != ruleset
     expected_changed = bool(expected_path) and _read(expected_path) != desired_text
@@ -280,8 +317,9 @@ def present(module, nft, table, path, ruleset, rollback_timeout=0, expected_path
         rollback_pending=pending,
         path=path,
         table=desired_text if table_changed else live[1],
-        diff=[dict(before_header="inet %s (live)" % table, before=live[1] if live else "",
-                   after_header="inet %s (desired)" % table, after=desired_text)],
+        diff=[dict(before_header="%s %s (live)" % (firewall.name, table), before=live[1] if live else "",
+                   after_header="%s %s (desired)" % (firewall.name, table), after=desired_text)],
+        commands=dict(load=rollback.command(firewall.load_argv(path)), list=firewall.list_command(table)),
     )
     if file_changed:
         result["diff"].append(dict(before_header=path, before=_read(path) or "", after_header=path, after=ruleset))
@@ -289,21 +327,22 @@ def present(module, nft, table, path, ruleset, rollback_timeout=0, expected_path
         return result
     if rollback_timeout and (table_changed or pending):
         # Only a rule change can cut the controller off; an earlier unconfirmed apply needs confirming too.
-        result["rollback"] = arm_rollback(module, table, path, expected_path, live, rollback_timeout,
+        result["rollback"] = arm_rollback(module, firewall, table, path, expected_path, live, rollback_timeout,
                                           table_changed, file_changed, ruleset, desired_text)
         return result
     if pending:  # protection switched off: forget the earlier unconfirmed apply rather than let it roll back
         disarm(module)
-    # Staged beside the target: the file nft loads is the one renamed into place.
+    # Staged beside the target: the file the firewall loads is the one renamed into place.
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     staged = _write(os.path.dirname(path), ruleset)
     try:
         with _locked():
             if table_changed:
-                # One nft transaction: on failure the kernel keeps the old table untouched.
-                problem = nft.apply(staged)
+                # One transaction per table: on failure the kernel keeps the old rules untouched.
+                problem = firewall.apply(staged)
                 if problem:
-                    module.fail_json(msg="nft -f failed, the previous table is still loaded: %s" % problem, **result)
+                    module.fail_json(msg="loading the %s ruleset failed, the previous rules are still loaded: %s"
+                                     % (firewall.name, problem), **result)
             if file_changed:
                 module.atomic_move(staged, path)
             if expected_changed:
@@ -318,8 +357,8 @@ def disarm(module):
     module.run_command(["sh", "-c", rollback.disarm_command(_rollback_files())])
 
 
-def absent(module, nft, table, path, expected_path=None):
-    live = nft.live(table)
+def absent(module, firewall, table, path, expected_path=None):
+    live = firewall.live(table) if firewall else None
     files = [p for p in (path, expected_path) if p and os.path.exists(p)]
     pending = os.path.exists(_rollback_files()["armed"])
     result = dict(changed=live is not None or bool(files) or pending, table_changed=live is not None,
@@ -330,40 +369,65 @@ def absent(module, nft, table, path, expected_path=None):
     if pending:  # a rollback firing later would bring the table back
         disarm(module)
     if live is not None:
-        problem = nft.delete(table)
+        problem = firewall.delete(table)
         if problem:
-            module.fail_json(msg="nft delete table inet %s failed: %s" % (table, problem), **result)
+            module.fail_json(msg="removing the %s rules %s failed: %s" % (firewall.name, table, problem), **result)
     for name in files:
         os.unlink(name)
     return result
+
+
+def check_user(module, user):
+    """A user the firewall cannot resolve makes it refuse the whole payload: say so before anything changes."""
+    if user is None or user.isdigit():
+        return
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        module.fail_json(msg="killswitch_endpoint_user: %r is not a user on %s; the %s rules could not match it, "
+                             "nothing was changed" % (user, socket.gethostname(), module.params["backend"]))
+
+
+def firewall_for(module, backend, required=True):
+    """The host's applier for a backend; None when its tools are missing and not required (nothing to remove)."""
+    run = lambda argv: module.run_command(list(argv))  # noqa: E731
+    unshare = module.get_bin_path("unshare", required=required)
+    if backend == "iptables":
+        tool = module.get_bin_path("iptables-restore", required=required)
+        return Iptables(run, sh=module.get_bin_path("sh", required=True), unshare=unshare) if tool else None
+    nft = module.get_bin_path("nft", required=required)
+    return Nft(run, nft=nft, unshare=unshare) if nft else None
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             state=dict(type="str", choices=["present", "absent"], default="present"),
+            backend=dict(type="str", choices=["nftables", "iptables"], default="nftables"),
             ruleset=dict(type="str"),
             table=dict(type="str", default="killswitch"),
             path=dict(type="path", default="/etc/netlock-killswitch/ruleset.nft"),
             expected_path=dict(type="path"),
             rollback_timeout=dict(type="int", default=0),
             confirm=dict(type="bool", default=True),
+            endpoint_user=dict(type="str"),
         ),
         required_if=[("state", "present", ["ruleset"])],
         supports_check_mode=True,
     )
-    nft = Nft(lambda argv: module.run_command(list(argv)),
-              nft=module.get_bin_path("nft", required=True),
-              unshare=module.get_bin_path("unshare", required=True))
     params = module.params
+    present_state = params["state"] == "present"
+    firewall = firewall_for(module, params["backend"], required=present_state)
     try:
-        if params["state"] == "present":
-            result = present(module, nft, params["table"], params["path"], params["ruleset"], params["rollback_timeout"],
-                             params["expected_path"])
+        if present_state:
+            check_user(module, params["endpoint_user"])
+            result = present(module, firewall, params["table"], params["path"], params["ruleset"],
+                             params["rollback_timeout"], params["expected_path"])
         else:
-            result = absent(module, nft, params["table"], params["path"], params["expected_path"])
+            result = absent(module, firewall, params["table"], params["path"], params["expected_path"])
     except (RuntimeError, ValueError, OSError) as exc:
         module.fail_json(msg=str(exc))
+    result["backend"] = params["backend"]
     if not module._diff:
         result.pop("diff")
     module.exit_json(**result)
