@@ -23,6 +23,10 @@ class Firewall:
 
     name = ""
 
+    def __init__(self, run: Runner, unshare: str = "unshare"):
+        self.run = run  # runs an argv, returns (rc, stdout, stderr)
+        self.unshare = unshare  # for the throwaway network namespace of ``desired``
+
     def check(self, path: str) -> Optional[str]:
         """Validate a payload without changing anything: None, or the firewall's error text."""
         raise NotImplementedError

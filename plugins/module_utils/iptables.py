@@ -127,9 +127,8 @@ class Iptables(Firewall):
     name = "iptables"
 
     def __init__(self, run: Runner, sh: str = "/bin/sh", unshare: str = "unshare"):
-        self.run = run
+        super().__init__(run, unshare)
         self.sh = sh
-        self.unshare = unshare
 
     def load_argv(self, path: str) -> List[str]:
         return [self.sh, path, "load"]

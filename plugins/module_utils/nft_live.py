@@ -50,9 +50,8 @@ class Nft(Firewall):
     name = "nftables"
 
     def __init__(self, run: Runner, nft: str = "nft", unshare: str = "unshare"):
-        self.run = run
+        super().__init__(run, unshare)
         self.nft = nft
-        self.unshare = unshare
 
     def check(self, path: str) -> Optional[str]:
         """``nft -c``: None when the file is valid, else nft's error text."""
