@@ -623,3 +623,36 @@ def test_present_is_idempotent_with_real_nft(nft_binary, unshare_binary, tmp_pat
         [True, True, False],    # a hand edit of the live table is put back
         [True, True, False],    # absent: changed, table gone, file gone
     ]
+
+
+def test_main_refuses_an_endpoint_user_the_host_does_not_have(monkeypatch, capsys, module_tmpdir, target):
+    """nft and iptables would refuse the whole payload with a bare "User does not exist": say which variable."""
+    fake = FakeNft(live=None)
+    args = {"ruleset": RULESET, "path": str(target), "endpoint_user": "no-such-vpn-user"}
+    code, result = run_main(monkeypatch, capsys, args, fake, module_tmpdir)
+    assert code == 1 and result["failed"]
+    assert "killswitch_endpoint_user" in result["msg"] and "no-such-vpn-user" in result["msg"]
+    assert fake.calls == [] and not target.exists(), "nothing may change before the user is known"
+
+
+@pytest.mark.parametrize("user", ["root", "0", "4242"])
+def test_main_accepts_an_existing_user_or_a_uid(monkeypatch, capsys, module_tmpdir, target, user):
+    code, result = run_main(monkeypatch, capsys, {"ruleset": RULESET, "path": str(target), "endpoint_user": user},
+                            FakeNft(live=None), module_tmpdir)
+    assert code == 0 and result["changed"], result
+
+
+def test_main_iptables_backend_uses_the_iptables_applier(monkeypatch, capsys, module_tmpdir, target):
+    made = []
+
+    class FakeIptables(FakeNft):
+        name = "iptables"
+
+    def factory(run, sh="/bin/sh", unshare="unshare"):
+        made.append((sh, unshare))
+        return FakeIptables(live=None)
+    monkeypatch.setattr(mod, "Iptables", factory)
+    code, result = run_main(monkeypatch, capsys, {"ruleset": RULESET, "path": str(target), "backend": "iptables"},
+                            None, module_tmpdir)
+    assert code == 0 and result["backend"] == "iptables" and made == [("/bin/sh", "/bin/unshare")]
+    assert result["commands"]["load"].startswith("/usr/sbin/nft")  # the fake's load_argv
