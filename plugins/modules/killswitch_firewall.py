@@ -390,7 +390,8 @@ def check_user(module, user):
 
 def firewall_for(module, backend, required=True):
     """The host's applier for a backend; None when its tools are missing and not required (nothing to remove)."""
-    run = lambda argv: module.run_command(list(argv))  # noqa: E731
+    def run(argv):
+        return module.run_command(list(argv))
     unshare = module.get_bin_path("unshare", required=required)
     if backend == "iptables":
         tool = module.get_bin_path("iptables-restore", required=required)

@@ -89,6 +89,8 @@ ARGS = {"tunnel_interfaces": ["wg0"], "endpoints": [{"address": "198.51.100.7", 
 def host_with_nftables(monkeypatch):
     """killswitch_backend auto asks the host; these tests' host has a working nft."""
     monkeypatch.setattr(ActionModule, "_probe_backend", lambda self: "nftables")
+
+
 FACTS = {"ansible_facts": {"env": {"SSH_CLIENT": "192.0.2.10 50022 22"}}}
 
 
