@@ -2,9 +2,10 @@
 
 The detector captures on the host side of the client's veth, so it sees exactly what the client put
 on the LAN wire and the client cannot hide from it.  A packet from the client's MAC counts as a leak
-unless the policy allows it: WireGuard to the endpoint, neighbour discovery, and the LAN (not DNS)
-when allow_lan is on.  Every case first runs its probes with the kill switch removed (the positive
-control), then with it in place; a case whose control sees nothing proves nothing and fails.
+unless the policy allows it: WireGuard to the endpoint, neighbour discovery to link-local or multicast
+destinations, and the LAN (not DNS) when allow_lan is on; neighbour discovery to any other destination
+always counts.  Every case first runs its probes with the kill switch removed (the positive control),
+then with it in place; a case whose control sees nothing proves nothing and fails.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from lab.build import AGENT, ROOT, setup_client_network
-from lab.probe import ND_BPF, Capture, canary, docker, killswitch_off, nft_table, sh, wait_booted, wait_for
+from lab.probe import Capture, canary, docker, killswitch_off, leak_expression, nft_table, sh, wait_booted, wait_for
 from lab.results import CaseResult, FlapTimeline
 from lab.topology import CLIENTS, ENDPOINT, FWMARK, INET, LAN, LANPEER, ROUTER, SINK, VPN, Host
 
@@ -39,12 +40,16 @@ def host_link(host: Host) -> str:
     raise RuntimeError("%s: no host interface with index %s" % (host.name, index))
 
 
-def leak_bpf(host: Host, allow_lan: bool = False) -> str:
-    mac = sh(host.name, "cat /sys/class/net/eth0/address").stdout.strip()
-    allowed = [ND_BPF, "udp and dst host %s and dst port %d" % ENDPOINT]
+def leak_bpf_for(mac: str, allow_lan: bool = False) -> str:
+    """BPF for every packet from this MAC that the policy does not allow (lab.probe.leak_expression)."""
+    allowed = ["udp and dst host %s and dst port %d" % ENDPOINT]
     if allow_lan:
         allowed.append("(dst net %s or dst net %s) and not port 53 and not port 853" % (LAN.v4, LAN.v6))
-    return "ether src %s and (ip or ip6) and not (%s)" % (mac, " or ".join("(%s)" % a for a in allowed))
+    return "ether src %s and (ip or ip6) and (%s)" % (mac, leak_expression(allowed))
+
+
+def leak_bpf(host: Host, allow_lan: bool = False) -> str:
+    return leak_bpf_for(sh(host.name, "cat /sys/class/net/eth0/address").stdout.strip(), allow_lan)
 
 
 def agent(host: Host, *args: str, netns: str = "", user: Optional[int] = None, timeout: float = 120) -> dict:

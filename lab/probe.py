@@ -23,15 +23,29 @@ from typing import List, Optional
 PROBE_TIMEOUT = 3  # seconds for any single probe
 
 
-# Link-local neighbour discovery (hop limit 255, RFC 4861) and MLD reports, which the contract allows.
-ND_BPF = "(icmp6 and ip6[7] == 255) or (ip6 dst host ff02::16)"
+# Neighbour discovery: ICMPv6 types 133-137 (RFC 4861; no extension header, so the type is at offset 40).
+ND_TYPES_BPF = "icmp6 and ip6[40] >= 133 and ip6[40] <= 137"
+ON_LINK_V6_BPF = "ip6 dst net fe80::/10 or ip6 dst net ff00::/8"
+# What the contract allows of it: neighbour discovery to link-local or multicast destinations with hop
+# limit 255 (it never crossed a router), and MLDv2 reports to ff02::16.
+ND_BPF = "(%s and ip6[7] == 255 and (%s)) or (ip6 dst host ff02::16)" % (ND_TYPES_BPF, ON_LINK_V6_BPF)
+# Neighbour discovery to any other destination could carry data off the link: always a leak, whatever
+# else a case allows (the LAN with allow_lan included).
+OFF_LINK_ND_BPF = "%s and not (%s)" % (ND_TYPES_BPF, ON_LINK_V6_BPF)
+
+
+def leak_expression(allowed=()) -> str:
+    """BPF for the packets that leak: off-link neighbour discovery, and anything that neither on-link
+    neighbour discovery nor one of the allowed expressions covers."""
+    exceptions = " or ".join("(%s)" % a for a in (ND_BPF,) + tuple(allowed))
+    return "(%s) or not (%s)" % (OFF_LINK_ND_BPF, exceptions)
 
 
 def leak_filter(sources, allowed=()):
-    """BPF for every packet from these addresses except neighbour discovery and the allowed expressions."""
-    exceptions = " or ".join("(%s)" % a for a in (ND_BPF,) + tuple(allowed))
+    """BPF for every leaking packet (leak_expression) from these addresses."""
     # IP only: ARP is link layer, outside the inet family and the contract.
-    return "(ip or ip6) and (%s) and not (%s)" % (" or ".join("src host %s" % s for s in sources), exceptions)
+    return "(ip or ip6) and (%s) and (%s)" % (" or ".join("src host %s" % s for s in sources),
+                                              leak_expression(allowed))
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
