@@ -1,14 +1,16 @@
-"""Report a leak run: a rich table per host, a stable JSON file and a flap timeline PNG.
+"""Report a leak run: a rich table per host, a case-by-client matrix, a stable JSON file and a flap timeline PNG.
 
 ``print_report`` for the terminal, ``write_all`` for the artefacts (``leak-report.json``,
-``leak-timeline.png``), ``exit_code`` for the process status (0: no leak, every control seen).
+``leak-timeline.png``), ``exit_code`` for the process status (0: no leak, every control seen, every
+case run on every client, every client's firewall as the inventory set it).  Each host is shown with
+the firewall it ran (``HostFirewall``: kill switch backend and iptables variant).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -22,7 +24,7 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from lab.results import CaseResult, FlapTimeline  # noqa: E402
+from lab.results import CaseResult, FlapTimeline, HostFirewall  # noqa: E402
 
 TITLE = "netlock.killswitch: tunnel flaps vs packets at the sink"
 BIN = 0.1  # seconds per histogram bin
@@ -30,17 +32,35 @@ JSON_NAME = "leak-report.json"
 PNG_NAME = "leak-timeline.png"
 
 
-def _hosts(results: Iterable[CaseResult], timelines: Iterable[FlapTimeline]) -> List[str]:
-    return sorted({r.host for r in results} | {t.host for t in timelines})
+FLAP = "flap stream"
+
+
+def _hosts(results: Iterable[CaseResult], timelines: Iterable[FlapTimeline],
+           firewalls: Iterable[HostFirewall] = ()) -> List[str]:
+    return sorted({r.host for r in results} | {t.host for t in timelines} | {f.host for f in firewalls})
 
 
 def _total_leaked(results: List[CaseResult], timelines: List[FlapTimeline]) -> int:
     return sum(r.leaked for r in results) + sum(len(t.leaked) for t in timelines)
 
 
-def exit_code(results: List[CaseResult], timelines: List[FlapTimeline]) -> int:
-    """0 when every case passed and no flap stream leaked, else 1."""
-    ok = all(r.passed for r in results) and not any(t.leaked for t in timelines)
+def _ran(host: str, results: List[CaseResult], timelines: List[FlapTimeline]) -> set:
+    return {r.case for r in results if r.host == host} | ({FLAP} if any(t.host == host for t in timelines) else set())
+
+
+def not_run(results: List[CaseResult], timelines: List[FlapTimeline],
+            firewalls: Sequence[HostFirewall] = ()) -> Dict[str, List[str]]:
+    """host -> the cases some other host ran and this one did not: every case must run on every client."""
+    hosts = _hosts(results, timelines, firewalls)
+    ran = {host: _ran(host, results, timelines) for host in hosts}
+    every = set().union(*ran.values()) if ran else set()
+    return {host: sorted(every - ran[host]) for host in hosts if every - ran[host]}
+
+
+def exit_code(results: List[CaseResult], timelines: List[FlapTimeline], firewalls: Sequence[HostFirewall] = ()) -> int:
+    """0 when every case passed on every host, no flap stream leaked and every firewall was as intended, else 1."""
+    ok = (all(r.passed for r in results) and not any(t.leaked for t in timelines)
+          and all(f.ok for f in firewalls) and not not_run(results, timelines, firewalls))
     return 0 if ok else 1
 
 
@@ -48,16 +68,39 @@ def _verdict(passed: bool) -> str:
     return "[bold green]PASS[/]" if passed else "[bold red]FAIL[/]"
 
 
+def _outcome(result: CaseResult) -> str:
+    return "[bold red]ERROR[/]" if result.error else _verdict(result.passed)
+
+
 def _control(seen: Optional[bool]) -> str:
     return {None: "[dim]n/a[/]", True: "[green]seen[/]", False: "[bold red]NOT SEEN[/]"}[seen]
 
 
+def _title(host: str, firewall: Optional[HostFirewall]) -> str:
+    title = "[bold]%s[/]" % escape(host)
+    if firewall:
+        title += ": kill switch backend [bold]%s[/]; iptables alternative %s: %s" % (
+            escape(firewall.backend), escape(firewall.alternative), escape(firewall.iptables_version or "?"))
+    return title
+
+
+def _caption(firewall: Optional[HostFirewall]) -> Optional[str]:
+    if not firewall:
+        return None
+    lines = ["in force: %s" % escape(firewall.in_force or "nothing found")]
+    lines += ["[bold red]FIREWALL NOT AS INTENDED:[/] %s" % escape(p) for p in firewall.problems]
+    return "\n".join(lines)
+
+
 def print_report(results: List[CaseResult], timelines: List[FlapTimeline],
-                 console: Optional[Console] = None) -> None:
-    """One table per host (cases, then the flap stream), then a one-line summary."""
+                 console: Optional[Console] = None, firewalls: Sequence[HostFirewall] = ()) -> None:
+    """One table per host (its firewall, cases, then the flap stream), a case-by-host matrix, a summary line."""
     console = console or Console()
-    for host in _hosts(results, timelines):
-        table = Table(title="[bold]%s[/]" % escape(host), title_justify="left")
+    by_host = {f.host: f for f in firewalls}
+    for host in _hosts(results, timelines, firewalls):
+        # The heading on a line of its own: a table title would wrap at the table's width.
+        console.print(_title(host, by_host.get(host)))
+        table = Table(caption=_caption(by_host.get(host)), caption_justify="left")
         table.add_column("case")
         table.add_column("sent", justify="right")
         table.add_column("leaked", justify="right")
@@ -65,10 +108,12 @@ def print_report(results: List[CaseResult], timelines: List[FlapTimeline],
         table.add_column("verdict", justify="center")
         for r in sorted((r for r in results if r.host == host), key=lambda r: r.case):
             label = escape(r.case)
-            if not r.passed and r.details:
+            if r.error:
+                label += "\n[red]  ↳ error: %s[/]" % escape(r.error)
+            elif not r.passed and r.details:
                 label += "".join("\n[dim]  ↳ %s[/]" % escape(d) for d in r.details[:3])
             leaked = "[red]%d[/]" % r.leaked if r.leaked else "0"
-            table.add_row(label, str(r.sent), leaked, _control(r.control_seen), _verdict(r.passed))
+            table.add_row(label, str(r.sent), leaked, _control(r.control_seen), _outcome(r))
         if table.rows:
             table.rows[-1].end_section = True
         for t in (t for t in timelines if t.host == host):
@@ -76,22 +121,64 @@ def print_report(results: List[CaseResult], timelines: List[FlapTimeline],
             leaked = "[red]%d[/]" % len(t.leaked) if t.leaked else "0"
             table.add_row(label, str(t.sent), leaked, _control(None), _verdict(not t.leaked))
         console.print(table)
+    hosts = _hosts(results, timelines, firewalls)
+    if len(hosts) > 1:
+        console.print(matrix(results, timelines, firewalls))
     failed = sum(not r.passed for r in results) + sum(bool(t.leaked) for t in timelines)
     line = "%d cases, %d leaked packets in total" % (len(results), _total_leaked(results, timelines))
     if failed:
         line += ", %d failed" % failed
-    console.print("[bold %s]%s[/]" % ("green" if exit_code(results, timelines) == 0 else "red", line))
+    missing = not_run(results, timelines, firewalls)
+    if missing:
+        line += ", not run: %s" % "; ".join("%s on %s" % (", ".join(cases), host) for host, cases in missing.items())
+    wrong = [f.host for f in firewalls if not f.ok]
+    if wrong:
+        line += ", firewall not as intended on %s" % ", ".join(wrong)
+    console.print("[bold %s]%s[/]" % ("green" if exit_code(results, timelines, firewalls) == 0 else "red",
+                                      escape(line)))
+
+
+def matrix(results: List[CaseResult], timelines: List[FlapTimeline], firewalls: Sequence[HostFirewall] = ()) -> Table:
+    """Every case (rows) on every host (columns): a case must pass on each, whatever its firewall."""
+    hosts = _hosts(results, timelines, firewalls)
+    by_host = {f.host: f for f in firewalls}
+    table = Table(title="[bold]every case on every client[/]", title_justify="left")
+    table.add_column("case")
+    for host in hosts:
+        firewall = by_host.get(host)
+        table.add_column("%s\n%s" % (host, firewall.label() if firewall else ""), justify="center")
+    cells: Dict[Tuple[str, str], List[str]] = {}
+    for r in results:
+        cells.setdefault((r.case, r.host), []).append("ERROR" if r.error else "PASS" if r.passed else "FAIL")
+    for t in timelines:
+        cells.setdefault((FLAP, t.host), []).append("FAIL" if t.leaked else "PASS")
+    for case in sorted({case for case, _host in cells}):
+        verdicts = [sorted(set(cells.get((case, host), ["not run"]))) for host in hosts]
+        label = escape(case) + (" [red](differs)[/]" if len({tuple(v) for v in verdicts}) > 1 else "")
+        table.add_row(label, *(" ".join(_style(v) for v in vs) for vs in verdicts))
+    return table
+
+
+def _style(verdict: str) -> str:
+    return {"PASS": "[green]PASS[/]", "FAIL": "[bold red]FAIL[/]", "ERROR": "[bold red]ERROR[/]"}.get(
+        verdict, "[bold red]%s[/]" % verdict.upper())
 
 
 def _r(x: float) -> float:
     return round(float(x), 3)
 
 
-def report_dict(results: List[CaseResult], timelines: List[FlapTimeline]) -> Dict[str, Any]:
-    """The JSON document as a dict (cases sorted by host and case, flap streams by host)."""
+def report_dict(results: List[CaseResult], timelines: List[FlapTimeline],
+                firewalls: Sequence[HostFirewall] = ()) -> Dict[str, Any]:
+    """The JSON document as a dict (hosts, cases sorted by host and case, flap streams by host)."""
+    hosts = [
+        {"host": f.host, "backend": f.backend, "iptables_alternative": f.alternative,
+         "iptables_version": f.iptables_version, "in_force": f.in_force, "problems": list(f.problems), "ok": f.ok}
+        for f in sorted(firewalls, key=lambda f: f.host)
+    ]
     cases = [
         {"host": r.host, "case": r.case, "sent": r.sent, "leaked": r.leaked,
-         "control_seen": r.control_seen, "passed": r.passed, "details": list(r.details)}
+         "control_seen": r.control_seen, "passed": r.passed, "error": r.error, "details": list(r.details)}
         for r in sorted(results, key=lambda r: (r.host, r.case))
     ]
     flap = [
@@ -101,13 +188,15 @@ def report_dict(results: List[CaseResult], timelines: List[FlapTimeline]) -> Dic
         for t in sorted(timelines, key=lambda t: t.host)
     ]
     summary = {"cases": len(results), "leaked": _total_leaked(results, timelines),
-               "passed": exit_code(results, timelines) == 0}
-    return {"summary": summary, "cases": cases, "flap": flap}
+               "not_run": not_run(results, timelines, firewalls),
+               "passed": exit_code(results, timelines, firewalls) == 0}
+    return {"summary": summary, "hosts": hosts, "cases": cases, "flap": flap}
 
 
-def write_json(results: List[CaseResult], timelines: List[FlapTimeline], path: Path | str) -> Path:
+def write_json(results: List[CaseResult], timelines: List[FlapTimeline], path: Path | str,
+               firewalls: Sequence[HostFirewall] = ()) -> Path:
     path = Path(path)
-    path.write_text(json.dumps(report_dict(results, timelines), indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(report_dict(results, timelines, firewalls), indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -118,7 +207,7 @@ def _segments(t: FlapTimeline) -> List[Tuple[float, float, bool]]:
     return [(ts, end, up) for (ts, up), end in zip(changes, ends)]
 
 
-def _plot_host(ax: Any, t: FlapTimeline, xmax: float) -> None:
+def _plot_host(ax: Any, t: FlapTimeline, xmax: float, firewall: Optional[HostFirewall] = None) -> None:
     segments = _segments(t)
     for start, end, up in segments:
         if up:
@@ -154,20 +243,23 @@ def _plot_host(ax: Any, t: FlapTimeline, xmax: float) -> None:
                           fontsize="small", frameon=False, borderaxespad=0.2)
     if not t.leaked:
         legend.get_texts()[-1].set_color("tab:green")
-    ax.set_title("%s: %d flaps, %d sent, %d leaked" % (t.host, t.flaps, t.sent, len(t.leaked)),
+    host = "%s, %s" % (t.host, firewall.label()) if firewall else t.host
+    ax.set_title("%s: %d flaps, %d sent, %d leaked" % (host, t.flaps, t.sent, len(t.leaked)),
                  loc="left", fontsize="medium")
 
 
-def write_timeline_png(timelines: List[FlapTimeline], path: Path | str) -> Path:
-    """One subplot per flap timeline (sorted by host), x axis shared, in seconds."""
+def write_timeline_png(timelines: List[FlapTimeline], path: Path | str,
+                       firewalls: Sequence[HostFirewall] = ()) -> Path:
+    """One subplot per flap timeline (sorted by host, titled with its firewall), x axis shared, in seconds."""
     path = Path(path)
+    by_host = {f.host: f for f in firewalls}
     ordered = sorted(timelines, key=lambda t: t.host)
     rows = max(len(ordered), 1)
     fig, axes = plt.subplots(rows, 1, sharex=True, squeeze=False, figsize=(12, 3 * rows), dpi=100)
     try:
         xmax = max([t.duration for t in ordered] + [change[0] for t in ordered for change in t.tunnel] + [1.0])
         for ax, t in zip(axes[:, 0], ordered):
-            _plot_host(ax, t, xmax)
+            _plot_host(ax, t, xmax, by_host.get(t.host))
         if not ordered:
             axes[0, 0].text(0.5, 0.5, "no flap timeline", ha="center", va="center",
                             transform=axes[0, 0].transAxes)
@@ -181,9 +273,10 @@ def write_timeline_png(timelines: List[FlapTimeline], path: Path | str) -> Path:
     return path
 
 
-def write_all(results: List[CaseResult], timelines: List[FlapTimeline], outdir: Path | str) -> Dict[str, Path]:
+def write_all(results: List[CaseResult], timelines: List[FlapTimeline], outdir: Path | str,
+              firewalls: Sequence[HostFirewall] = ()) -> Dict[str, Path]:
     """Write leak-report.json and leak-timeline.png under outdir; {"json": path, "png": path}."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    return {"json": write_json(results, timelines, outdir / JSON_NAME),
-            "png": write_timeline_png(timelines, outdir / PNG_NAME)}
+    return {"json": write_json(results, timelines, outdir / JSON_NAME, firewalls),
+            "png": write_timeline_png(timelines, outdir / PNG_NAME, firewalls)}

@@ -15,8 +15,8 @@ if str(REPO_ROOT) not in sys.path:
 
 from rich.console import Console  # noqa: E402
 
-from lab.report import exit_code, print_report, write_all, write_json, write_timeline_png  # noqa: E402
-from lab.results import CaseResult, FlapTimeline  # noqa: E402
+from lab.report import exit_code, not_run, print_report, write_all, write_json, write_timeline_png  # noqa: E402
+from lab.results import CaseResult, FlapTimeline, HostFirewall  # noqa: E402
 
 HOSTS = ("client-debian", "client-alma")
 CASES = ("dns-udp53", "icmp-echo", "tcp-443")
@@ -49,11 +49,11 @@ def test_json_content(tmp_path: Path) -> None:
     path = write_json(make_results(fail=True), make_timelines(), tmp_path / "r.json")
     assert path == tmp_path / "r.json"
     doc = json.loads(path.read_text())
-    assert doc["summary"] == {"cases": 6, "leaked": 3, "passed": False}
+    assert doc["summary"] == {"cases": 6, "leaked": 3, "not_run": {}, "passed": False}
     assert [(c["host"], c["case"]) for c in doc["cases"]] == sorted((h, c) for h in HOSTS for c in CASES)
     bad = [c for c in doc["cases"] if not c["passed"]]
     assert bad == [{"host": HOSTS[0], "case": "icmp-echo", "sent": 10, "leaked": 3, "control_seen": True,
-                    "passed": False, "details": ["eth0 10.0.0.2 > 1.1.1.1: ICMP echo request"]}]
+                    "passed": False, "error": "", "details": ["eth0 10.0.0.2 > 1.1.1.1: ICMP echo request"]}]
     assert [f["host"] for f in doc["flap"]] == sorted(HOSTS)
     flap = doc["flap"][0]
     assert set(flap) == {"host", "duration", "flaps", "sent", "leaked", "sink_seen", "tunnel"}
@@ -65,12 +65,12 @@ def test_json_is_stable(tmp_path: Path) -> None:
     a = write_json(make_results(), make_timelines(), tmp_path / "a.json").read_text()
     b = write_json(list(reversed(make_results())), list(reversed(make_timelines())), tmp_path / "b.json").read_text()
     assert a == b
-    assert json.loads(a)["summary"] == {"cases": 6, "leaked": 0, "passed": True}
+    assert json.loads(a)["summary"] == {"cases": 6, "leaked": 0, "not_run": {}, "passed": True}
 
 
 def test_flap_leak_counts_in_summary(tmp_path: Path) -> None:
     doc = json.loads(write_json(make_results(), make_timelines(leak=True), tmp_path / "r.json").read_text())
-    assert doc["summary"] == {"cases": 6, "leaked": 2, "passed": False}
+    assert doc["summary"] == {"cases": 6, "leaked": 2, "not_run": {}, "passed": False}
 
 
 @pytest.mark.parametrize("leak", [False, True])
@@ -120,4 +120,72 @@ def test_print_report_fail() -> None:
     text = render(results, make_timelines(leak=True))
     assert "FAIL" in text and "PASS" in text and "NOT SEEN" in text
     assert "ICMP echo request" in text  # details of a failing case
-    assert "7 cases, 5 leaked packets in total, 3 failed" in text
+    assert "7 cases, 5 leaked packets in total, 3 failed, not run: control-missing on client-debian" in text
+
+
+# --- several clients, each with its own firewall ------------------------------------------------------
+
+def make_firewalls(problem: str = "") -> List[HostFirewall]:
+    return [HostFirewall(HOSTS[0], "nftables", "iptables-nft", "iptables v1.8.9 (nf_tables)", "table inet killswitch"),
+            HostFirewall(HOSTS[1], "iptables", "iptables-legacy", "iptables v1.8.9 (legacy)",
+                         "iptables: 30 rules, ip6tables: 28 rules (iptables-legacy)", [problem] if problem else [])]
+
+
+def render_with_firewalls(results, timelines, firewalls) -> str:
+    console = Console(record=True, width=160)
+    print_report(results, timelines, console=console, firewalls=firewalls)
+    return console.export_text()
+
+
+def test_each_host_shows_its_backend_and_variant(tmp_path: Path) -> None:
+    text = render_with_firewalls(make_results(), make_timelines(), make_firewalls())
+    assert "client-debian: kill switch backend nftables; iptables alternative iptables-nft: iptables v1.8.9 " \
+        "(nf_tables)" in text
+    assert "client-alma: kill switch backend iptables; iptables alternative iptables-legacy: iptables v1.8.9 " \
+        "(legacy)" in text
+    assert "iptables (legacy)" in text  # the matrix's column
+    assert "in force: iptables: 30 rules, ip6tables: 28 rules (iptables-legacy)" in text
+    assert "every case on every client" in text and "differs" not in text
+    doc = json.loads(write_json(make_results(), make_timelines(), tmp_path / "r.json", make_firewalls()).read_text())
+    assert doc["hosts"] == [
+        {"host": "client-alma", "backend": "iptables", "iptables_alternative": "iptables-legacy",
+         "iptables_version": "iptables v1.8.9 (legacy)", "in_force": "iptables: 30 rules, ip6tables: 28 rules "
+         "(iptables-legacy)", "problems": [], "ok": True},
+        {"host": "client-debian", "backend": "nftables", "iptables_alternative": "iptables-nft",
+         "iptables_version": "iptables v1.8.9 (nf_tables)", "in_force": "table inet killswitch", "problems": [],
+         "ok": True}]
+    assert doc["summary"]["passed"] is True
+    assert exit_code(make_results(), make_timelines(), make_firewalls()) == 0
+
+
+def test_a_firewall_not_as_intended_fails_the_run() -> None:
+    firewalls = make_firewalls("iptables -V says 'iptables v1.8.9 (nf_tables)', iptables-legacy intended")
+    assert exit_code(make_results(), make_timelines(), firewalls) == 1
+    text = render_with_firewalls(make_results(), make_timelines(), firewalls)
+    assert "FIREWALL NOT AS INTENDED" in text and "firewall not as intended on client-alma" in text
+
+
+def test_a_case_that_fails_on_one_client_only_fails_the_run() -> None:
+    results = make_results()
+    results[-1] = CaseResult(HOSTS[1], CASES[-1], sent=10, leaked=1, control_seen=True)
+    assert exit_code(results, make_timelines(), make_firewalls()) == 1
+    text = render_with_firewalls(results, make_timelines(), make_firewalls())
+    assert "tcp-443 (differs)" in text
+
+
+def test_every_case_must_run_on_every_client() -> None:
+    results = [r for r in make_results() if not (r.host == HOSTS[1] and r.case == CASES[0])]
+    timelines = make_timelines()[:1]
+    assert not_run(results, timelines) == {HOSTS[1]: [CASES[0], "flap stream"]}
+    assert exit_code(results, timelines) == 1
+    # A host that ran nothing at all, known from its firewall check, misses everything.
+    silent = HostFirewall("client-third", "iptables", "iptables-nft", "", "")
+    assert not_run(make_results(), make_timelines(), [silent]) == {"client-third": sorted(CASES + ("flap stream",))}
+
+
+def test_an_error_is_a_failure() -> None:
+    results = make_results() + [CaseResult(HOSTS[0], "reboot", 0, 0, error="RuntimeError: no boot", case_id="reboot")]
+    results.append(CaseResult(HOSTS[1], "reboot", 5, 0, control_seen=True, case_id="reboot"))
+    assert exit_code(results, make_timelines()) == 1
+    text = render_with_firewalls(results, make_timelines(), make_firewalls())
+    assert "ERROR" in text and "error: RuntimeError: no boot" in text
