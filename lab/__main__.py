@@ -19,8 +19,7 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from lab import build, cases, fleet, report
-from lab.topology import CLIENTS, HOSTS
+from lab import build, cases, fleet, report, run
 
 console = Console()
 
@@ -31,7 +30,7 @@ def progress() -> Progress:
 
 
 def up() -> None:
-    steps = 2 + len(HOSTS) + len(CLIENTS) + 1
+    steps = build.STEPS
     with progress() as display:
         task = display.add_task("building the lab", total=steps)
 
@@ -56,23 +55,19 @@ def rollout() -> None:
     subprocess.run(["ansible-playbook", "-i", cases.INVENTORY, cases.ROLLOUT], check=True)
 
 
-def run_cases(names, flaps: int, outdir: str) -> int:
-    results, timelines = [], []
+def run_cases(names, flaps: int, outdir: str, concurrent: bool = True) -> int:
     hosts = cases.clients()
     with progress() as display:
-        task = display.add_task("leak cases", total=len(hosts) * (len(names) + 1))
-        for host in hosts:
-            for name in names:
-                display.update(task, description="%s: %s" % (host.name, name))
-                results += cases.run_case(name, host)
-                display.advance(task)
-            display.update(task, description="%s: flap stream, %d flaps" % (host.name, flaps))
-            timelines.append(cases.flap_stream(host, flaps=flaps))
-            display.advance(task)
-    report.print_report(results, timelines, console)
-    paths = report.write_all(results, timelines, outdir)
-    console.print("report: %s, %s" % (paths["json"], paths["png"]))
-    return report.exit_code(results, timelines)
+        tasks = {host.name: display.add_task(host.name, total=len(names) + 1) for host in hosts}
+
+        def notify(host: str, what: str, done: int) -> None:
+            display.update(tasks[host], description="%s: %s" % (host, what), advance=done)
+        outcome = run.run_all(hosts, names, flaps, notify, concurrent=concurrent)
+    report.print_report(outcome.results, outcome.timelines, console, outcome.firewalls)
+    paths = report.write_all(outcome.results, outcome.timelines, outdir, outcome.firewalls)
+    console.print("%d clients in %s, %.0f s; report: %s, %s" % (
+        len(hosts), "parallel" if concurrent else "turn", outcome.seconds, paths["json"], paths["png"]))
+    return report.exit_code(outcome.results, outcome.timelines, outcome.firewalls)
 
 
 def main(argv=None) -> int:
@@ -81,6 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("--case", action="append", choices=sorted(cases.CASES), help="run only these cases")
     parser.add_argument("--flaps", type=int, default=20)
     parser.add_argument("--reports", default=os.path.join(build.ROOT, "reports"))
+    parser.add_argument("--one-client-at-a-time", action="store_true", help="run the clients in turn, not side by side")
     args = parser.parse_args(argv)
     names = args.case or list(cases.CASES)
     if args.command == "down":
@@ -97,7 +93,7 @@ def main(argv=None) -> int:
     if args.command in ("rollout", "demo"):
         rollout()
     if args.command in ("cases", "demo"):
-        return run_cases(names, args.flaps, args.reports)
+        return run_cases(names, args.flaps, args.reports, concurrent=not args.one_client_at_a_time)
     return 0
 
 

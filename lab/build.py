@@ -12,6 +12,7 @@ import subprocess
 import sys
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
+from lab import firewall
 from lab.probe import docker, sh, wait_booted, wait_for
 from lab.topology import (CLIENTS, DEFAULT_IMAGE, ENDPOINT, FWMARK, GUEST_V4, HOSTS, IMAGE_ENV, INET, LABEL, LAN,
                           LANPEER, NETWORKS, ROUTER, SINK, TUNNEL_V4, TUNNEL_V6, VPN, WG_PORT, Host, Net)
@@ -19,6 +20,7 @@ from lab.topology import (CLIENTS, DEFAULT_IMAGE, ENDPOINT, FWMARK, GUEST_V4, HO
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT = "/usr/local/bin/netlock-agent.py"
 Step = Callable[[str], None]
+STEPS = 3 + len(HOSTS) + len(CLIENTS)  # the step() calls of up()
 
 
 def image() -> str:
@@ -236,6 +238,9 @@ def up(step: Optional[Step] = None) -> None:
     for host in HOSTS:
         step("container %s" % host.name)
         start_container(host)
+    step("iptables alternatives on the clients (inventories/lab/host_vars)")
+    for host in CLIENTS:
+        firewall.select(host)
     step("sink and LAN resolver")
     setup_sink()
     setup_lanpeer()

@@ -1,4 +1,4 @@
-"""The leak cases, run against one lab client at a time.
+"""The leak cases, each against one lab client; lab/run.py runs them on every client side by side.
 
 The detector captures on the host side of the client's veth, so it sees exactly what the client put
 on the LAN wire and the client cannot hide from it.  A packet from the client's MAC counts as a leak
@@ -6,6 +6,9 @@ unless the policy allows it: WireGuard to the endpoint, neighbour discovery to l
 destinations, and the LAN (not DNS) when allow_lan is on; neighbour discovery to any other destination
 always counts.  Every case first runs its probes with the kill switch removed (the positive control),
 then with it in place; a case whose control sees nothing proves nothing and fails.
+
+A case changes only its own client, except where it says otherwise: EXCLUSIVE cases change what every
+client depends on and run while no other case does; ROUTER_PROXY guards the router's proxy ND entry.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ import json
 import os
 import shlex
 import subprocess
+import tempfile
 import threading
 import time
 from typing import Callable, Dict, List, Optional
 
+from lab import firewall
 from lab.build import AGENT, ROOT, setup_client_network
-from lab.probe import Capture, canary, docker, killswitch_off, leak_expression, nft_table, sh, wait_booted, wait_for
-from lab.results import CaseResult, FlapTimeline
+from lab.probe import Capture, canary, docker, leak_expression, sh, wait_booted, wait_for
+from lab.results import CaseResult, FlapTimeline, HostFirewall
 from lab.topology import CLIENTS, ENDPOINT, FWMARK, INET, LAN, LANPEER, ROUTER, SINK, VPN, Host
 
 SINK_TARGETS = [SINK.v4(INET), SINK.v6(INET)]
@@ -92,7 +97,7 @@ def leak_case(host: Host, case: str, probe: Probe, allow_lan: bool = False) -> C
     # The control only proves the probe can be seen; a broken probe fails both attempts. The leak
     # verdict below is never retried.
     for attempt in (1, 2):
-        with killswitch_off(host.name):
+        with firewall.killswitch_off(host):
             control_outcome, control = measure(host, probe, allow_lan)
         details.append("control %d: %d packets seen, reached %s" % (
             attempt, len(control.packets), ", ".join(control_outcome["reached"]) or "nothing"))
@@ -130,7 +135,10 @@ def tunnel_up(host: Host, wait: bool = True) -> None:
 
 
 def rollout(host: Host, *extra: str) -> None:
-    cmd = ["ansible-playbook", "-i", INVENTORY, ROLLOUT, "-l", host.name, *extra]
+    # A report per client: rollouts to other clients may run at the same time.
+    report = os.path.join(tempfile.gettempdir(), "netlock-lab-rollout-%s.json" % host.name)
+    cmd = ["ansible-playbook", "-i", INVENTORY, ROLLOUT, "-l", host.name, "-e", "killswitch_rollout_report=" + report,
+           *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     if result.returncode != 0:
         raise RuntimeError("rollout to %s failed:\n%s" % (host.name, result.stdout[-3000:]))
@@ -147,11 +155,13 @@ def through_tunnel(host: Host, case: str = "tunnel up") -> CaseResult:
         outcome = agent(host, "probe", "--canary", marker, "--target", SINK.v4(INET), "--target", SINK.v6(INET))
     seen_from = {line.split()[2].rsplit(".", 1)[0] for line in sink.packets if " > " in line}
     client_seen = {a for a in seen_from if a in (host.v4(), host.v6())}
-    details = ["sink saw sources: %s" % ", ".join(sorted(seen_from)), "reached: %s" % ", ".join(outcome["reached"])]
+    # Other clients' traffic reaches the sink too: only the probe's own packets show where it came from.
+    marker_from = sink.sources(marker)
+    details = ["the probe reached the sink from: %s" % (", ".join(sorted(marker_from)) or "nowhere"),
+               "reached: %s" % ", ".join(outcome["reached"])]
     reached = any(r.startswith("tcp %s" % SINK.v4(INET)) for r in outcome["reached"])
     return CaseResult(host.name, case, outcome["sent"], len(lan.packets) + len(client_seen),
-                      control_seen=reached and sink.saw(marker) and VPN.v4(INET) in seen_from,
-                      details=details + lan.packets[:20])
+                      control_seen=reached and VPN.v4(INET) in marker_from, details=details + lan.packets[:20])
 
 
 def killed(how: str) -> Callable[[Host], CaseResult]:
@@ -165,7 +175,10 @@ def killed(how: str) -> Callable[[Host], CaseResult]:
 
 
 def endpoint_unreachable(host: Host) -> CaseResult:
-    """The router blackholes the VPN server; the client gives up and tears its tunnel down."""
+    """The router blackholes the VPN server; the client gives up and tears its tunnel down.
+
+    Every client loses its tunnel meanwhile (EXCLUSIVE): the case ends once all of them are back.
+    """
     sh(ROUTER.name, "nft add table inet lab_block && nft add chain inet lab_block fwd "
        "'{ type filter hook forward priority -10; policy accept; }' && "
        "nft add rule inet lab_block fwd ip daddr %s drop" % VPN.v4(INET))
@@ -176,6 +189,10 @@ def endpoint_unreachable(host: Host) -> CaseResult:
     finally:
         sh(ROUTER.name, "nft delete table inet lab_block")
         tunnel_up(host)
+        for other in CLIENTS:
+            if not wait_for(lambda c=other: sh(c.name, "ping -n -c 1 -W 1 %s" % VPN.tunnel[0]).returncode == 0, 30):
+                raise RuntimeError("%s: the tunnel did not come back after the VPN server was reachable again"
+                                   % other.name)
 
 
 def restored(host: Host) -> CaseResult:
@@ -212,7 +229,7 @@ def server_ip(host: Host) -> CaseResult:
                             "--tcp-port", "8080", "--udp-port", str(ENDPOINT[1]), "--udp-count", "5", user=65534)
         return outcome, [line for line in capture.lines if marker in line]
     try:
-        with killswitch_off(host.name):
+        with firewall.killswitch_off(host):
             control = attempt()[1]
         outcome, leaked = attempt()
     finally:
@@ -255,28 +272,34 @@ def allow_lan_cases(host: Host) -> List[CaseResult]:
     return results
 
 
+ROUTER_PROXY = threading.Lock()  # one client at a time has the router answer ND for the sink
+
+
 def local_net(host: Host) -> CaseResult:
     """TunnelCrack LocalNet: the LAN claims the sink's public range as on-link (the router answers ARP/ND)."""
     claim = "ip route %%s %s dev eth0; ip -6 route %%s %s dev eth0" % (INET.v4, INET.v6)
-    sh(ROUTER.name, "ip -6 neigh replace proxy %s dev eth0" % SINK.v6(INET))
-    sh(host.name, claim % ("replace", "replace"))
-    try:
-        return leak_case(host, "LocalNet (allow_lan on)", everything(host, dns=[SINK.v4(INET)]), allow_lan=True)
-    finally:
-        sh(host.name, claim % ("del", "del"))
-        sh(ROUTER.name, "ip -6 neigh del proxy %s dev eth0" % SINK.v6(INET))
+    with ROUTER_PROXY:
+        sh(ROUTER.name, "ip -6 neigh replace proxy %s dev eth0" % SINK.v6(INET))
+        sh(host.name, claim % ("replace", "replace"))
+        try:
+            return leak_case(host, "LocalNet (allow_lan on)", everything(host, dns=[SINK.v4(INET)]), allow_lan=True)
+        finally:
+            sh(host.name, claim % ("del", "del"))
+            sh(ROUTER.name, "ip -6 neigh del proxy %s dev eth0" % SINK.v6(INET))
 
 
 def reboot_without_vpn(host: Host) -> CaseResult:
-    """Reboot with the VPN client disabled: the boot unit loads the table, nothing leaks."""
+    """Reboot with the VPN client disabled: the boot unit loads the kill switch as it was, nothing leaks."""
+    client_firewall = firewall.intended(host)
+    before = firewall.killswitch_rules(host, client_firewall)
     sh(host.name, "systemctl disable -q wg-quick@wg0")
     try:
         docker("restart", "-t", "10", host.name, timeout=120)
         wait_booted(host.name)
         setup_client_network(host)  # what DHCP would give back: addresses and the default route
-        loaded = nft_table(host.name) is not None
+        loaded = before is not None and firewall.killswitch_rules(host, client_firewall) == before
         result = leak_case(host, "reboot, VPN client disabled", everything(host))
-        result.details.insert(0, "table loaded at boot: %s" % loaded)
+        result.details.insert(0, "kill switch (%s) loaded at boot as before: %s" % (client_firewall.label(), loaded))
         if not loaded:
             result.leaked = max(result.leaked, 1)
         return result
@@ -299,27 +322,47 @@ CASES: Dict[str, Callable[[Host], object]] = {
 }
 
 
+# Cases that change what every client depends on: they run while no other case runs on any client.
+EXCLUSIVE = {"endpoint-unreachable"}
+
+
 def run_case(name: str, host: Host) -> List[CaseResult]:
     outcome = CASES[name](host)
     return outcome if isinstance(outcome, list) else [outcome]
 
 
+def host_firewall(host: Host) -> HostFirewall:
+    """The client's firewall as the inventory sets it, checked against the container and what is in force."""
+    intended = firewall.intended(host)
+    versions, recorded = firewall.tool_versions(host)
+    found, problems = firewall.in_force(host, intended)
+    problems = firewall.variant_problems(intended, versions, recorded) + problems
+    return HostFirewall(host.name, intended.backend, intended.alternative, versions["iptables"], found, problems)
+
+
 # --- flap stream ---------------------------------------------------------------------------------
+
+def stream_port(host: Host) -> int:
+    """A UDP port per client, so that each sink capture sees its own client's stream only."""
+    return 9990 + CLIENTS.index(host)
+
 
 def flap_stream(host: Host, flaps: int = 20, rate: int = 600, down_for: float = 0.5, up_for: float = 0.7) -> FlapTimeline:
     """A continuous UDP stream to the sink across tunnel flaps; every packet outside the tunnel is a leak."""
     marker = canary()
+    port = stream_port(host)
     stop_file = "/tmp/%s.stop" % marker
     bound = flaps * (down_for + up_for + 5) + 10  # the stream's upper bound; it stops at stop_file
     sent = {}
 
     def stream() -> None:
         try:
-            sent.update(agent(host, "stream", "--canary", marker, "--target", SINK.v4(INET), "--rate", str(rate),
-                              "--seconds", str(bound), "--stop-file", stop_file, timeout=bound + 60))
+            sent.update(agent(host, "stream", "--canary", marker, "--target", SINK.v4(INET), "--udp-port", str(port),
+                              "--rate", str(rate), "--seconds", str(bound), "--stop-file", stop_file,
+                              timeout=bound + 60))
         except Exception as exc:  # re-raised below: a dead stream must not read as "0 leaked"
             sent["error"] = exc
-    with Capture(SINK.name, "udp dst port 9999", interface="eth0", max_seconds=int(bound) + 90) as sink, \
+    with Capture(SINK.name, "udp dst port %d" % port, interface="eth0", max_seconds=int(bound) + 90) as sink, \
             Capture(None, leak_bpf(host), interface=host_link(host), max_seconds=int(bound) + 90) as lan:
         sender = threading.Thread(target=stream)
         start = time.time()

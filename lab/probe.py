@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Set
 
 PROBE_TIMEOUT = 3  # seconds for any single probe
 
@@ -76,10 +76,16 @@ class Capture:
     lines: List[str] = field(default_factory=list)
     _proc: Optional[subprocess.Popen] = None
     _reader: Optional[threading.Thread] = None
+    _pid_file: str = ""
 
     def __enter__(self) -> "Capture":
         cmd = "exec timeout %d tcpdump -i %s -n -l -tt -A -c %d %s" % (
             self.max_seconds, self.interface, self.limit, shlex.quote(self.bpf))
+        if self.container:
+            # The pid file names this capture's own tcpdump (timeout passes SIGINT on to it): other
+            # captures in the same container, another client's among them, keep running.
+            self._pid_file = "/tmp/netlock-capture-%s.pid" % uuid.uuid4().hex[:16]
+            cmd = "echo $$ > %s && %s" % (self._pid_file, cmd)
         argv = ["docker", "exec", self.container, "sh", "-c", cmd] if self.container else ["sh", "-c", cmd]
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       errors="replace")
@@ -105,7 +111,7 @@ class Capture:
     def __exit__(self, *exc) -> None:
         time.sleep(1.0)  # let in-flight packets arrive
         if self.container:
-            sh(self.container, "pkill -INT -x tcpdump || true")
+            sh(self.container, "kill -INT $(cat %s); rm -f %s" % (self._pid_file, self._pid_file))
         else:
             self._proc.send_signal(signal.SIGINT)
         self._proc.wait(timeout=30)
@@ -140,6 +146,19 @@ class Capture:
 
     def saw(self, marker: str) -> bool:
         return any(marker in line for line in self.lines)
+
+    def sources(self, marker: str) -> Set[str]:
+        """Source addresses (without the port) of the packets whose payload holds the marker."""
+        found, source = set(), None
+        for line in self.lines:
+            header = _HEADER.match(line)
+            if header:
+                fields = line[header.end():].split()
+                source = fields[0].rsplit(".", 1)[0] if len(fields) > 1 and fields[1] == ">" else None
+            elif source and marker in line:
+                found.add(source)
+                source = None
+        return found
 
 
 _HEADER = re.compile(r"^\d+\.\d+ (\S+ )?(In |Out |P |B |M )?(IP6? |ARP)")

@@ -3,6 +3,9 @@
     clients (kill switch) --- ks-lan --- router --- ks-inet --- vpn (WireGuard server, NAT, DNS)
     lanpeer (DNS resolver)                                  \\-- sink (records every packet)
 
+Three clients, one per Linux firewall the kill switch drives; each client's backend and iptables
+variant are set in inventories/lab/host_vars/ (see lab/firewall.py).
+
 Docker gives the host the .1 address of each internal network, so lab hosts avoid .1.
 """
 
@@ -62,7 +65,7 @@ CLIENTS = tuple(
     Host("ks-client%d" % i, {LAN.name: ("198.18.1.%d" % (10 + i), "2001:db8:1::%d" % (10 + i))}, "client",
          tunnel=("198.18.100.%d" % (10 + i), "2001:db8:100::%d" % (10 + i)),
          sysctls=FORWARDING + ("net.ipv4.conf.all.src_valid_mark=1",))
-    for i in (1, 2)
+    for i in (1, 2, 3)
 )
 HOSTS: List[Host] = [ROUTER, VPN, SINK, LANPEER, *CLIENTS]
 ENDPOINT = (VPN.v4(INET), WG_PORT)
