@@ -20,7 +20,7 @@ from ansible_collections.netlock.killswitch.plugins.plugin_utils.nft_keywords im
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import PREFIX, Policy, PolicyError, Problem
 
 # Linux interface names (IFNAMSIZ - 1 characters), no '/', whitespace, quotes or ':' (aliases); a wildcard
-# is a trailing '*' after a non-empty prefix.
+# is a trailing '*' after a non-empty prefix, and counts in the 15.
 LINUX_IFNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,15}\*?")
 MAX_LINUX_IFNAME = 15
 OWNER_VARIABLES = {"mark": PREFIX + "endpoint_mark", "user": PREFIX + "endpoint_user",
@@ -45,11 +45,12 @@ class Backend:
                 found.append(Problem(OWNER_VARIABLES[kind], getattr(policy.endpoint_owner, kind),
                                      "cannot be enforced by the %s backend (it can match: %s)"
                                      % (self.name, ", ".join(sorted(self.owners)) or "no owner")))
-        for i, name in enumerate(policy.tunnel_interfaces):
+        # The policy holds the names sorted and deduplicated: an index into it is not the one the user wrote,
+        # so the problem names the variable and shows the name.
+        for name in policy.tunnel_interfaces:
             problem = linux_interface_problem(name)
             if problem:
-                found.append(Problem("%stunnel_interfaces[%d]" % (PREFIX, i), name, "%s (%s backend)"
-                                     % (problem, self.name)))
+                found.append(Problem(PREFIX + "tunnel_interfaces", name, "%s (%s backend)" % (problem, self.name)))
         if len(policy.table) > self.max_table:
             found.append(Problem(PREFIX + "table", policy.table, "is longer than %d characters, the most the %s "
                                  "backend allows" % (self.max_table, self.name)))
@@ -60,9 +61,10 @@ class Backend:
 
 
 def linux_interface_problem(name: str) -> Optional[str]:
-    if not LINUX_IFNAME.fullmatch(name) or name.strip("*") in (".", ".."):
-        return "is not a Linux interface name or wildcard (letters, digits, '_.@+-', at most %d, optional " \
-               "trailing '*')" % MAX_LINUX_IFNAME
+    # The kernel and both nft and iptables count a wildcard's '*' (iptables: '+') in the 15 characters.
+    if not LINUX_IFNAME.fullmatch(name) or len(name) > MAX_LINUX_IFNAME or name.strip("*") in (".", ".."):
+        return "is not a Linux interface name or wildcard (letters, digits, '_.@+-', at most %d characters, " \
+               "an optional trailing '*' included)" % MAX_LINUX_IFNAME
     if name == "lo" or (name.endswith("*") and "lo".startswith(name[:-1])):
         return "matches the loopback interface, not a tunnel"
     return None
