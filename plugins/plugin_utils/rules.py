@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import (
-    DNS_PORTS, AddressRule, Network, Owner, Policy)
+    DNS_PORTS, AddressRule, Network, Owner, Policy, collapse)
 
 INPUT, OUTPUT, FORWARD = "input", "output", "forward"
 DIRECTIONS = (INPUT, OUTPUT, FORWARD)
@@ -163,7 +163,8 @@ def _dhcp_and_neighbours_out(policy: Policy) -> List[Rule]:
         return []
     # A DHCPv4 client broadcasts, and renews by unicast to its server, which is on the LAN: the LAN ranges
     # stand in for "the server it got its lease from", which only the host's DHCP client knows.
-    dhcp_servers = (BROADCAST_V4,) + _by_family(policy.lan_networks, 4)
+    # Collapsed: a LAN range may hold the broadcast address, and nft interval sets refuse overlaps.
+    dhcp_servers = collapse((BROADCAST_V4,) + _by_family(policy.lan_networks, 4))
     rules = [Rule(OUTPUT, "dhcp", ACCEPT, "dhcp", 4, destinations=dhcp_servers, protocols=("udp",),
                   source_ports=(68,), destination_ports=(67,))]
     if policy.ipv6 == "tunnel":
