@@ -197,9 +197,12 @@ def test_unconfirmed_apply_rolls_back():
     try:
         result = run_playbook(REHEARSE)
         assert result.returncode == 0, result.stdout[-3000:]
+        # Each host loads the new rules a second after the module replied (module_utils/rollback.py), and
+        # rolls back 6 s later: first see every host apply, then every host roll back.
         for c in CLIENTS:
-            # The host loads the new rules a second after the module replied (module_utils/rollback.py).
-            assert wait_for(lambda: "198.18.99.0/24" in c.listing(), 10), "%s: the rehearsal did not apply" % c.name
+            assert wait_for(lambda: "198.18.99.0/24" in c.listing(), 5), "%s: the rehearsal did not apply" % c.name
+        for c in CLIENTS:
+            assert sh(c.name, "cat /run/netlock-killswitch/rollback/status").stdout.strip() in ("applied", "rolled back")
             assert wait_for(lambda: "198.18.99.0/24" not in c.listing(), 20), \
                 "%s: the host kept an unconfirmed ruleset" % c.name
             assert sh(c.name, "cat " + c.ruleset).stdout == persisted[c]
