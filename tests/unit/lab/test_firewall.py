@@ -216,7 +216,7 @@ def test_shared_holders_overlap() -> None:
             with guard:
                 inside[0] -= 1
 
-    threads = [threading.Thread(target=shared) for _ in range(3)]
+    threads = [threading.Thread(target=shared) for _index in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
