@@ -37,6 +37,7 @@ class Backend:
     max_table: int                      # longest table (or chain prefix, or rule group) name
     table_words: FrozenSet[str] = frozenset()   # names its syntax refuses
     payload_suffix: str = ""            # the persisted file's extension
+    plus_wildcard: bool = False         # a trailing '+' in an interface name is its wildcard (iptables)
 
     def problems(self, policy: Policy) -> List[Problem]:
         found = []
@@ -49,6 +50,9 @@ class Backend:
         # so the problem names the variable and shows the name.
         for name in policy.tunnel_interfaces:
             problem = linux_interface_problem(name)
+            if problem is None and self.plus_wildcard and name.endswith("+"):
+                # "-o wg+" matches every interface whose name starts with "wg": not the one interface named.
+                problem = "ends in '+', which iptables reads as a wildcard ('wg+' would match wg0)"
             if problem:
                 found.append(Problem(PREFIX + "tunnel_interfaces", name, "%s (%s backend)" % (problem, self.name)))
         if len(policy.table) > self.max_table:
@@ -74,7 +78,7 @@ BACKENDS = {
     "nftables": Backend("nftables", frozenset(("mark", "user")), render_nftables.render, 32, NFT_KEYWORDS, ".nft"),
     # iptables chain names hold at most 28 characters; ours are the table name plus "-out" and the like.
     "iptables": Backend("iptables", frozenset(("mark", "user")), render_iptables.render,
-                        28 - len(render_iptables.LONGEST_SUFFIX), frozenset(), ".sh"),
+                        28 - len(render_iptables.LONGEST_SUFFIX), frozenset(), ".sh", plus_wildcard=True),
 }
 
 
