@@ -162,3 +162,146 @@ def nft_accepts_or_none():
     """``assert_nft_accepts`` when nft can run in a netns here, else None (for tests that still have
     pure-Python checks to make without root)."""
     return None if _REASON else assert_nft_accepts
+
+
+# --------------------------------------------------------------------------- iptables variants in a netns
+
+IPTABLES_VARIANTS = ("nft", "legacy")
+_IPTABLES_TOOLS = tuple("%s%s" % (family, suffix) for family in ("iptables", "ip6tables")
+                        for suffix in ("", "-save", "-restore"))
+
+
+def iptables_unavailable_reason(variant):
+    """Why the iptables-<variant> tools cannot run in a network namespace here, or None."""
+    if os.geteuid() != 0:
+        return "iptables in a network namespace needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+    if UNSHARE is None:
+        return "the unshare command (util-linux) is not installed"
+    for tool in _IPTABLES_TOOLS:
+        name = tool.replace("tables", "tables-" + variant, 1)
+        if not os.path.exists("/usr/sbin/" + name):
+            return "/usr/sbin/%s is not installed" % name
+    probe = subprocess.run([UNSHARE, "--net", "/usr/sbin/iptables-%s-restore" % variant, "--test"],
+                           input="*filter\nCOMMIT\n", capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        return "iptables-%s-restore does not work in a network namespace: %s" % (variant, probe.stderr.strip())
+    return None
+
+
+_NETNS_REASON = (None if os.geteuid() == 0 and UNSHARE else
+                 "network namespaces need root and the unshare command (util-linux)")
+_IPTABLES_REASONS = {variant: iptables_unavailable_reason(variant) for variant in IPTABLES_VARIANTS}
+
+
+@pytest.fixture(scope="session")
+def iptables_path(tmp_path_factory):
+    """``path(variant)``: a PATH with that variant's iptables, ip6tables (-save, -restore) first, as the host's
+    alternatives would select them; skips the test (with the reason) when the variant cannot run here.
+
+    The payload script keeps PATH's order (it only appends /usr/sbin and friends), so ``sh PAYLOAD`` under
+    this PATH uses the variant under test; ``test_render_iptables.py`` proves it.
+    """
+    root = tmp_path_factory.mktemp("iptables-variants")
+
+    def path(variant):
+        if _IPTABLES_REASONS[variant]:
+            pytest.skip(_IPTABLES_REASONS[variant])
+        directory = root / variant
+        if not directory.exists():
+            directory.mkdir()
+            for tool in _IPTABLES_TOOLS:
+                (directory / tool).symlink_to("/usr/sbin/" + tool.replace("tables", "tables-" + variant, 1))
+        return "%s:%s" % (directory, os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"))
+    return path
+
+
+# --------------------------------------------------------------------------- real packets in a netns
+
+PACKET_PROBE = r'''
+import errno, json, socket, struct, sys
+results = {}
+for probe in json.loads(sys.argv[1]):
+    name, family, sport, host, port = probe[:5]
+    kind = probe[5] if len(probe) > 5 else "udp"
+    scope = 0
+    if "%" in host:
+        host, device = host.split("%")
+        scope = socket.if_nametoindex(device)
+    if kind == "udp":
+        s = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        if sport:
+            s.bind(("::" if family == 6 else "0.0.0.0", sport))
+        data = b"probe"
+    else:  # "nd": an ICMPv6 neighbour solicitation for host, hop limit 255; "nd64": the same with hop limit 64
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        hops = 255 if kind == "nd" else 64
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hops)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, hops)
+        data = struct.pack("!BBHI", 135, 0, 0, 0) + socket.inet_pton(socket.AF_INET6, host)
+        port = 0
+    try:
+        s.sendto(data, (host, port, 0, scope) if family == 6 else (host, port))
+        results[name] = "sent"
+    except OSError as exc:
+        results[name] = "refused" if exc.errno == errno.EPERM else "error %s" % exc
+    s.close()
+print(json.dumps(results))
+'''
+# uplink "up0" (default routes) and a stand-in tunnel "wg0" (10.99.0.0/16), both veth pairs; "$@" loads the
+# payload (nothing for the positive control); the probes run with the tunnel up, then after it is deleted.
+PACKET_SETUP = r'''
+set -e
+ip link set lo up
+ip link add up0 type veth peer name up0p
+ip link add wg0 type veth peer name wg0p
+for dev in up0 up0p wg0 wg0p; do ip link set "$dev" up; done
+ip addr add 192.0.2.2/24 dev up0
+ip -6 addr add 2001:db8:1::2/64 dev up0 nodad
+ip route add default via 192.0.2.1 dev up0
+ip -6 route add default via 2001:db8:1::1 dev up0
+ip addr add 10.99.0.2/16 dev wg0
+if [ $# -gt 0 ]; then "$@"; fi
+"$PY" -c "$PROBE" "$PROBES"
+ip link del wg0
+"$PY" -c "$PROBE" "$PROBES"
+'''
+
+
+def probe_packets(load, probes, path=None):
+    """Send one packet per probe ``(name, family, source port, destination, port[, kind])`` in a fresh
+    network namespace after running ``load`` (an argv; empty for the positive control).
+
+    Returns ({name: "sent"|"refused"} with the tunnel up, the same after the tunnel is deleted).
+    """
+    if _NETNS_REASON:
+        pytest.skip(_NETNS_REASON)
+    env = dict(os.environ, PY=sys.executable, PROBE=PACKET_PROBE, PROBES=json.dumps(probes))
+    if path:
+        env["PATH"] = path
+    proc = subprocess.run([UNSHARE, "--net", "--", "sh", "-c", PACKET_SETUP, "sh"] + list(load), capture_output=True,
+                          text=True, check=False, env=env, timeout=60)
+    if proc.returncode != 0 and "veth" in proc.stderr:
+        pytest.skip("cannot create veth interfaces here: %s" % proc.stderr.strip())
+    assert proc.returncode == 0, proc.stderr
+    up, down = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return up, down
+
+
+def probe_with_control(load, probes, path=None):
+    """``probe_packets`` with the payload, after the positive control: the same probes with no payload
+    must all get out (so a "refused" below is the kill switch's doing, not the lab's)."""
+    control_up, control_down = probe_packets([], probes, path)
+    expected = {probe[0]: "sent" for probe in probes}
+    assert control_up == expected and control_down == expected, "positive control failed: %s %s" % (
+        control_up, control_down)
+    return probe_packets(load, probes, path)
+
+
+@pytest.fixture(scope="session")
+def packets():
+    """The ``probe_with_control(load_argv, probes, path=None)`` helper; skips when netns tests cannot run."""
+    if _NETNS_REASON:
+        pytest.skip(_NETNS_REASON)
+    return probe_with_control

@@ -1,7 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright: netlock.killswitch contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""parse_policy: role variables in, one validated and normalized Policy out."""
+"""parse_policy: role variables in, one validated and normalized Policy out.
+
+The policy is backend-neutral: what a Linux firewall cannot express (interface names, loopback, table words,
+owners) is refused by ``backends.render_for``, checked here where the neutral parser lets a value through.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.backends import render_for
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import (
+    BACKENDS,
     DEFAULT_LAN_CIDRS,
+    DEFAULTS,
+    PREFIX,
     AddressRule,
+    Owner,
     Policy,
     PolicyError,
     Problem,
@@ -74,6 +83,19 @@ def never_resolve(name):
     raise AssertionError("the resolver must not be called for %r" % name)
 
 
+LINUX_BACKENDS = ("nftables", "iptables")
+
+
+def refused_by_linux(policy, variable, value, reason):
+    """Every Linux backend refuses the policy, naming the variable, the value, the host and itself."""
+    for backend in LINUX_BACKENDS:
+        with pytest.raises(PolicyError) as info:
+            render_for(policy, backend, "host7.example")
+        assert_problem(info.value, variable, value, reason)
+        line = [p for p in info.value.problems if p.variable == variable and p.value == value][0]
+        assert "host7.example" in line.reason and backend in line.reason, line
+
+
 # --------------------------------------------------------------------------- defaults
 
 
@@ -99,16 +121,51 @@ def test_defaults_match_the_contract():
     assert policy.extra_outbound == ()
     assert policy.log_drops is False
     assert policy.table == "killswitch"
+    assert policy.endpoint_owner == Owner() and policy.endpoint_owner.kinds() == ()
     assert policy.warnings == ()
 
 
 def test_null_values_take_the_defaults():
     """YAML ``~`` for an optional variable means "use the default"."""
     nulls = {name: None for name in (
-        "endpoint_mark", "endpoint_user", "allow_lan", "lan_cidrs", "management_cidrs", "management_ports",
-        "dns_servers", "allow_dhcp", "ipv6", "forward", "extra_outbound", "log_drops", "state",
-        "safe_apply_timeout", "guard_enabled", "guard_interval")}
+        "endpoint_mark", "endpoint_user", "endpoint_program", "allow_lan", "lan_cidrs", "management_cidrs",
+        "management_ports", "dns_servers", "allow_dhcp", "ipv6", "forward", "extra_outbound", "log_drops", "state",
+        "safe_apply_timeout", "guard_enabled", "guard_interval", "backend", "table", "allow_lockout")}
     assert parse(**nulls) == parse()
+
+
+def test_the_defaults_spelled_out_change_nothing():
+    """DEFAULTS is what a missing variable means: writing every default out gives the same policy."""
+    spelled = {PREFIX + name: value for name, value in DEFAULTS.items() if value is not None}
+    spelled.update(BASE)
+    assert parse_policy(spelled) == parse()
+    assert set(DEFAULTS) >= {"backend", "endpoint_program", "tunnel_interfaces", "endpoints", "table"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_choices(backend):
+    assert parse(backend=backend) == parse()
+
+
+@pytest.mark.parametrize("backend", ["pf", "NFTABLES", "nft", "", True, ["nftables"]])
+def test_bad_backend(backend):
+    assert_problem(rejected(backend=backend), "killswitch_backend", backend, "is not one of auto, nftables, iptables")
+
+
+@pytest.mark.parametrize("program", ["/usr/bin/wireguard-go", "/opt/VPN client/bin/vpn",
+                                     "C:\\Program Files\\WireGuard\\wireguard.exe", "/"])
+def test_endpoint_program_is_an_owner(program):
+    policy = parse(endpoint_program=program, endpoint_mark=7)
+    assert policy.endpoint_owner == Owner(mark=7, program=program)
+    assert policy.endpoint_owner.kinds() == ("mark", "program")
+    assert policy != parse(endpoint_mark=7) and policy.digest() != parse(endpoint_mark=7).digest()
+
+
+@pytest.mark.parametrize("program", ["wireguard", "bin/wg", "", "/usr/bin/wg\n", '/usr/bin/"wg"', "C:relative",
+                                     7, True, ["/usr/bin/wg"], "/" + "a" * 4096])
+def test_bad_endpoint_program(program):
+    assert_problem(rejected(endpoint_program=program), "killswitch_endpoint_program", program,
+                   "is not an absolute program path")
 
 
 def test_policy_is_frozen():
@@ -131,9 +188,13 @@ def test_tunnel_interfaces_deduplicated_and_sorted():
     assert policy.tunnel_interfaces == ("tun*", "wg0", "wg1")
 
 
-@pytest.mark.parametrize("name", ["wg0", "tun*", "a", "abcdefghijklmno", "wg.vpn", "wg-a_b", "veth@1", "x+y"])
+@pytest.mark.parametrize("name", ["wg0", "tun*", "a", "abcdefghijklmno", "wg.vpn", "wg-a_b", "veth@1", "x+y",
+                                  "abcdefghijklmn*"])
 def test_valid_interface_names(name):
-    assert parse(tunnel_interfaces=[name]).tunnel_interfaces == (name,)
+    policy = parse(tunnel_interfaces=[name])
+    assert policy.tunnel_interfaces == (name,)
+    for backend in LINUX_BACKENDS:
+        render_for(policy, backend)
 
 
 def test_lan_cidrs_deduplicated_sorted_collapsed():
@@ -384,20 +445,39 @@ def test_list_variables_refuse_scalars(variable, value):
 
 @pytest.mark.parametrize("name", ["abcdefghijklmnop", "wireguard-tunnel0", "a" * 40, "abcdefghijklmnop*",
                                   "abcdefghijklmno*"])
-def test_interface_name_too_long(name):
-    """nft limits the whole name, a trailing '*' included, to 15 characters."""
-    error = rejected(tunnel_interfaces=["wg0", name])
-    assert_problem(error, "killswitch_tunnel_interfaces[1]", name, "longer than 15")
+def test_interface_name_too_long_for_linux(name):
+    """The kernel (and nft, and iptables) limit the whole name, a trailing '*' included, to 15 characters: the
+    neutral parser lets such a name through, the Linux backends refuse it."""
+    policy = parse(tunnel_interfaces=["wg0", name])
+    refused_by_linux(policy, "killswitch_tunnel_interfaces", name, "at most 15 characters")
 
 
-ILLEGAL_NAMES = ["wg 0", 'wg"0', "wg0;", "eth0:1", "wg/0", "w*g", "wg0**", "**", "", ".", "..", ".*", "wg0 ",
-                 "wg\t0", "wg0}", "wg$0", "tun\\0", "wg0'", "é0", 0, None, ["wg0"], {"name": "wg0"}]
+def test_interface_name_longest_alias():
+    assert parse(tunnel_interfaces=["a" * 256]).tunnel_interfaces == ("a" * 256,)
+    assert_problem(rejected(tunnel_interfaces=["wg0", "a" * 257]), "killswitch_tunnel_interfaces[1]", "a" * 257,
+                   "is not an interface name")
+
+
+# No interface name on any system: quotes, shell and nft metacharacters, control characters, blanks around it,
+# a '*' anywhere but at the end, non-strings.
+ILLEGAL_NAMES = ['wg"0', "wg0;", "w*g", "wg0**", "**", "", ".", "..", ".*", "wg0 ", " wg0", "wg\t0", "wg$0",
+                 "tun\\0", "wg0'", "wg0`", "wg0|x", "a&b", "<wg0>", 0, None, ["wg0"], {"name": "wg0"}]
+# Names of other systems (aliases with blanks, ':' labels, Unicode): accepted by the parser, refused on Linux.
+NOT_LINUX_NAMES = ["wg 0", "eth0:1", "wg/0", "wg0}", "{", "wg0#", "é0", "Wintun Userspace Tunnel", "Ethernet 2",
+                   "wg0,wg1"]
 
 
 @pytest.mark.parametrize("name", ILLEGAL_NAMES)
 def test_interface_name_illegal_characters(name):
     error = rejected(tunnel_interfaces=["wg0", name])
-    assert_problem(error, "killswitch_tunnel_interfaces[1]", name, "is not a valid interface name")
+    assert_problem(error, "killswitch_tunnel_interfaces[1]", name, "is not an interface name")
+
+
+@pytest.mark.parametrize("name", NOT_LINUX_NAMES)
+def test_interface_names_of_other_systems_refused_on_linux(name):
+    policy = parse(tunnel_interfaces=["wg0", name])
+    assert name in policy.tunnel_interfaces
+    refused_by_linux(policy, "killswitch_tunnel_interfaces", name, "is not a Linux interface name")
 
 
 def test_wildcard_of_fifteen_characters_accepted():
@@ -412,14 +492,24 @@ def test_interface_name_with_trailing_newline_refused():
 def test_bare_wildcard_refused():
     """``*`` alone would make every interface a "tunnel": the kill switch would be off."""
     error = rejected(tunnel_interfaces=["*"])
-    assert_problem(error, "killswitch_tunnel_interfaces[0]", "*", "is not a valid interface name")
+    assert_problem(error, "killswitch_tunnel_interfaces[0]", "*", "is not an interface name")
 
 
 @pytest.mark.parametrize("name", ["lo", "lo*", "l*"])
 def test_loopback_refused(name):
-    """``lo``, and any wildcard that matches it, would count loopback as a tunnel."""
-    error = rejected(tunnel_interfaces=["wg0", name])
-    assert_problem(error, "killswitch_tunnel_interfaces[1]", name, "loopback")
+    """``lo``, and any wildcard that matches it, would count loopback as a tunnel (on Linux)."""
+    refused_by_linux(parse(tunnel_interfaces=["wg0", name]), "killswitch_tunnel_interfaces", name, "loopback")
+
+
+def test_the_backend_names_each_bad_interface_once():
+    """The policy holds the names sorted: the problem names the variable and shows the name, never an index
+    into the sorted list (which would point at another entry than the one the user wrote)."""
+    policy = parse(tunnel_interfaces=["wg0", "zz:1", "lo", "wg1", "Wintun Userspace Tunnel"])
+    with pytest.raises(PolicyError) as info:
+        render_for(policy, "nftables", "h1")
+    assert sorted((p.variable, p.value) for p in info.value.problems) == [
+        ("killswitch_tunnel_interfaces", "Wintun Userspace Tunnel"), ("killswitch_tunnel_interfaces", "lo"),
+        ("killswitch_tunnel_interfaces", "zz:1")]
 
 
 def test_unresolvable_hostname():
@@ -536,9 +626,9 @@ def test_bad_settings(variable, value, reason):
     assert_problem(rejected(**{variable: value}), "killswitch_" + variable, value, reason)
 
 
-@pytest.mark.parametrize("table", ["1table", "kill-switch", "", "a" * 33, "kill switch", 7])
+@pytest.mark.parametrize("table", ["1table", "kill-switch", "", "a" * 33, "kill switch", 7, "_ks", "ks\n"])
 def test_bad_table_name(table):
-    assert_problem(rejected(table=table), "killswitch_table", table, "not a valid nft table name")
+    assert_problem(rejected(table=table), "killswitch_table", table, "is not a valid table name")
 
 
 def test_endpoint_entry_not_a_mapping():
@@ -560,7 +650,9 @@ def test_extra_outbound_entry_problems():
 
 def test_multiple_problems_reported_at_once():
     error = rejected(
-        tunnel_interfaces=["wg0", "*", "lo"],
+        tunnel_interfaces=["wg0", "*", "wg$0"],
+        backend="pf",
+        endpoint_program="wireguard",
         endpoints=[{"address": "300.1.2.3", "port": 0, "protocol": "icmp"}],
         endpoint_mark=-5,
         lan_cidrs=["10.0.0.0/8", "nope"],
@@ -572,7 +664,9 @@ def test_multiple_problems_reported_at_once():
     )
     expected = {
         "killswitch_tunnel_interfaces[1]": "*",
-        "killswitch_tunnel_interfaces[2]": "lo",
+        "killswitch_tunnel_interfaces[2]": "wg$0",
+        "killswitch_backend": "pf",
+        "killswitch_endpoint_program": "wireguard",
         "killswitch_endpoints[0].address": "300.1.2.3",
         "killswitch_endpoints[0].port": 0,
         "killswitch_endpoints[0].protocol": "icmp",
@@ -746,6 +840,7 @@ def test_digest_is_stable_across_processes():
     {"endpoints": [{"address": "198.51.100.7", "port": 51820, "protocol": "tcp"}]},
     {"endpoint_mark": 1},
     {"endpoint_user": "nobody"},
+    {"endpoint_program": "/usr/bin/wireguard-go"},
     {"allow_lan": True},
     {"lan_cidrs": ["10.0.0.0/8"]},
     {"management_cidrs": ["192.0.2.10"]},
