@@ -100,7 +100,8 @@ def _tunnels(policy: Policy, direction: str, verdict: str = ACCEPT, incoming: bo
     """One rule per tunnel interface; with IPv6 blocked, IPv4 only."""
     family = 4 if policy.ipv6 == "block" else None
     side = "in_interface" if incoming else "out_interface"
-    return [Rule(direction, match.pop("group", "tunnel"), verdict, "tunnel", family, **{side: name}, **match)
+    group = match.pop("group", "tunnel")  # once: popped inside the loop, only the first rule got the group
+    return [Rule(direction, group, verdict, "tunnel", family, **{side: name}, **match)
             for name in policy.tunnel_interfaces]
 
 
