@@ -29,16 +29,19 @@ ON_LINK_V6_BPF = "ip6 dst net fe80::/10 or ip6 dst net ff00::/8"
 # What the contract allows of it: neighbour discovery to link-local or multicast destinations with hop
 # limit 255 (it never crossed a router), and MLDv2 reports to ff02::16.
 ND_BPF = "(%s and ip6[7] == 255 and (%s)) or (ip6 dst host ff02::16)" % (ND_TYPES_BPF, ON_LINK_V6_BPF)
-# Neighbour discovery to any other destination could carry data off the link: always a leak, whatever
-# else a case allows (the LAN with allow_lan included).
+# Neighbour discovery to any other destination could carry data off the link: a leak, unless an exception
+# of the case allows that destination anyway (the LAN with allow_lan on: any traffic may go there).
 OFF_LINK_ND_BPF = "%s and not (%s)" % (ND_TYPES_BPF, ON_LINK_V6_BPF)
 
 
 def leak_expression(allowed=()) -> str:
-    """BPF for the packets that leak: off-link neighbour discovery, and anything that neither on-link
-    neighbour discovery nor one of the allowed expressions covers."""
+    """BPF for the packets that leak: off-link neighbour discovery no allowed expression covers, and
+    anything that neither on-link neighbour discovery nor one of the allowed expressions covers."""
     exceptions = " or ".join("(%s)" % a for a in (ND_BPF,) + tuple(allowed))
-    return "(%s) or not (%s)" % (OFF_LINK_ND_BPF, exceptions)
+    if not allowed:
+        return "(%s) or not (%s)" % (OFF_LINK_ND_BPF, exceptions)
+    covered = " or ".join("(%s)" % a for a in allowed)
+    return "((%s) and not (%s)) or not (%s)" % (OFF_LINK_ND_BPF, covered, exceptions)
 
 
 def leak_filter(sources, allowed=()):
