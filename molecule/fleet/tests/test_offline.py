@@ -94,13 +94,14 @@ def failure_messages(output: str) -> list:
 
 
 def test_missing_nft_fails_clearly(offline_host, playbook):
-    """Without nft and without a mirror the role cannot work: it must say so, and change nothing."""
+    """killswitch_backend: nftables without nft and without a mirror cannot work: it must say so, and change
+    nothing."""
     before = listing(NFT)
     assert "policy drop" in before, "the kill switch must be loaded before this test"
     moved = sh(offline_host.name, "mv %s %s.netlock-test" % (NFT, NFT))
     assert moved.returncode == 0, moved.stderr
     try:
-        result, counts = run(playbook)
+        result, counts = run(playbook, "-e", "killswitch_backend=nftables")
         after = listing(NFT + ".netlock-test")  # the table, read with the moved binary
     finally:
         restored = sh(offline_host.name, "mv %s.netlock-test %s" % (NFT, NFT))
@@ -114,3 +115,30 @@ def test_missing_nft_fails_clearly(offline_host, playbook):
     assert after == before, "the failed run changed the table"
     result, counts = run(playbook)
     assert result.returncode == 0 and counts.get("failed") == 0, result.tail()
+
+
+def iptables_chains(host) -> str:
+    return sh(host.name, "iptables-save -t filter | grep -E '^(:killswitch-|-A OUTPUT -j killswitch)'").stdout
+
+
+def test_auto_falls_back_to_iptables_without_nft_and_back(offline_host, playbook):
+    """killswitch_backend: auto on a host where nft does not work: the iptables backend, from the same
+    variables and without a mirror; once nft works again the next run moves back and removes the chains."""
+    assert iptables_chains(offline_host) == ""
+    moved = sh(offline_host.name, "mv %s %s.netlock-test" % (NFT, NFT))
+    assert moved.returncode == 0, moved.stderr
+    try:
+        result, counts = run(playbook)
+        chains = iptables_chains(offline_host)
+    finally:
+        restored = sh(offline_host.name, "mv %s.netlock-test %s" % (NFT, NFT))
+    assert restored.returncode == 0, restored.stderr
+    assert result.returncode == 0 and counts.get("failed") == 0, result.tail()
+    assert "Load and persist the kill switch rules (iptables)" in result.output
+    assert ":killswitch-out" in chains and "-A OUTPUT -j killswitch-out" in chains
+    assert not has_python_apt(), "the fallback must not need a mirror"
+    result, counts = run(playbook)
+    assert result.returncode == 0 and counts.get("failed") == 0, result.tail()
+    assert "Load and persist the kill switch rules (nftables)" in result.output
+    assert iptables_chains(offline_host) == "", "the iptables chains stayed after the move back to nftables"
+    assert "policy drop" in listing(NFT)
