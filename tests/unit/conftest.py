@@ -13,8 +13,11 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -305,3 +308,174 @@ def packets():
     if _NETNS_REASON:
         pytest.skip(_NETNS_REASON)
     return probe_with_control
+
+
+# --------------------------------------------------------------------------- many payloads, checked in batches
+
+def _split_failures(check, fragments):
+    """Bisect a failed batch down to the fragments that fail on their own: [(label, error)]."""
+    ok, error = check([text for _label, text in fragments])
+    if ok:
+        return []
+    if len(fragments) == 1:
+        return [(fragments[0][0], error)]
+    middle = len(fragments) // 2
+    return _split_failures(check, fragments[:middle]) + _split_failures(check, fragments[middle:])
+
+
+_NFT_TABLE = re.compile(r"(?m)^table inet (\S+)$")
+_IPTABLES_BODY = re.compile(r"(declare|rules)_v([46])\(\) \{\ncat <<'NETLOCK_EOF'\n(.*?)\nNETLOCK_EOF\n\}", re.S)
+
+
+class PayloadBatches:
+    """Checks many rendered payloads with their backend's own checker, in batches, in throwaway network
+    namespaces, while the caller goes on producing them (one background worker per checker).
+
+    nftables: many tables in one ``nft -c -f`` (each payload's table renamed, but the first payload of every
+    table name keeps its name, so every name is checked as written).  iptables: the declarations and rules of
+    many payloads in one ``iptables-restore --test`` and ``ip6tables-restore --test`` per variant (chains
+    renamed the same way), and ``sh PAYLOAD check`` for the first payloads of each variant, so the script
+    itself is run too.  A failed batch is bisected down to the payloads that fail on their own.
+    """
+
+    NFT_BATCH = 25        # nft -c grows worse than linearly with the number of base chains in one batch
+    IPTABLES_BATCH = 400
+    SCRIPT_CHECKS = 12    # payload scripts run whole (``sh PAYLOAD check``) per variant
+
+    def __init__(self, workdir, variant_paths):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.workdir = Path(workdir)
+        self.variant_paths = variant_paths  # iptables variant -> PATH with its tools first
+        self.pool = ThreadPoolExecutor(max_workers=2)
+        self.pending = {"nftables": [], "iptables": []}
+        self.futures = []
+        self.names = {"nftables": set(), "iptables": set()}
+        self.counter = itertools.count()
+        self.scripts = []
+        self.checked = {"nftables": 0, "iptables": 0}
+        self.seconds = {"nftables": 0.0, "iptables": 0.0}
+
+    # ------------------------------------------------------------ adding
+
+    def add(self, backend, label, payload):
+        """Queue one payload (``label`` says where it came from, for the failure report)."""
+        if backend == "nftables":
+            self.pending[backend].append((label, self._nft_fragment(payload)))
+            size = self.NFT_BATCH
+        else:
+            self.pending[backend].append((label, self._iptables_fragment(payload)))
+            if len(self.scripts) < self.SCRIPT_CHECKS:
+                self.scripts.append((label, payload))
+            size = self.IPTABLES_BATCH
+        self.checked[backend] += 1
+        if len(self.pending[backend]) >= size:
+            self._submit(backend)
+
+    def _rename(self, backend, name):
+        """The name to check this payload's table under: its own the first time, else a fresh one."""
+        if name not in self.names[backend]:
+            self.names[backend].add(name)
+            return name
+        return "zzbatch%d" % next(self.counter)
+
+    def _nft_fragment(self, payload):
+        name = _NFT_TABLE.search(payload).group(1)
+        new = self._rename("nftables", name)
+        if new == name:
+            return payload
+        return re.sub(r"(?m)^((?:delete )?table inet )%s( \{)?$" % re.escape(name), r"\g<1>%s\g<2>" % new, payload)
+
+    def _iptables_fragment(self, payload):
+        bodies = {(kind, int(family)): text for kind, family, text in _IPTABLES_BODY.findall(payload)}
+        declared = bodies[("declare", 4)].splitlines()[1:]
+        name = declared[0][1:].split()[0].rsplit("-", 1)[0] if declared else None
+        new = self._rename("iptables", name) if name else name
+        fragment = {}
+        for family in (4, 6):
+            declare = "\n".join(bodies[("declare", family)].splitlines()[1:])  # without "*filter"
+            rules = bodies[("rules", family)]
+            if new != name:
+                pattern = re.compile(r"(?m)(?<=[ :])%s-(in|out|fwd)(?= |$)" % re.escape(name))
+                declare, rules = pattern.sub(new + r"-\1", declare), pattern.sub(new + r"-\1", rules)
+            fragment[family] = (declare, rules)
+        return fragment
+
+    # ------------------------------------------------------------ checking
+
+    def _submit(self, backend):
+        batch, self.pending[backend] = self.pending[backend], []
+        if batch:
+            self.futures.append(self.pool.submit(self._check_batch, backend, batch))
+
+    def _check_batch(self, backend, batch):
+        start = time.monotonic()
+        checks = [self._nft_check] if backend == "nftables" else [
+            functools.partial(self._iptables_check, variant) for variant in sorted(self.variant_paths)]
+        failures = []
+        for check in checks:
+            failures += _split_failures(check, batch)
+        self.seconds[backend] += time.monotonic() - start
+        return failures
+
+    def _file(self, suffix, text):
+        path = self.workdir / ("batch-%d%s" % (next(self.counter), suffix))
+        path.write_text(text)
+        return path
+
+    def _nft_check(self, texts):
+        path = self._file(".nft", "".join(texts))
+        try:
+            proc = run_in_netns([NFT, "-c", "-f", str(path)])
+        finally:
+            path.unlink()
+        return proc.returncode == 0, "nft -c: " + (proc.stderr or proc.stdout)[-3000:]
+
+    def _iptables_check(self, variant, fragments):
+        paths = []
+        for family in (4, 6):
+            lines = ["*filter"] + [fragment[family][0] for fragment in fragments if fragment[family][0]]
+            lines += [fragment[family][1] for fragment in fragments] + ["COMMIT", ""]
+            paths.append(self._file(".v%d" % family, "\n".join(lines)))
+        script = ('/usr/sbin/iptables-%s-restore -w 10 --test "$1" && /usr/sbin/ip6tables-%s-restore -w 10 --test "$2"'
+                  % (variant, variant))
+        try:
+            proc = run_in_netns(["sh", "-c", script, "sh"] + [str(p) for p in paths])
+        finally:
+            for path in paths:
+                path.unlink()
+        return proc.returncode == 0, "iptables-%s-restore --test: %s" % (variant, (proc.stderr or proc.stdout)[-3000:])
+
+    def _script_checks(self):
+        failures = []
+        for variant, path in sorted(self.variant_paths.items()):
+            files = [self._file(".sh", payload) for _label, payload in self.scripts]
+            loop = 'for f in "$@"; do sh "$f" check >/dev/null 2>&1 || echo "FAILED $f"; done'
+            proc = subprocess.run([UNSHARE, "--net", "--", "sh", "-c", loop, "sh"] + [str(f) for f in files],
+                                  capture_output=True, text=True, check=False, timeout=300, env=dict(os.environ, PATH=path))
+            for (label, _payload), file in zip(self.scripts, files):
+                if "FAILED %s" % file in proc.stdout or proc.returncode != 0:
+                    failures.append((label, "sh PAYLOAD check failed on iptables-%s: %s" % (variant, proc.stderr)))
+                file.unlink()
+        return failures
+
+    def finish(self):
+        """Check what is left, wait for every batch; returns [(label, error)] for every payload refused."""
+        for backend in self.pending:
+            self._submit(backend)
+        failures = []
+        for future in self.futures:
+            failures += future.result()
+        self.pool.shutdown()
+        if self.scripts:
+            failures += self._script_checks()
+        return failures
+
+
+@pytest.fixture(scope="session")
+def payload_batches(tmp_path_factory, iptables_path):
+    """``PayloadBatches`` factory (both iptables variants); skips when nft or iptables cannot run in a netns."""
+    if _REASON:
+        pytest.skip(_REASON)
+    paths = {variant: iptables_path(variant) for variant in IPTABLES_VARIANTS}
+    return lambda: PayloadBatches(tmp_path_factory.mktemp("batches"), paths)
