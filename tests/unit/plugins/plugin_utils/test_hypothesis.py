@@ -361,7 +361,7 @@ def _resolve(name):
 
 
 def _linux_name():
-    name = "".join(_RNG.choice(_NAME_CHARS) for _ in range(_RNG.choice((1, 2, 3, 4, 8, 15, _RNG.randint(1, 15)))))
+    name = "".join(_RNG.choice(_NAME_CHARS) for _unused in range(_RNG.choice((1, 2, 3, 4, 8, 15, _RNG.randint(1, 15)))))
     return name[:_RNG.randint(1, 14)] + "*" if _RNG.random() < 0.25 else name
 
 
@@ -386,7 +386,7 @@ def _cidr(v6_share, prefix_min=0):
 
 
 def _some(make, low, high):
-    return [make() for _ in range(_RNG.randint(low, high))]
+    return [make() for _unused in range(_RNG.randint(low, high))]
 
 
 def _port():
@@ -416,7 +416,7 @@ def _extra(v6_share):
 def _table():
     length = _RNG.choice((1, 5, 10, 24, 25, 32, _RNG.randint(1, 32)))
     return _RNG.choice(string.ascii_letters) + "".join(
-        _RNG.choice(string.ascii_letters + string.digits + "_") for _ in range(length - 1))
+        _RNG.choice(string.ascii_letters + string.digits + "_") for _unused in range(length - 1))
 
 
 def _one_of(*values):
@@ -519,7 +519,7 @@ _PLAIN = {"network": {"tunnel_interfaces": ["wg0"], "endpoints": [{"address": "1
 
 def _pool(name, bad_share, size=1500):
     plain = dict({variable: ABSENT for variable, _make in BUNDLES[name]}, **_PLAIN.get(name, {}))
-    return [plain] + [_bundle(bad_share, BUNDLES[name]) for _ in range(size - 1)]
+    return [plain] + [_bundle(bad_share, BUNDLES[name]) for _unused in range(size - 1)]
 
 
 _STRAY = [{}, {}, {}, {}, {"killswitch_typo": 1}, {"ipv6": "tunnel", "tunnel_interfaces": ["eth0"]}, {1: 2}]
