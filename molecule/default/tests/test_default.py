@@ -67,6 +67,8 @@ TAMPERS = {
     "iptables": ["iptables -D OUTPUT -j killswitch-out", "iptables -I OUTPUT 1 -j ACCEPT",
                  "iptables -I killswitch-out 1 -j ACCEPT", "iptables -F", "ip6tables -F killswitch-out"],
 }
+# Stopping the service as well waits for (or ends) a guard run already under way, which would undo the tamper.
+PAUSE_GUARD = "systemctl stop netlock-killswitch-guard.timer netlock-killswitch-guard.service"
 DRIFT = {"nftables": "nft insert rule inet killswitch output accept",
          "iptables": "iptables -I killswitch-out 1 -j ACCEPT"}
 
@@ -79,7 +81,7 @@ def client(request):
 @contextlib.contextmanager
 def killswitch_off(client):
     """Positive controls: the rules removed for the block, then loaded again by the boot unit."""
-    sh(client.name, "systemctl stop netlock-killswitch-guard.timer netlock-killswitch-guard.service 2>/dev/null")
+    sh(client.name, PAUSE_GUARD + " 2>/dev/null")
     client.remove_rules()
     try:
         yield
@@ -193,7 +195,7 @@ def test_unconfirmed_apply_rolls_back():
     """killswitch_safe_apply_timeout: an apply the controller cannot confirm is undone by the host."""
     persisted = {c: sh(c.name, "cat " + c.ruleset).stdout for c in CLIENTS}
     for c in CLIENTS:  # the guard would also undo the change
-        sh(c.name, "systemctl stop netlock-killswitch-guard.timer")
+        sh(c.name, PAUSE_GUARD)
     try:
         result = run_playbook(REHEARSE)
         assert result.returncode == 0, result.stdout[-3000:]
@@ -250,7 +252,7 @@ def test_drift_is_reported_and_enforced():
     drift = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "drift.yml")
     # The on-host guard would repair the table within seconds; the fleet report must catch it without.
     for c in CLIENTS:
-        assert sh(c.name, "systemctl stop netlock-killswitch-guard.timer && %s" % DRIFT[c.backend]).returncode == 0
+        assert sh(c.name, "%s && %s" % (PAUSE_GUARD, DRIFT[c.backend])).returncode == 0
     try:
         reported = run_playbook(drift, "-e", "killswitch_rollout_hosts=killswitch")
         assert reported.returncode != 0 and "kill switch drift found" in reported.stderr, reported.stdout[-3000:]
