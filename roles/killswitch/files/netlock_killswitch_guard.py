@@ -90,7 +90,7 @@ def parse_config(text):
     try:
         raw = json.loads(text)
     except ValueError as exc:
-        raise ConfigError("not JSON: %s" % exc)
+        raise ConfigError("not JSON: %s" % exc) from exc
     if not isinstance(raw, dict):
         raise ConfigError("not a JSON object")
     unknown = sorted(set(raw) - set(DEFAULTS))
@@ -119,10 +119,10 @@ def parse_config(text):
 
 def load_config(path):
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8") as handle:
             return parse_config(handle.read())
     except (IOError, OSError) as exc:
-        raise ConfigError("cannot read %s: %s" % (path, exc.strerror or exc))
+        raise ConfigError("cannot read %s: %s" % (path, exc.strerror or exc)) from exc
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -510,6 +510,8 @@ class Checker:
             return self.fence_present()
         if self.source == "watch" and self.fence_unavailable:
             return False
+        if self.source == "timer" and config["fence"] == "auto" and self.fence_unavailable:
+            return self.fence_present()  # the watcher said why (once, in its log); auto does without
         payload = self.policy_file(digest, "fence.nft")
         if not os.path.exists(payload):
             return self.fence_present()
@@ -572,7 +574,7 @@ class Checker:
         if config["backend"] == "nftables":
             if not self.nft:
                 return {}
-            rc, out, err = run([self.nft, "-j", "list", "table", "inet", config["table"]])
+            rc, out = run([self.nft, "-j", "list", "table", "inet", config["table"]])[:2]
             if rc != 0:
                 return {}
             try:
@@ -584,7 +586,7 @@ class Checker:
             binary = which(program)
             if not binary:
                 continue
-            rc, out, err = run([binary, "-w", "-L", "-v", "-x", "-n"])
+            rc, out = run([binary, "-w", "-L", "-v", "-x", "-n"])[:2]
             if rc == 0:
                 drops.update(iptables_drops(out, config["table"], family))
         return drops
@@ -610,6 +612,8 @@ class Checker:
             return 0
         expected = expected_bytes.decode("utf-8", "replace")
         digest = find_digest(expected)
+        if self.source == "timer":
+            self.fence_unavailable = read_state(config["state_path"]).get("fence_unavailable")
         if digest:
             self.check_file(digest)
         present, in_sync = self.check_table(expected)
@@ -650,7 +654,7 @@ class Nft:
         except OSError as exc:
             found = ctypes.util.find_library("nftables")
             if not found:
-                raise RuntimeError("cannot load %s: %s" % (library, exc))
+                raise RuntimeError("cannot load %s: %s" % (library, exc)) from exc
             lib = ctypes.CDLL(found)
         lib.nft_ctx_new.restype = ctypes.c_void_p
         lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
@@ -693,7 +697,7 @@ class Watcher:
         self.monitor_restart_at = 0.0
         self.expected_stat = None
 
-    def stop(self, signum, frame):
+    def stop(self, signum, frame):  # pylint: disable=unused-argument
         self.stopping = True
 
     def should_stop(self):
@@ -711,13 +715,24 @@ class Watcher:
             return "nf_tables: %s" % error
         return None
 
+    def record_unavailable(self):
+        """Tell the timer's check why there is no fence (so fence: auto does not report it every run)."""
+        try:
+            with Lock(self.config["lock_path"], self.config["lock_timeout"], self.should_stop):
+                state = read_state(self.config["state_path"])
+                if state.get("fence_unavailable") != self.unavailable:
+                    state["fence_unavailable"] = self.unavailable
+                    write_state(self.config["state_path"], state)
+        except (LockBusy, IOError, OSError) as exc:
+            log("netlock-killswitch watch: cannot record the fence state: %s" % exc)
+
     def load_fence(self, digest):
         """None, or the error; the old fence stays on error."""
         if self.nft is None:
             return "no libnftables context"
         path = os.path.join(self.config["policy_dir"], digest, "fence.nft")
         try:
-            with open(path) as handle:
+            with open(path, encoding="utf-8") as handle:
                 text = handle.read()
         except (IOError, OSError) as exc:
             return "cannot read %s: %s" % (path, exc.strerror)
@@ -815,6 +830,7 @@ class Watcher:
         signal.signal(signal.SIGINT, self.stop)
         if self.config["fence"] != "off":
             self.unavailable = self.open_fence()
+            self.record_unavailable()
             if self.unavailable:
                 log("netlock-killswitch watch: fence unavailable: %s" % self.unavailable)
                 if self.config["fence"] == "required":
