@@ -28,6 +28,7 @@ from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import (
 INPUT, OUTPUT, FORWARD = "input", "output", "forward"
 DIRECTIONS = (INPUT, OUTPUT, FORWARD)
 ACCEPT, DROP, REJECT, LOG = "accept", "drop", "reject", "log"
+FAMILIES = (4, 6)
 # The groups in threat-model order; every rule belongs to one, and the list never leaves this order.
 GROUPS = ("loopback", "established", "endpoint", "management", "dhcp", "neighbour", "dns", "tunnel", "lan",
           "extra", "final")
@@ -191,9 +192,13 @@ def _dhcp_and_neighbours_in(policy: Policy) -> List[Rule]:
 def _refuse(policy: Policy, direction: str) -> List[Rule]:
     """Reject locally generated traffic so programs fail at once instead of timing out."""
     return _log(policy, direction, "final", direction) + [
-        Rule(direction, "final", REJECT, "final", protocols=("tcp",)),
-        Rule(direction, "final", REJECT, "final"),
-    ]
+        Rule(direction, "final", REJECT, "final", family, protocols=protocols)
+        for family in FAMILIES for protocols in (("tcp",), ())]
+
+
+def _final_drop(direction: str) -> List[Rule]:
+    """One final rule per family, so that the counters tell dropped IPv4 from IPv6 (the guard's metrics)."""
+    return [Rule(direction, "final", DROP, "final", family) for family in FAMILIES]
 
 
 def output_rules(policy: Policy) -> List[Rule]:
@@ -219,7 +224,7 @@ def input_rules(policy: Policy) -> List[Rule]:
         + _management(policy, INPUT)
         + _dhcp_and_neighbours_in(policy)
         + _log(policy, INPUT, "final", INPUT)
-        + [Rule(INPUT, "final", DROP, "final")]
+        + _final_drop(INPUT)
     )
 
 
@@ -235,7 +240,7 @@ def forward_rules(policy: Policy) -> List[Rule]:
         rules += _tunnels(policy, FORWARD, incoming=True, states=("established", "related"))
         rules += _lan(policy, FORWARD)
         rules += _lan(policy, FORWARD, towards=False, states=("established", "related"))
-    return rules + _log(policy, FORWARD, "final", FORWARD) + [Rule(FORWARD, "final", DROP, "final")]
+    return rules + _log(policy, FORWARD, "final", FORWARD) + _final_drop(FORWARD)
 
 
 def rule_list(policy: Policy) -> List[Rule]:

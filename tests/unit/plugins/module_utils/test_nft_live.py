@@ -253,7 +253,7 @@ LIVE_SCRIPT = textwrap.dedent('''
         out["rejected"] = True
     listing = subprocess.run([nft_bin, "list", "chain", "inet", "killswitch", "output"], capture_output=True,
                              text=True, check=False).stdout
-    final = [line for line in listing.splitlines() if "reject with icmpx" in line][-1]
+    final = [line for line in listing.splitlines() if "nfproto ipv4" in line and "reject with icmp" in line][-1]
     out["counted"] = "packets 0 bytes 0" not in final
     live = nft.live("killswitch")
     desired = nft.desired(path, "killswitch")

@@ -290,8 +290,9 @@ def check_order(text):
     assert all(not r.startswith('oifname "') or r == 'oifname "lo" accept'
                or r.endswith("meta l4proto { tcp, udp } th dport { 53, 853 } accept") for r in before)
     assert all("th dport { 53, 853 } accept" not in r for r in after)
-    assert rules[-2:] == ["meta l4proto tcp counter reject with tcp reset",
-                          "counter reject with icmpx admin-prohibited"]
+    assert rules[-4:] == ["meta nfproto %s meta l4proto tcp counter reject with tcp reset" % family if tcp
+                          else "meta nfproto %s counter reject with icmpx admin-prohibited" % family
+                          for family in ("ipv4", "ipv6") for tcp in (True, False)]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -25,7 +25,11 @@ BASE = {
     "killswitch_tunnel_interfaces": ["wg0"],
     "killswitch_endpoints": [{"address": "198.51.100.7", "port": 51820}],
 }
-REJECTS = ["meta l4proto tcp counter reject with tcp reset", "counter reject with icmpx admin-prohibited"]
+# One final rule per family, so that the guard's metrics count dropped IPv4 and IPv6 apart.
+REJECTS = ["meta nfproto %s meta l4proto tcp counter reject with tcp reset" % family if tcp
+           else "meta nfproto %s counter reject with icmpx admin-prohibited" % family
+           for family in ("ipv4", "ipv6") for tcp in (True, False)]
+DROPS = ["meta nfproto ipv4 counter drop", "meta nfproto ipv6 counter drop"]
 # DNS and DNS-over-TLS: accepted out of a tunnel (to the resolvers, if any), then refused, in the output and
 # forward chains themselves (there is no separate chain to jump to, or to return from).
 DNS_MATCH = "meta l4proto { tcp, udp } th dport { 53, 853 }"
@@ -263,10 +267,10 @@ def test_output_chain_order(rendered, overrides):
                         r'udp dport 547 accept|ip6 daddr @onlink_v6 icmpv6 type .* ip6 hoplimit 255 accept|'
                         r'ip6 daddr @mld_v6 icmpv6 type mld2-listener-report accept)$')
     assert all(narrow.match(r) for r in rules[:min(dns_accept)]), rules[:min(dns_accept)]
-    assert rules[-2:] == REJECTS, "the output chain must end with the reject rules"
-    tail = rules[-3:-2] if policy.log_drops else []
+    assert rules[-4:] == REJECTS, "the output chain must end with the reject rules"
+    tail = rules[-5:-4] if policy.log_drops else []
     assert all("log prefix" in r for r in tail)
-    assert all("accept" not in r for r in rules[len(rules) - 2 - len(tail):])
+    assert all("accept" not in r for r in rules[len(rules) - len(REJECTS) - len(tail):])
 
 
 def test_lan_accept_only_when_allowed(rendered):
@@ -497,7 +501,7 @@ def test_forward_chain_absent_when_off(rendered):
 def test_forward_chain_drop_only_when_block(rendered, log_drops):
     chain = parse_ruleset(rendered(policy_of(forward="block", allow_lan=True, log_drops=log_drops)))["chains"]["forward"]
     assert chain["hook"] == "forward" and chain["policy"] == "drop"
-    expected = ["counter drop"]
+    expected = list(DROPS)
     if log_drops:
         expected.insert(0, 'limit rate 5/second burst 10 packets log prefix "killswitch forward drop: " level info')
     assert chain["rules"] == expected
@@ -507,7 +511,7 @@ def test_forward_chain_tunnel(rendered):
     rules = parse_ruleset(rendered(policy_of(forward="tunnel", allow_lan=True)))["chains"]["forward"]["rules"]
     # DNS first: a guest's DNS goes through the tunnel or nowhere, whatever the LAN rules say
     assert rules[:3] == ['oifname "wg0" meta nfproto ipv4 %s accept' % DNS_MATCH] + DNS_REJECTS
-    assert rules[-1] == "counter drop"
+    assert rules[-2:] == DROPS
     assert 'oifname "wg0" meta nfproto ipv4 accept' in rules
     assert 'iifname "wg0" meta nfproto ipv4 ct state established,related accept' in rules
     # replies are accepted per interface, never globally
@@ -518,7 +522,7 @@ def test_input_chain(rendered):
     rules = parse_ruleset(rendered(policy_of()))["chains"]["input"]["rules"]
     assert rules[:3] == ['iifname "lo" accept', "ct state established,related accept",
                          "ct state invalid counter drop"]
-    assert rules[-1] == "counter drop"
+    assert rules[-2:] == DROPS
 
 
 def test_log_drops(rendered):
