@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from ansible.errors import AnsibleConnectionFailure, AnsibleError
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
-from ansible_collections.netlock.killswitch.plugins.plugin_utils import backends
+from ansible_collections.netlock.killswitch.plugins.plugin_utils import backends, render_nftables
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import DEFAULTS, PREFIX, PolicyError, parse_policy
 
 display = Display()
@@ -126,9 +126,22 @@ class ActionModule(ActionBase):
             payload = backends.render_for(policy, backend, host)
         except PolicyError as exc:
             return dict(result, failed=True, msg=str(exc), problems=[str(p) for p in exc.problems], backend=backend)
+        fence, fence_problem = "", None
+        if (args.get("fence") or DEFAULTS["fence"]) != "off":
+            try:
+                fence = backends.fence_for(policy, host)
+            except PolicyError as exc:
+                fence_problem = exc
+        if fence_problem is not None and args.get("fence") == "required":
+            return dict(result, failed=True, msg="%sfence: required, and %s" % (PREFIX, fence_problem),
+                        problems=[str(p) for p in fence_problem.problems], backend=backend)
+        if fence_problem is not None:
+            result.setdefault("warnings", []).append("%s: no fence (%sfence: auto): %s" % (host, PREFIX, fence_problem))
         result.update(
             changed=False,
             backend=backend,
+            fence=fence,
+            fence_table=render_nftables.fence_table(policy),
             payload_suffix=backends.backend(backend).payload_suffix,
             ruleset=payload,
             digest=policy.digest(),

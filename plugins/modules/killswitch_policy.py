@@ -117,6 +117,17 @@ options:
   guard_interval:
     description: Validated here; see the role.
     type: int
+  fence:
+    description:
+      - V(off) returns no RV(fence); V(auto) returns none, with a warning, when nftables cannot express the policy;
+        V(required) fails then. See the role's C(killswitch_fence).
+    type: str
+    choices: [auto, required, "off"]
+    default: auto
+  metrics_path:
+    description: Validated here; see the role.
+    type: str
+    default: /var/lib/prometheus/node-exporter/netlock_killswitch.prom
   allow_lockout:
     description:
       - Over SSH the task fails when the rendered rules would not admit the live management connection
@@ -178,6 +189,16 @@ ruleset:
   type: str
 digest:
   description: SHA-256 of the normalized policy.
+  returned: success
+  type: str
+fence:
+  description:
+    - The fence payload (C(nft -f) text of the owned table C(inet <table>_fence)), the same rules for every backend;
+      empty when O(fence=off), or with O(fence=auto) when nftables cannot express the policy.
+  returned: success
+  type: str
+fence_table:
+  description: Name of the fence table.
   returned: success
   type: str
 table:

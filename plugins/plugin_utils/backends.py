@@ -96,3 +96,14 @@ def render_for(policy: Policy, name: str, host: str = "the host") -> str:
     if problems:
         raise PolicyError([Problem(p.variable, p.value, "%s, on %s" % (p.reason, host)) for p in problems])
     return chosen.render(policy)
+
+
+def fence_for(policy: Policy, host: str = "the host") -> str:
+    """The fence payload (docs/design/drift.md): the policy as an owned nftables table, whatever the backend.
+
+    PolicyError when nftables cannot express the policy (the caller decides whether that is fatal)."""
+    problems = BACKENDS["nftables"].problems(policy)
+    if problems:
+        raise PolicyError([Problem(p.variable, p.value, "%s, on %s (the fence is an nftables table)" % (p.reason, host))
+                           for p in problems])
+    return render_nftables.render(policy, fence=True)

@@ -39,6 +39,7 @@ IPV6_MODES = ("block", "tunnel")
 FORWARD_MODES = ("block", "tunnel", "off")
 STATES = ("present", "absent")
 BACKENDS = ("auto", "nftables", "iptables")
+FENCES = ("auto", "required", "off")
 MAX_MARK = 0xFFFFFFFF
 MIN_SAFE_APPLY_TIMEOUT = 10  # seconds: the rules change after 1 s, then the controller must reconnect
 
@@ -66,6 +67,8 @@ DEFAULTS: Dict[str, Any] = {
     "safe_apply_timeout": 60,
     "guard_enabled": True,
     "guard_interval": 30,
+    "fence": "auto",
+    "metrics_path": "/var/lib/prometheus/node-exporter/netlock_killswitch.prom",
     "table": "killswitch",
     "allow_lockout": False,
 }
@@ -74,6 +77,7 @@ DEFAULTS: Dict[str, Any] = {
 # backslashes, no leading or trailing blanks.  A trailing '*' is a wildcard; each backend checks its own rules.
 _INTERFACE_RE = re.compile(r"[^\x00-\x1f\x7f\"'\\`$;|&<>]{1,256}")
 _PROGRAM_RE = re.compile(r"(/|[A-Za-z]:\\)[^\x00-\x1f\x7f\"]{0,4095}")
+_METRICS_PATH_RE = re.compile(r"/[A-Za-z0-9_.@+/-]{0,4094}\.prom")
 _TABLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -440,6 +444,13 @@ def check_settings(check: _Checker, variables: Mapping[str, Any]) -> None:
     for name in ("guard_enabled", "allow_lockout"):
         if variables.get(PREFIX + name) is not None:
             check.boolean(PREFIX + name, variables[PREFIX + name])
+    if variables.get(PREFIX + "fence") is not None:
+        check.choice(PREFIX + "fence", variables[PREFIX + "fence"], FENCES)
+    metrics = variables.get(PREFIX + "metrics_path")
+    if metrics not in (None, "") and not (isinstance(metrics, str) and _METRICS_PATH_RE.fullmatch(metrics)
+                                          and "/../" not in metrics + "/"):
+        check.fail(PREFIX + "metrics_path", metrics, "is not an absolute path ending in .prom (node_exporter's "
+                   "textfile collector reads only those), nor '' to write no metrics")
 
 
 def validate_settings(variables: Mapping[str, Any]) -> None:

@@ -17,13 +17,16 @@ from ansible_collections.netlock.killswitch.plugins.plugin_utils.rules import (
 HEADER = "# Managed by netlock.killswitch: generated from the role variables, do not edit.\n"
 SET_TYPES = {4: ("ip", "ipv4_addr", "v4"), 6: ("ip6", "ipv6_addr", "v6")}
 L4_ICMP = {4: "icmp", 6: "ipv6-icmp"}
+FENCE_SUFFIX = "_fence"
 
 
 class _Table:
     """Accumulates named sets and chains, and prints them in a stable order."""
 
-    def __init__(self, policy: Policy):
+    def __init__(self, policy: Policy, name: str, owner: bool):
         self.policy = policy
+        self.name = name
+        self.owner = owner
         self.sets: Dict[str, Tuple[str, Tuple[Network, ...]]] = {}
         self.chains: List[Tuple[str, List[str]]] = []
 
@@ -43,8 +46,12 @@ class _Table:
         out = [HEADER, "# policy sha256 %s\n" % digest]
         # Create-then-delete makes the replacement one transaction that works whether or not the
         # table exists: there is never a moment with no table loaded.
-        out.append("table inet %s\ndelete table inet %s\n" % (policy.table, policy.table))
-        out.append("table inet %s {\n" % policy.table)
+        flags = " { flags owner; }" if self.owner else ""
+        out.append("table inet %s%s\ndelete table inet %s\n" % (self.name, flags, self.name))
+        out.append("table inet %s {\n" % self.name)
+        if self.owner:
+            # Only the netlink socket that loads this table may change or delete it (Linux >= 5.12).
+            out.append("\tflags owner\n")
         out.append('\tcomment "netlock.killswitch %s"\n' % digest[:16])
         for name in sorted(self.sets):
             kind, members = self.sets[name]
@@ -123,9 +130,18 @@ def rule_text(table: _Table, rule: Rule) -> str:
     return " ".join(parts)
 
 
-def render(policy: Policy) -> str:
-    """The complete ``nft -f`` file for a policy: same policy, same bytes."""
-    table = _Table(policy)
+def fence_table(policy: Policy) -> str:
+    """The name of the second, owned table (docs/design/drift.md)."""
+    return policy.table + FENCE_SUFFIX
+
+
+def render(policy: Policy, fence: bool = False) -> str:
+    """The complete ``nft -f`` file for a policy: same policy, same bytes.
+
+    With ``fence`` the same rules go into the owned table ``<table>_fence`` that the host's watcher loads
+    through its own netlink socket, so that no other process can flush or delete it.
+    """
+    table = _Table(policy, fence_table(policy) if fence else policy.table, fence)
     rules = rule_list(policy)
     for direction in DIRECTIONS:
         chain = [rule_text(table, rule) for rule in rules if rule.direction == direction]

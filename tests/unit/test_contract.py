@@ -26,7 +26,7 @@ ROLE = ROOT / "roles" / "killswitch"
 SPEC = ROOT.parent / "shared" / "spec" / "role-interface.md"
 PYTHON_TYPES = {"str": str, "int": int, "bool": bool, "list": list, "dict": dict}
 CHOICES = {"state": policy.STATES, "backend": policy.BACKENDS, "ipv6": policy.IPV6_MODES,
-           "forward": policy.FORWARD_MODES}
+           "forward": policy.FORWARD_MODES, "fence": policy.FENCES}
 
 
 def argument_specs():
