@@ -67,8 +67,10 @@ TAMPERS = {
     "iptables": ["iptables -D OUTPUT -j killswitch-out", "iptables -I OUTPUT 1 -j ACCEPT",
                  "iptables -I killswitch-out 1 -j ACCEPT", "iptables -F", "ip6tables -F killswitch-out"],
 }
-# Stopping the service as well waits for (or ends) a guard run already under way, which would undo the tamper.
-PAUSE_GUARD = "systemctl stop netlock-killswitch-guard.timer netlock-killswitch-guard.service"
+# Stopping the service as well waits for (or ends) a guard run already under way, which would undo the tamper;
+# stopping the watcher stops its reaction to ruleset changes and removes the fence.
+PAUSE_GUARD = "systemctl stop netlock-killswitch-guard.timer netlock-killswitch-guard.service netlock-killswitch-watch.service"
+RESUME_GUARD = "systemctl start netlock-killswitch-guard.timer netlock-killswitch-watch.service"
 DRIFT = {"nftables": "nft insert rule inet killswitch output accept",
          "iptables": "iptables -I killswitch-out 1 -j ACCEPT"}
 
@@ -86,8 +88,7 @@ def killswitch_off(client):
     try:
         yield
     finally:
-        result = sh(client.name, "systemctl restart netlock-killswitch.service && "
-                                 "systemctl start netlock-killswitch-guard.timer")
+        result = sh(client.name, "systemctl restart netlock-killswitch.service && " + RESUME_GUARD)
         assert result.returncode == 0 and client.loaded(), result.stderr
 
 
@@ -173,7 +174,8 @@ def test_unmarked_traffic_to_the_endpoint_is_blocked(client):
 
 
 def guard_reloads(client):
-    return sh(client.name, "journalctl -q -u netlock-killswitch-guard.service | grep -c reloading").stdout.strip()
+    return sh(client.name, "journalctl -q -u netlock-killswitch-guard.service -u netlock-killswitch-watch.service "
+                           "| grep -c 'drift kind='").stdout.strip()
 
 
 @pytest.mark.parametrize("client,tamper", [(c, t) for c in CLIENTS for t in TAMPERS[c.backend]],
@@ -182,7 +184,7 @@ def test_guard_puts_the_rules_back(client, tamper):
     before = guard_reloads(client)
     assert client.listing().strip() == sh(client.name, "cat " + GUARD_LISTING).stdout.strip()
     assert sh(client.name, tamper).returncode == 0
-    assert client.listing().strip() != sh(client.name, "cat " + GUARD_LISTING).stdout.strip(), "no tamper"
+    # The watcher repairs within milliseconds, so the tamper is proven by the drift event it logs.
     assert wait_for(lambda: guard_reloads(client) != before, timeout=20), "the guard did not react"
     assert client.listing().strip() == sh(client.name, "cat " + GUARD_LISTING).stdout.strip()
     assert locked(client)
@@ -211,7 +213,7 @@ def test_unconfirmed_apply_rolls_back():
             assert c.listing().strip() == sh(c.name, "cat " + GUARD_LISTING).stdout.strip()
     finally:
         for c in CLIENTS:
-            sh(c.name, "systemctl start netlock-killswitch-guard.timer")
+            sh(c.name, RESUME_GUARD)
     for c in CLIENTS:
         assert locked(c)
 
@@ -247,20 +249,168 @@ def test_reconverge_changes_nothing():
     assert result.returncode == 0 and "changed=0" in result.stdout, result.stdout[-3000:]
 
 
-def test_drift_is_reported_and_enforced():
-    """A hand edit to the live table is drift: reported (and failing) by default, undone when enforced."""
+def test_drift_is_reported_and_enforced(tmp_path):
+    """A hand edit to the live rules is drift: reported by host and part (and failing) by default, in the printed
+    table and reports/drift.json; -l reports only the limited host; enforcing undoes it; then all is clean."""
+    import json  # pylint: disable=import-outside-toplevel
+
     drift = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "drift.yml")
-    # The on-host guard would repair the table within seconds; the fleet report must catch it without.
+    names = [c.name for c in CLIENTS]
+
+    def report_run(name, *extra):
+        path = tmp_path / ("%s.json" % name)
+        result = run_playbook(drift, "-e", "killswitch_rollout_hosts=killswitch", "-e",
+                              "killswitch_drift_report=%s" % path, *extra)
+        output = result.stdout[-4000:] + result.stderr[-4000:]
+        assert path.is_file(), "no report written (rc=%d):\n%s" % (result.returncode, output)
+        return result, json.loads(path.read_text()), output
+
+    def removed_line(diff, word):
+        """A line the policy removes again (the live rules have it, the desired ones do not)."""
+        return any(line.startswith("-") and not line.startswith("---") and word in line.lower()
+                   for line in diff.splitlines())
+
+    # The on-host guard and watcher would repair the rules within seconds; the fleet report must catch it without.
     for c in CLIENTS:
-        assert sh(c.name, "%s && %s" % (PAUSE_GUARD, DRIFT[c.backend])).returncode == 0
+        pause = "systemctl stop netlock-killswitch-watch.service 2>/dev/null; %s && %s" % (PAUSE_GUARD, DRIFT[c.backend])
+        assert sh(c.name, pause).returncode == 0
     try:
-        reported = run_playbook(drift, "-e", "killswitch_rollout_hosts=killswitch")
-        assert reported.returncode != 0 and "kill switch drift found" in reported.stderr, reported.stdout[-3000:]
-        assert "2 of 2 hosts drifted" in reported.stdout
+        reported, report, output = report_run("reported")
+        assert reported.returncode == 2, output
+        assert "kill switch drift found on 2 of 2 hosts" in reported.stderr, output
+        assert "2 of 2 hosts drifted: %s" % ", ".join(names) in reported.stderr, output
+        assert report["targets"] == names and report["drifted"] == names and report["unreachable"] == []
+        assert report["ok"] is False and report["enforced"] is False
+        for c, entry in zip(CLIENTS, report["hosts"]):
+            assert entry["host"] == c.name and entry["result"] == "drifted" and entry["backend"] == c.backend
+            assert "table" in entry["drifted_parts"] and entry["parts"]["table"]["in_sync"] is False
+            assert entry["parts"]["file"]["in_sync"] is True, "only the live rules were changed: %s" % entry
+            assert entry["parts"]["boot_unit"]["in_sync"] is True, entry
+            assert removed_line(entry["parts"]["table"]["diff"], "accept"), entry["parts"]["table"]["diff"]
+            assert len(entry["digest"]) == 16
+            assert "%s table: " % c.name in reported.stderr, "the table names the host and part"
+
+        limited, report, output = report_run("limited", "-l", CLIENTS[0].name)
+        assert limited.returncode == 2, output
+        assert report["targets"] == [CLIENTS[0].name] and [h["host"] for h in report["hosts"]] == [CLIENTS[0].name]
+        assert report["drifted"] == [CLIENTS[0].name] and report["unreachable"] == []
+        assert CLIENTS[1].name not in limited.stderr, output
     finally:
-        enforced = run_playbook(drift, "-e", "killswitch_rollout_hosts=killswitch", "-e", "killswitch_drift_enforce=true")
-    assert enforced.returncode == 0, enforced.stdout[-3000:]
-    clean = run_playbook(drift, "-e", "killswitch_rollout_hosts=killswitch")
-    assert clean.returncode == 0 and "0 of 2 hosts drifted" in clean.stdout, clean.stdout[-3000:]
+        enforced, report, output = report_run("enforced", "-e", "killswitch_drift_enforce=true")
+    assert enforced.returncode == 0, output
+    assert report["enforced"] is True and report["ok"] is True and report["drifted"] == names
+    assert [h["result"] for h in report["hosts"]] == ["repaired", "repaired"]
+
+    clean, report, output = report_run("clean")
+    assert clean.returncode == 0 and "0 of 2 hosts drifted; 0 unreachable" in clean.stdout, output
+    assert report["ok"] is True and report["drifted"] == [] and report["unreachable"] == []
+    for entry in report["hosts"]:
+        assert entry["result"] == "in sync" and all(part["in_sync"] and part["diff"] == ""
+                                                    for part in entry["parts"].values()), entry
     for c in CLIENTS:
         assert locked(c)
+
+
+def test_drift_recipe_command(tmp_path):
+    """docs/drift/: the systemd service's ExecStart and the cron line are one command, run here as shipped with
+    only the inventory path replaced (and the working directory, a temporary one): exit 0 on a clean fleet, 2 with
+    the table on stderr (cron mails it) and the drifted host in reports/drift.json, 75 at once while the lock is held."""
+    # pylint: disable=import-outside-toplevel
+    import configparser
+    import json
+    import re
+    import shlex
+    import subprocess
+
+    import yaml
+
+    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    docs = os.path.join(project, "docs", "drift")
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
+    unit.optionxform = str
+    with open(os.path.join(docs, "netlock-killswitch-drift.service")) as handle:
+        unit.read_string(handle.read())
+    workdir, command = unit["Service"]["WorkingDirectory"], unit["Service"]["ExecStart"]
+    cron_env, jobs = {}, []
+    with open(os.path.join(docs, "cron")) as handle:
+        for line in handle.read().splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            assignment = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", line)
+            if assignment:
+                cron_env[assignment.group(1)] = assignment.group(2)
+            else:
+                jobs.append(line.split(None, 6))
+    assert len(jobs) == 1 and len(jobs[0]) == 7, "the cron file must hold exactly one job: %s" % jobs
+    cron_command = jobs[0][6]
+    assert cron_command == "cd %s && %s >/dev/null" % (workdir, command), \
+        "the cron line must run the service's ExecStart unchanged, in its WorkingDirectory, stdout discarded"
+    assert "%" not in cron_command, "cron turns % into a newline"
+    assert "$" not in command and "%" not in command, "systemd would expand it"
+    assert "MAILTO" in cron_env
+    argv = shlex.split(command)
+    assert argv[:5] == ["/usr/bin/flock", "-n", "-E", "75", "/run/lock/netlock-killswitch-drift.lock"], argv
+    assert argv[5] == "ansible-playbook" and argv[-1] == "netlock.killswitch.drift", argv
+    shipped_inventory = argv[argv.index("-i") + 1]
+    lock = argv[4]
+    refused = int(argv[3])
+
+    # A real inventory of the two clients: their variables as the scenario's inventory gives them.
+    hosts = {}
+    for c in CLIENTS:
+        shown = subprocess.run(["ansible-inventory", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--host", c.name],
+                               capture_output=True, text=True, timeout=120, check=True)
+        hosts[c.name] = json.loads(shown.stdout)
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"children": {"killswitch": {"hosts": hosts}}}}))
+    work = tmp_path / "project"
+    work.mkdir()
+    report = work / "reports" / "drift.json"
+
+    def service_run(timeout=900):
+        """ExecStart as systemd runs it: no shell, in WorkingDirectory."""
+        return subprocess.run(shlex.split(command.replace(shipped_inventory, str(inventory))), cwd=work,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def cron_run():
+        """The cron line's command as cron runs it: /bin/sh -c, with the cron file's variables (PATH kept)."""
+        line = cron_command.replace(shipped_inventory, str(inventory)).replace("cd %s " % workdir, "cd %s " % work, 1)
+        env = dict(os.environ, **{k: v for k, v in cron_env.items() if k not in ("PATH", "SHELL", "MAILTO")})
+        return subprocess.run(["/bin/sh", "-c", line], capture_output=True, text=True, timeout=900, check=False, env=env)
+
+    clean = service_run()
+    assert clean.returncode == 0, clean.stdout[-4000:] + clean.stderr[-4000:]
+    written = json.loads(report.read_text())
+    assert written["targets"] == [c.name for c in CLIENTS] and written["ok"] is True and written["drifted"] == []
+    assert "0 of 2 hosts drifted; 0 unreachable" in clean.stdout
+    assert "kill switch drift (" not in clean.stderr, "a clean run must not mail the table"
+
+    holder = subprocess.Popen(["/usr/bin/flock", lock, "sleep", "120"])  # pylint: disable=consider-using-with
+    try:
+        assert wait_for(lambda: subprocess.run(["/usr/bin/flock", "-n", lock, "true"], check=False).returncode != 0, 10)
+        started = time.monotonic()
+        busy = service_run(timeout=60)
+        assert busy.returncode == refused and time.monotonic() - started < 5, (busy.returncode, busy.stderr)
+        assert busy.stdout == "" and busy.stderr == "", "a refused run touches no host and says nothing"
+    finally:
+        holder.terminate()
+        holder.wait(timeout=10)
+
+    drifted = CLIENTS[1]
+    pause = "systemctl stop netlock-killswitch-watch.service 2>/dev/null; %s && %s" % (PAUSE_GUARD, DRIFT[drifted.backend])
+    assert sh(drifted.name, pause).returncode == 0
+    try:
+        mailed = cron_run()
+        assert mailed.returncode == 2, mailed.stdout[-4000:] + mailed.stderr[-4000:]
+        assert mailed.stdout == "", "cron's stdout is discarded"
+        assert "1 of 2 hosts drifted: %s; 0 unreachable" % drifted.name in mailed.stderr.splitlines(), mailed.stderr
+        assert "%s table: " % drifted.name in mailed.stderr and "kill switch drift found on 1 of 2 hosts" in mailed.stderr
+        written = json.loads(report.read_text())
+        assert written["drifted"] == [drifted.name] and written["unreachable"] == []
+    finally:
+        drift = os.path.join(project, "playbooks", "drift.yml")
+        enforced = run_playbook(drift, "-e", "killswitch_rollout_hosts=killswitch", "-e", "killswitch_drift_enforce=true",
+                                "-e", "killswitch_drift_report=%s" % (tmp_path / "enforced.json"))
+    assert enforced.returncode == 0, enforced.stdout[-4000:] + enforced.stderr[-4000:]
+    assert locked(drifted)
