@@ -2,6 +2,7 @@
 
     python3 agent.py probe --canary C --target 198.18.2.20 --target 2001:db8:2::20 --dns 198.18.1.5
     python3 agent.py stream --canary C --target 198.18.2.20 --rate 600 --seconds 30
+    python3 agent.py stream --mix --canary C --target 198.18.2.20 --target 2001:db8:2::20 --dns 198.18.1.5
 
 Every probe is bounded: one TCP connect per target and port, a few UDP datagrams, two pings,
 one DNS query over UDP, TCP and TLS port per resolver, each with a short timeout.
@@ -87,8 +88,55 @@ def probe(args) -> dict:
     return {"sent": sent, "reached": reached}
 
 
+def mix_kinds(args) -> list:
+    """--mix: the stream's rotation, one packet per entry: (proto, address, port) for UDP to every --target
+    and --udp-port, a TCP connect to every --target and --tcp-port, and a DNS query to every --dns."""
+    kinds = []
+    for target in args.target:
+        kinds += [("udp", target, port) for port in args.udp_port]
+        kinds += [("tcp", target, port) for port in args.tcp_port]
+    return kinds + [("dns", resolver, 53) for resolver in args.dns]
+
+
+def mixed_stream(args) -> dict:
+    """--mix: the rotation of mix_kinds at a fixed rate.  UDP carries the canary and a sequence number, DNS
+    asks for <canary>.leak.test, TCP is one SYN per packet (a non-blocking connect, closed at once)."""
+    kinds = mix_kinds(args)
+    marker, query = args.canary.encode(), dns_query(args.canary)
+    datagram = {socket.AF_INET: socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+                socket.AF_INET6: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)}
+    interval = 1.0 / args.rate
+    sent = 0
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < args.seconds:
+            if sent % 100 == 0 and args.stop_file and os.path.exists(args.stop_file):
+                break
+            proto, address, port = kinds[sent % len(kinds)]
+            try:
+                if proto == "tcp":
+                    with socket.socket(family(address), socket.SOCK_STREAM) as sock:
+                        sock.setblocking(False)
+                        sock.connect_ex((address, port))
+                else:
+                    payload = query if proto == "dns" else b"%s %d" % (marker, sent)
+                    datagram[family(address)].sendto(payload, (address, port))
+            except OSError:
+                pass  # refused locally by the kill switch: still an attempt
+            sent += 1
+            delay = start + sent * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    finally:
+        for sock in datagram.values():
+            sock.close()
+    return {"sent": sent, "reached": [], "seconds": time.monotonic() - start, "kinds": len(kinds)}
+
+
 def stream(args) -> dict:
     """UDP datagrams at a fixed rate; the payload carries the canary and a sequence number."""
+    if args.mix:
+        return mixed_stream(args)
     interval = 1.0 / args.rate
     sent = 0
     with socket.socket(family(args.target[0]), socket.SOCK_DGRAM) as sock:
@@ -120,6 +168,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rate", type=int, default=600)
     parser.add_argument("--seconds", type=float, default=10, help="the stream's upper bound")
     parser.add_argument("--stop-file", help="the stream ends early once this file exists")
+    parser.add_argument("--mix", action="store_true", help="stream: UDP, TCP and DNS to every target (mix_kinds)")
     args = parser.parse_args(argv)
     args.tcp_port = args.tcp_port if args.tcp_port is not None else [8080]
     args.udp_port = args.udp_port if args.udp_port is not None else [9999]

@@ -26,10 +26,10 @@ from lab import firewall
 from lab.build import AGENT, ROOT, setup_client_network
 from lab.probe import Capture, canary, docker, leak_expression, sh, wait_booted, wait_for
 from lab.results import CaseResult, FlapTimeline, HostFirewall
-from lab.topology import CLIENTS, ENDPOINT, FWMARK, INET, LAN, LANPEER, ROUTER, SINK, VPN, Host
+from lab.topology import CLIENTS, ENDPOINT, FWMARK, INET, INVENTORY_DIR, LAN, LANPEER, ROUTER, SINK, VPN, Host
 
 SINK_TARGETS = [SINK.v4(INET), SINK.v6(INET)]
-INVENTORY = os.path.join(ROOT, "inventories", "lab")
+INVENTORY = os.path.join(ROOT, INVENTORY_DIR)
 ROLLOUT = os.path.join(ROOT, "playbooks", "rollout.yml")
 
 

@@ -24,10 +24,9 @@ from typing import Dict, List, Optional, Tuple
 import yaml
 
 from lab.probe import sh
-from lab.topology import Host
+from lab.topology import INVENTORY_DIR, Host
 
-HOST_VARS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "inventories", "lab",
-                         "host_vars")
+HOST_VARS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), INVENTORY_DIR, "host_vars")
 BACKENDS = ("nftables", "iptables")
 # The alternative's name, and what its tools print in parentheses after `-V`.
 VARIANTS = {"iptables-nft": "nf_tables", "iptables-legacy": "legacy"}
@@ -37,8 +36,10 @@ RECORD = "/etc/netlock-lab/iptables-alternative"
 NFT_TABLE = "inet killswitch"
 # Tables that can hold the kill switch. nat is left alone: Docker keeps its embedded DNS rules there.
 FILTERING_TABLES = ("filter", "mangle", "raw", "security")
-GUARD_UNITS = "netlock-killswitch-guard.timer netlock-killswitch-guard.service"
+# The watcher holds the fence (a second, owned table): stopping it removes the fence.
+GUARD_UNITS = "netlock-killswitch-guard.timer netlock-killswitch-guard.service netlock-killswitch-watch.service"
 BOOT_UNIT = "netlock-killswitch.service"
+FENCE_TABLE = "inet killswitch_fence"
 
 
 @dataclass(frozen=True)
@@ -240,11 +241,14 @@ def killswitch_off(host: Host, firewall: Optional[Firewall] = None):
     _lift(host, firewall)
     left = killswitch_rules(host, firewall)
     assert left is None, "%s: the kill switch is still in force:\n%s" % (host.name, left)
+    fence = sh(host.name, "nft list table %s" % FENCE_TABLE)
+    assert fence.returncode != 0, "%s: the fence is still in force:\n%s" % (host.name, fence.stdout)
     try:
         yield
     finally:
-        result = sh(host.name, "systemctl restart %s && { ! systemctl is-enabled -q netlock-killswitch-guard.timer "
-                               "2>/dev/null || systemctl start netlock-killswitch-guard.timer; }" % BOOT_UNIT)
+        result = sh(host.name, "systemctl restart %s && for unit in netlock-killswitch-guard.timer "
+                               "netlock-killswitch-watch.service; do ! systemctl is-enabled -q $unit 2>/dev/null || "
+                               "systemctl start $unit || exit 1; done" % BOOT_UNIT)
         after = killswitch_rules(host, firewall)
         assert result.returncode == 0 and after == before, "%s: the boot unit did not restore the kill switch: %s" % (
             host.name, result.stderr or after)

@@ -11,6 +11,7 @@ Docker gives the host the .1 address of each internal network, so lab hosts avoi
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List
 
@@ -69,6 +70,22 @@ CLIENTS = tuple(
 )
 HOSTS: List[Host] = [ROUTER, VPN, SINK, LANPEER, *CLIENTS]
 ENDPOINT = (VPN.v4(INET), WG_PORT)
+
+
+INVENTORY_DIR = "inventories/lab"  # the lab's Ansible inventory, relative to the repository root
+
+# NETLOCK_LAB=drift (molecule/drift): the same lab under other names, label and networks, beside this one
+# (lab/instance.py).  Every lab module takes its names from here, so they all follow.
+if os.environ.get("NETLOCK_LAB", "leak") != "leak":
+    from lab import instance as _instance
+    _NETS, _HOSTS, _INSTANCE = _instance.move(os.environ["NETLOCK_LAB"], NETWORKS, HOSTS)
+    LAN, INET = _NETS
+    NETWORKS = (LAN, INET)
+    ROUTER, VPN, SINK, LANPEER, *_CLIENTS = _HOSTS
+    CLIENTS = tuple(_CLIENTS)
+    HOSTS = [ROUTER, VPN, SINK, LANPEER, *CLIENTS]
+    ENDPOINT = (VPN.v4(INET), WG_PORT)
+    LABEL, INVENTORY_DIR = _INSTANCE.label, _INSTANCE.inventory
 
 
 def client(name: str) -> Host:
