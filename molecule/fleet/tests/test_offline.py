@@ -56,7 +56,7 @@ def test_converges_without_a_mirror(offline_host, playbook):
 
 
 def test_repairs_a_deleted_table(offline_host, playbook):
-    assert sh(offline_host.name, "systemctl stop netlock-killswitch-guard.timer netlock-killswitch-guard.service && "
+    assert sh(offline_host.name, "systemctl stop netlock-killswitch-guard.timer netlock-killswitch-guard.service netlock-killswitch-watch.service && "
                                  "nft delete table inet killswitch").returncode == 0
     assert nft_table(offline_host.name) is None
     result, counts = run(playbook)
