@@ -130,6 +130,17 @@ def must_leak_without_fence(action: str, fw: Firewall) -> bool:
         return fw.backend == "nftables" or fw.alternative != "iptables-legacy"
     return action in MUST_LEAK_WITHOUT_FENCE
 
+
+def opens_without_fence(action: str, fw: Firewall) -> bool:
+    """The action takes the kill switch away or opens it in front of its rules, so without the fence the
+    stream leaks until the guard is back: every flush where the rules are in nftables, Docker's ACCEPT
+    rules where the rules are iptables chains (on the nftables backend they are another table's)."""
+    if action in ("flush-ruleset", "restart-nftables"):
+        return fw.backend == "nftables" or fw.alternative != "iptables-legacy"
+    if action == "docker-start":
+        return fw.backend == "iptables"
+    return action in MUST_LEAK_WITHOUT_FENCE
+
 LAST_NFT_RULE = ("h=$(nft -a list chain inet %s output | sed -n 's/.* # handle \\([0-9]*\\)$/\\1/p' | tail -n 1) && "
                  "nft delete rule inet %s output handle $h" % (TABLE, TABLE))
 LAST_XT_RULE = "n=$(iptables -w -S %s-out | grep -c '^-A') && iptables -w -D %s-out $n" % (TABLE, TABLE)
@@ -393,11 +404,15 @@ ip -6 route replace {sink6}/128 via {router6} dev eth0
   '	chain output {{' '		type filter hook output priority filter;' '	}}' '}}' > /etc/nftables.conf
 grep -qx 'flush ruleset' /etc/nftables.conf
 systemctl enable -q nftables.service
-: > {state}/wg-quick.nft
+# Only a complete copy replaces the last one (a run after a flush finds wg-quick's tables gone).
+: > {state}/wg-quick.new
 for f in ip ip6; do
   nft list table $f wg-quick-wg0 >/dev/null 2>&1 || continue
-  {{ echo "table $f wg-quick-wg0"; echo "delete table $f wg-quick-wg0"; nft list table $f wg-quick-wg0; }} >> {state}/wg-quick.nft
+  {{ echo "table $f wg-quick-wg0"; echo "delete table $f wg-quick-wg0"; nft list table $f wg-quick-wg0; }} >> {state}/wg-quick.new
 done
+if [ "$(grep -c '^table .* wg-quick-wg0 {{' {state}/wg-quick.new)" = 2 ] || ! [ -s {state}/wg-quick.nft ]; then
+  mv -f {state}/wg-quick.new {state}/wg-quick.nft
+fi
 """.format(state=STATE_DIR, gw=GUEST_V6_GW, ip=GUEST_V6_ADDRESS, nat6=nat6, sink4=SINK.v4(INET),
            router4=ROUTER.v4(LAN), sink6=SINK.v6(INET), router6=ROUTER.v6(LAN)), "preparing %s for drift" % host.name)
 

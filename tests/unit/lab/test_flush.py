@@ -282,3 +282,17 @@ def test_restore_clock_counts_from_when_a_slow_poll_began() -> None:
     result = flush_agent.one_round(clock_args(), Verdicts(verdicts, delay=0.05))
     assert result["restored"] and result["changed"]
     assert result["seconds"] < time.monotonic() - start
+
+
+def test_which_controls_open_the_host() -> None:
+    assert [a.name for a in flush.FOREIGN_ACTIONS if a.applies(NFTABLES) and flush.opens_without_fence(a.name, NFTABLES)] \
+        == ["flush-ruleset", "delete-table", "restart-nftables"]
+    assert [a.name for a in flush.FOREIGN_ACTIONS
+            if a.applies(IPTABLES_NFT) and flush.opens_without_fence(a.name, IPTABLES_NFT)] \
+        == ["flush-ruleset", "iptables-flush", "restart-nftables", "docker-start"]
+    assert [a.name for a in flush.FOREIGN_ACTIONS
+            if a.applies(IPTABLES_LEGACY) and flush.opens_without_fence(a.name, IPTABLES_LEGACY)] \
+        == ["iptables-flush", "docker-start"]
+    for fw in (NFTABLES, IPTABLES_NFT, IPTABLES_LEGACY):  # every control that must see all families opens the host
+        assert all(flush.opens_without_fence(a.name, fw) for a in flush.FOREIGN_ACTIONS
+                   if a.applies(fw) and flush.must_leak_without_fence(a.name, fw))
