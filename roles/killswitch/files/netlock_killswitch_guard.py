@@ -139,6 +139,12 @@ def same_listing(live, expected):
     return live.rstrip("\n") == expected.rstrip("\n")
 
 
+def listing_empty(listing):
+    """True when a listing holds nothing but blank and comment lines (the iptables listing's ``# iptables``
+    headers stay when the chains are gone)."""
+    return all(not line.strip() or line.lstrip().startswith("#") for line in listing.splitlines())
+
+
 def one_line(text, limit=SUMMARY_LIMIT):
     """Whitespace collapsed to single spaces, at most ``limit`` characters."""
     text = " ".join(text.split())
@@ -465,7 +471,7 @@ class Checker:
         rc, live, err = shell(self.config["list_command"])
         if rc == 0 and same_listing(live, expected):
             return True, True
-        if rc != 0 or not live.strip():
+        if rc != 0 or listing_empty(live):
             kind = "table_missing"
             what = "%s rules %s are missing" % (self.config["backend"], self.config["table"])
             if rc != 0:
@@ -484,7 +490,7 @@ class Checker:
             self.event(kind, what, False, "reloaded %s but the rules still differ: %s" % (
                 self.config["ruleset_path"], diff_summary(expected, live)))
         rc, live, err = shell(self.config["list_command"])
-        return rc == 0 and bool(live.strip()), rc == 0 and same_listing(live, expected)
+        return rc == 0 and not listing_empty(live), rc == 0 and same_listing(live, expected)
 
     def check_boot_unit(self):
         unit = self.config["boot_unit"]
@@ -648,7 +654,8 @@ class Checker:
 class Nft:
     """One libnftables context, kept for the life of the process: its netlink socket owns the fence."""
 
-    def __init__(self, library=LIBNFTABLES):
+    def __init__(self, library=None):
+        library = library or LIBNFTABLES
         try:
             lib = ctypes.CDLL(library)
         except OSError as exc:
@@ -716,7 +723,10 @@ class Watcher:
         return None
 
     def record_unavailable(self):
-        """Tell the timer's check why there is no fence (so fence: auto does not report it every run)."""
+        """Tell the timer's check why there is no fence (so fence: auto does not report it every run).  Read
+        first without the lock: the timer's check may hold it while it waits for this process's fence."""
+        if read_state(self.config["state_path"]).get("fence_unavailable") == self.unavailable:
+            return
         try:
             with Lock(self.config["lock_path"], self.config["lock_timeout"], self.should_stop):
                 state = read_state(self.config["state_path"])
