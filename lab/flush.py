@@ -146,11 +146,11 @@ LAST_NFT_RULE = ("h=$(nft -a list chain inet %s output | sed -n 's/.* # handle \
 LAST_XT_RULE = "n=$(iptables -w -S %s-out | grep -c '^-A') && iptables -w -D %s-out $n" % (TABLE, TABLE)
 TIMER_ACTIVE = "systemctl is-active -q %s" % GUARD_UNITS[0]
 WATCHER_ACTIVE = "systemctl is-active -q %s && nft list table inet %s >/dev/null 2>&1" % (WATCH_UNIT, FENCE_TABLE)
-BOOT_ENABLED = "systemctl is-enabled -q %s && systemctl is-active -q %s" % (BOOT_UNIT, BOOT_UNIT)
+BOOT_ENABLED = "systemctl is-enabled -q %s" % BOOT_UNIT  # what the guard checks (and starts it when it enables it)
 INTRUDER = ("nft add table inet intruder && nft add chain inet intruder out "
             "'{ type filter hook output priority -10; policy accept; }' && nft add rule inet intruder out accept && "
-            "nft add chain inet intruder fwd '{ type filter hook forward priority -10; policy accept; }' && "
-            "nft add rule inet intruder fwd accept")
+            "nft add chain inet intruder forward_in '{ type filter hook forward priority -10; policy accept; }' && "
+            "nft add rule inet intruder forward_in accept")  # ("fwd" is an nft keyword)
 
 
 def file_until(config: dict) -> str:
@@ -590,9 +590,12 @@ REPORTS = os.path.join(ROOT, "reports")
 
 def playbook(name: str, *extra: str) -> "subprocess.CompletedProcess":
     """ansible-playbook against molecule's inventory of the scenario (or the drift inventory outside it)."""
+    import shutil
     import subprocess
+    import sys
     inventory = os.environ.get("MOLECULE_INVENTORY_FILE") or INVENTORY
-    cmd = ["ansible-playbook", "-i", inventory, os.path.join(ROOT, "playbooks", name), *extra]
+    program = shutil.which("ansible-playbook") or os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+    cmd = [program, "-i", inventory, os.path.join(ROOT, "playbooks", name), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, cwd=ROOT)
 
 
