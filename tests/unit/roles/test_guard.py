@@ -22,7 +22,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -236,7 +235,7 @@ def test_program_is_stdlib_only_and_python36_syntax():
     assert os.access(str(GUARD_PATH), os.X_OK)
 
 
-def test_check_without_expected_listing_does_nothing(tmp_path, monkeypatch):
+def test_check_without_expected_listing_does_nothing(tmp_path):
     config = guard.parse_config(json.dumps(dict(
         list_command="echo should-not-run >&2; exit 3", load_command="exit 3", expected_path=str(tmp_path / "none"),
         lock_path=str(tmp_path / "lock"), metrics_path="", state_path=str(tmp_path / "state.json"))))
@@ -246,8 +245,8 @@ def test_check_without_expected_listing_does_nothing(tmp_path, monkeypatch):
 
 # =========================================================================== real, in network namespaces
 
-@pytest.fixture(scope="module")
-def root_netns(netns_reason, unshare_binary):
+@pytest.fixture(scope="module", name="root_netns")
+def root_netns_fixture(netns_reason, unshare_binary):
     """conftest's netns checks; under CI=true a reason to skip is a failure."""
     if netns_reason:
         if CI:
@@ -256,8 +255,8 @@ def root_netns(netns_reason, unshare_binary):
     return unshare_binary
 
 
-@pytest.fixture(scope="module")
-def iptables_nft_path(iptables_path):
+@pytest.fixture(scope="module", name="iptables_nft_path")
+def iptables_nft_path_fixture(iptables_path):
     """conftest's PATH with the iptables-nft tools first; under CI=true a reason to skip is a failure."""
     try:
         return iptables_path("nft")
@@ -359,18 +358,18 @@ def fence_payload(table):
         table inet %(t)s { flags owner; }
         delete table inet %(t)s
         table inet %(t)s {
-        	flags owner
-        	chain output {
-        		type filter hook output priority filter; policy drop;
-        		oifname "lo" accept
-        		oifname "wg0" accept
-        		counter reject with icmpx admin-prohibited
-        	}
-        	chain forward {
-        		type filter hook forward priority filter; policy drop;
-        		oifname "wg0" accept
-        		counter drop
-        	}
+            flags owner
+            chain output {
+                type filter hook output priority filter; policy drop;
+                oifname "lo" accept
+                oifname "wg0" accept
+                counter reject with icmpx admin-prohibited
+            }
+            chain forward {
+                type filter hook forward priority filter; policy drop;
+                oifname "wg0" accept
+                counter drop
+            }
         }
         """) % {"t": table}
 
@@ -387,7 +386,8 @@ def drift_lines(text):
     return [line for line in text.splitlines() if line.startswith("netlock-killswitch drift ")]
 
 
-def test_check_in_sync_reports_nothing_and_writes_metrics(root_netns, tmp_path):
+@pytest.mark.usefixtures("root_netns")
+def test_check_in_sync_reports_nothing_and_writes_metrics(tmp_path):
     host = Host(tmp_path)
     proc = host.in_netns("""\
         start=$(date +%s%N); guard check --from timer; echo "rc=$?"; end=$(date +%s%N)
@@ -405,7 +405,8 @@ def test_check_in_sync_reports_nothing_and_writes_metrics(root_netns, tmp_path):
     print("check in sync: %s" % re.search(r"ms=\d+", proc.stdout).group(0))
 
 
-def test_check_restores_a_flushed_table_and_an_edited_file(root_netns, tmp_path):
+@pytest.mark.usefixtures("root_netns")
+def test_check_restores_a_flushed_table_and_an_edited_file(tmp_path):
     host = Host(tmp_path)
     proc = host.in_netns("""\
         nft flush ruleset
@@ -432,7 +433,8 @@ def test_check_restores_a_flushed_table_and_an_edited_file(root_netns, tmp_path)
     assert sample(families, "netlock_killswitch_in_sync") == 1
 
 
-def test_check_restores_a_deleted_rule_and_names_it(root_netns, tmp_path):
+@pytest.mark.usefixtures("root_netns")
+def test_check_restores_a_deleted_rule_and_names_it(tmp_path):
     host = Host(tmp_path)
     proc = host.in_netns("""\
         handle=$(nft -a list chain inet killswitch output | sed -n 's/.*oifname "wg0" accept # handle \\([0-9]*\\)$/\\1/p')
@@ -446,7 +448,8 @@ def test_check_restores_a_deleted_rule_and_names_it(root_netns, tmp_path):
     assert '- oifname "wg0" accept' in lines[0]
 
 
-def test_check_counts_dropped_packets_from_the_table(root_netns, tmp_path):
+@pytest.mark.usefixtures("root_netns")
+def test_check_counts_dropped_packets_from_the_table(tmp_path):
     host = Host(tmp_path)
     proc = host.in_netns("""\
         ip link add up0 type veth peer name up0p; ip link set up0 up; ip link set up0p up
@@ -468,7 +471,8 @@ def test_check_counts_dropped_packets_from_the_table(root_netns, tmp_path):
     assert counted.get("ipv6", 0) == 0, counted
 
 
-def test_check_repairs_the_boot_unit_and_the_watcher(root_netns, tmp_path):
+@pytest.mark.usefixtures("root_netns")
+def test_check_repairs_the_boot_unit_and_the_watcher(tmp_path):
     host = Host(tmp_path)
     (host.units / "netlock-killswitch.service.enabled").write_text("disabled\n")
     (host.units / "netlock-killswitch-watch.service.active").write_text("inactive\n")
@@ -488,7 +492,8 @@ def test_check_repairs_the_boot_unit_and_the_watcher(root_netns, tmp_path):
     assert host.state()["restores"] == 3
 
 
-def test_check_fails_closed_when_the_load_fails(root_netns, tmp_path):
+@pytest.mark.usefixtures("root_netns")
+def test_check_fails_closed_when_the_load_fails(tmp_path):
     host = Host(tmp_path)
     host.write_config(load_command="echo 'Error: refused' >&2; exit 1")
     host.env["LOAD"] = "nft -f %s" % shlex.quote(str(host.ruleset))
@@ -505,7 +510,8 @@ def test_check_fails_closed_when_the_load_fails(root_netns, tmp_path):
     assert sample(host.metrics(), "netlock_killswitch_table_present", backend="nftables", table="killswitch") == 0
 
 
-def test_check_waits_for_the_rollback_lock(root_netns, tmp_path):
+@pytest.mark.usefixtures("root_netns")
+def test_check_waits_for_the_rollback_lock(tmp_path):
     """While the apply holds the lock, the check does not compare (it would put the previous ruleset back)."""
     host = Host(tmp_path)
     host.write_config(lock_timeout=1)
@@ -519,7 +525,8 @@ def test_check_waits_for_the_rollback_lock(root_netns, tmp_path):
     assert drift_lines(proc.stdout) == []
 
 
-def test_check_restores_iptables_chains(root_netns, tmp_path, iptables_nft_path):
+@pytest.mark.usefixtures("root_netns")
+def test_check_restores_iptables_chains(tmp_path, iptables_nft_path):
     host = Host(tmp_path, backend="iptables", variant_path=iptables_nft_path)
     proc = host.in_netns("""\
         iptables -F killswitch-out
@@ -551,7 +558,8 @@ wait_for() {  # wait_for <shell test> : up to 5 s
 """
 
 
-def test_timer_check_starts_the_watcher_when_the_fence_is_missing(root_netns, tmp_path):
+@pytest.mark.usefixtures("root_netns")
+def test_timer_check_starts_the_watcher_when_the_fence_is_missing(tmp_path):
     host = Host(tmp_path, fence="auto")
     (host.units / "netlock-killswitch-watch.service.active").write_text("inactive\n")
     host.env["WATCH_CMD"] = '"$PY" "$GUARD" --config "$CONFIG" watch > watch.log 2>&1 & echo $! > watch.pid'
@@ -571,7 +579,8 @@ def test_timer_check_starts_the_watcher_when_the_fence_is_missing(root_netns, tm
     assert host.state()["drift_events"]["fence_missing"] == 1
 
 
-def test_fence_survives_flush_and_foreign_delete_and_goes_with_sigterm(root_netns, tmp_path):
+@pytest.mark.usefixtures("root_netns")
+def test_fence_survives_flush_and_foreign_delete_and_goes_with_sigterm(tmp_path):
     host = Host(tmp_path, fence="required")
     proc = host.in_netns(WAIT_FENCE + """\
         "$PY" "$GUARD" --config "$CONFIG" watch > watch.log 2>&1 & watcher=$!
@@ -594,11 +603,12 @@ def test_fence_survives_flush_and_foreign_delete_and_goes_with_sigterm(root_netn
     assert "fence %s removed" % FENCE in out
 
 
-def test_control_a_fence_without_owner_is_flushed(root_netns, tmp_path):
+@pytest.mark.usefixtures("root_netns")
+def test_control_a_fence_without_owner_is_flushed(tmp_path):
     """The control for the test above: the same table without ``flags owner`` does not survive a flush."""
     host = Host(tmp_path)
     unowned = tmp_path / "unowned.nft"
-    unowned.write_text(fence_payload(FENCE).replace("flags owner; ", "").replace("\tflags owner\n", ""))
+    unowned.write_text(fence_payload(FENCE).replace("flags owner; ", "").replace("    flags owner\n", ""))
     proc = host.in_netns("""\
         nft -f %s && nft list table inet %s >/dev/null && echo "loaded"
         nft flush ruleset; nft list table inet %s >/dev/null 2>&1 || echo "flushed=gone"
@@ -606,7 +616,8 @@ def test_control_a_fence_without_owner_is_flushed(root_netns, tmp_path):
     assert "loaded" in proc.stdout and "flushed=gone" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_watch_follows_the_policy_and_keeps_the_old_fence_on_error(root_netns, tmp_path):
+@pytest.mark.usefixtures("root_netns")
+def test_watch_follows_the_policy_and_keeps_the_old_fence_on_error(tmp_path):
     host = Host(tmp_path, fence="auto")
     other = "fedcba9876543210"
     bad = "0000000000000bad"
@@ -644,7 +655,8 @@ def test_watch_without_libnftables_required_exits_1(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "state.json").read_text())["fence_unavailable"] == watcher.unavailable
 
 
-def test_watch_without_libnftables_auto_keeps_reacting(root_netns, tmp_path):
+@pytest.mark.usefixtures("root_netns")
+def test_watch_without_libnftables_auto_keeps_reacting(tmp_path):
     """fence: auto without libnftables: one 'fence unavailable' line, and nft monitor still drives the check."""
     host = Host(tmp_path, fence="auto")
     host.env["NO_LIB"] = (
@@ -735,7 +747,8 @@ def run_packets(host, script):
     return proc, counts
 
 
-def test_fence_blocks_datagrams_while_the_main_table_is_flushed(root_netns, tmp_path):
+@pytest.mark.usefixtures("root_netns")
+def test_fence_blocks_datagrams_while_the_main_table_is_flushed(tmp_path):
     """200 datagrams sent right after ``nft flush ruleset``: none reach the far side with the fence; the
     controls: all arrive with no tables, none with the main table, and some leak when the watcher reacts
     without a fence (the window the fence closes)."""
