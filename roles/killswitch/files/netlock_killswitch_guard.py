@@ -703,6 +703,10 @@ class Watcher:
         self.monitor_buffer = b""
         self.monitor_restart_at = 0.0
         self.expected_stat = None
+        self.wanted = None          # digest of the policy in force (expected listing)
+        self.refused = None         # (digest, fence file identity) nft refused last time
+        self.pending = None         # when the debounced check is due
+        self.next_check = 0.0       # when the fallback check is due
 
     def stop(self, signum, frame):  # pylint: disable=unused-argument
         self.stopping = True
@@ -755,27 +759,31 @@ class Watcher:
         return None
 
     def follow_policy(self):
-        """Load the fence of the policy in force when the expected listing changed."""
+        """Load the fence of the policy in force (the digest in the expected listing, looked at when the file
+        changed) once its fence file is there; a payload nft refused is retried only when its file changes."""
         try:
             stat = os.stat(self.config["expected_path"])
             key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         except OSError:
             key = None
-        if key == self.expected_stat:
+        if key != self.expected_stat:
+            self.expected_stat = key
+            data = read_bytes(self.config["expected_path"]) if key is not None else None
+            self.wanted = find_digest(data.decode("utf-8", "replace")) if data else None
+        if self.nft is None or not self.wanted or self.wanted == self.loaded:
             return
-        self.expected_stat = key
-        if key is None or self.nft is None:
+        try:
+            stat = os.stat(os.path.join(self.config["policy_dir"], self.wanted, "fence.nft"))
+        except OSError:
+            return  # not in the store (yet): keep the fence in force
+        attempt = (self.wanted, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if attempt == self.refused:
             return
-        data = read_bytes(self.config["expected_path"]) or b""
-        digest = find_digest(data.decode("utf-8", "replace"))
-        if not digest or digest == self.loaded:
-            return
-        if not os.path.exists(os.path.join(self.config["policy_dir"], digest, "fence.nft")):
-            return
-        error = self.load_fence(digest)
+        error = self.load_fence(self.wanted)
         if error:
+            self.refused = attempt
             log("netlock-killswitch watch: cannot load the fence of policy %s, keeping %s: %s"
-                % (digest, self.loaded or "none", error))
+                % (self.wanted, self.loaded or "none", error))
 
     def remove_fence(self):
         if self.nft is None:
@@ -835,6 +843,30 @@ class Watcher:
                           self.should_stop)
         return checker.run()
 
+    def step(self):
+        """One turn of the loop: follow the policy, keep nft monitor, wait for it (at most POLL), check when due
+        (DEBOUNCE after the first monitor line of a burst, or every watch_interval seconds)."""
+        now = time.monotonic()
+        self.follow_policy()
+        self.ensure_monitor(now)
+        timeout = min(POLL, max(0.0, self.next_check - now))
+        if self.pending is not None:
+            timeout = min(timeout, max(0.0, self.pending - now))
+        readers = [self.monitor.stdout] if self.monitor is not None and not self.monitor.stdout.closed else []
+        try:
+            ready = select.select(readers, [], [], timeout)[0]
+        except (IOError, OSError, select.error):
+            ready = []
+        if ready and self.read_monitor() and self.pending is None:
+            self.pending = time.monotonic() + DEBOUNCE
+        now = time.monotonic()
+        if self.stopping:
+            return
+        if (self.pending is not None and now >= self.pending) or now >= self.next_check:
+            self.pending = None
+            self.check()
+            self.next_check = time.monotonic() + float(self.config["watch_interval"])
+
     def run(self):
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
@@ -847,31 +879,15 @@ class Watcher:
                     return 1
         log("netlock-killswitch watch: started (fence %s, table %s, backend %s)" % (
             self.config["fence_table"] if self.nft else "none", self.config["table"], self.config["backend"]))
-        pending = None
-        next_check = time.monotonic()
+        self.next_check = time.monotonic()
         try:
             while not self.stopping:
-                now = time.monotonic()
-                self.follow_policy()
-                self.ensure_monitor(now)
-                timeout = POLL
-                if pending is not None:
-                    timeout = min(timeout, max(0.0, pending - now))
-                timeout = min(timeout, max(0.0, next_check - now))
-                readers = [self.monitor.stdout] if self.monitor is not None and not self.monitor.stdout.closed else []
                 try:
-                    ready = select.select(readers, [], [], timeout)[0]
-                except (IOError, OSError, select.error):
-                    ready = []
-                if ready and self.read_monitor() and pending is None:
-                    pending = time.monotonic() + DEBOUNCE
-                now = time.monotonic()
-                if self.stopping:
-                    break
-                if (pending is not None and now >= pending) or now >= next_check:
-                    pending = None
-                    self.check()
-                    next_check = time.monotonic() + float(self.config["watch_interval"])
+                    self.step()
+                except Exception as exc:  # pylint: disable=broad-except
+                    # Never die on a surprise: the fence goes with this process.  Log it and go on.
+                    log("netlock-killswitch watch: unexpected error, going on: %s: %s" % (type(exc).__name__, exc))
+                    time.sleep(POLL)
         finally:
             if self.monitor is not None and self.monitor.poll() is None:
                 self.monitor.terminate()

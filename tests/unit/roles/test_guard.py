@@ -656,6 +656,36 @@ def test_watch_without_libnftables_required_exits_1(tmp_path, monkeypatch):
 
 
 @pytest.mark.usefixtures("root_netns")
+def test_watch_restarts_nft_monitor_and_loads_a_fence_file_that_comes_late(tmp_path):
+    """watch_interval 60: only nft monitor can make the restore below quick, so it must have been restarted.
+    A policy whose fence file is not in the store yet keeps the old fence until the file arrives."""
+    host = Host(tmp_path, fence="required")
+    host.write_config(watch_interval=60)
+    late = "fedcba9876543210"
+    proc = host.in_netns(WAIT_FENCE + """\
+        "$PY" "$GUARD" --config "$CONFIG" watch > watch.log 2>&1 & watcher=$!
+        wait_for "nft list table inet %(fence)s"
+        monitor=$(pgrep -P $watcher -f 'nft monitor'); kill "$monitor"
+        while kill -0 "$monitor" 2>/dev/null; do sleep 0.01; done
+        sleep 1.5
+        pgrep -P $watcher -f 'nft monitor' >/dev/null && echo "monitor=restarted"
+        nft flush ruleset
+        wait_for "nft list table inet killswitch" && echo "main=restored"
+        sed "s/%(digest)s/%(late)s/" "$EXPECTED" > new.txt && mv new.txt "$EXPECTED"
+        sleep 0.5
+        nft list table inet %(fence)s | grep -q wg1 || echo "old=kept"
+        mkdir -p policies/%(late)s
+        sed 's/oifname "wg0" accept/oifname "wg1" accept/' policies/%(digest)s/fence.nft > policies/%(late)s/fence.nft
+        wait_for "nft list table inet %(fence)s | grep -q wg1" && echo "late=loaded"
+        kill -TERM $watcher; wait $watcher
+        cat watch.log
+        """ % dict(fence=FENCE, digest=host.digest, late=late))
+    out = proc.stdout
+    for word in ("monitor=restarted", "main=restored", "old=kept", "late=loaded", "nft monitor exited"):
+        assert word in out, "%s missing:\n%s\n%s" % (word, out, proc.stderr)
+
+
+@pytest.mark.usefixtures("root_netns")
 def test_watch_without_libnftables_auto_keeps_reacting(tmp_path):
     """fence: auto without libnftables: one 'fence unavailable' line, and nft monitor still drives the check."""
     host = Host(tmp_path, fence="auto")
