@@ -93,11 +93,9 @@ def parse_config(text):
         raise ConfigError("not JSON: %s" % exc) from exc
     if not isinstance(raw, dict):
         raise ConfigError("not a JSON object")
-    unknown = sorted(set(raw) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError("unknown keys: %s" % ", ".join(unknown))
     config = dict(DEFAULTS)
-    config.update(raw)
+    # Unknown keys are left out, not refused: a newer role's extra key must not leave the host unguarded.
+    config.update((key, value) for key, value in raw.items() if key in DEFAULTS)
     if config["backend"] not in BACKENDS:
         raise ConfigError("backend must be one of %s, not %r" % ("/".join(BACKENDS), config["backend"]))
     if config["fence"] not in FENCE_MODES:
@@ -918,6 +916,11 @@ def main(argv=None):
     except ConfigError as exc:
         log("netlock-killswitch guard: bad configuration %s: %s" % (args.config, exc))
         return 2
+    if args.command == "watch":
+        with open(args.config, encoding="utf-8") as handle:
+            unknown = sorted(set(json.loads(handle.read())) - set(DEFAULTS))
+        if unknown:
+            log("netlock-killswitch watch: ignoring unknown keys in %s: %s" % (args.config, ", ".join(unknown)))
     if args.command == "check":
         return Checker(config, args.source).run()
     return Watcher(args.config, config).run()

@@ -67,11 +67,18 @@ def test_config_defaults_and_derived_fence_table():
     ('{"list_command": "true", "load_command": "true", "fence": "maybe"}', "fence"),
     ('{"list_command": "true", "load_command": "true", "backend": "pf"}', "backend"),
     ('{"list_command": "true", "load_command": "true", "watch_interval": 0}', "watch_interval"),
-    ('{"list_command": "true", "load_command": "true", "tabel": "x"}', "tabel"),
+    ('{"list_command": "true", "load_command": "true", "lock_timeout": true}', "lock_timeout"),
+    ('{"list_command": "true", "load_command": "true", "table": 7}', "table"),
 ])
 def test_config_refusals_name_the_key(raw, word):
     with pytest.raises(guard.ConfigError, match=word):
         guard.parse_config(raw)
+
+
+def test_unknown_keys_are_left_out():
+    """A key a newer role adds must not leave the host unguarded."""
+    config = guard.parse_config('{"list_command": "true", "load_command": "true", "future_key": 1}')
+    assert "future_key" not in config
 
 
 def test_design_doc_config_is_accepted():
