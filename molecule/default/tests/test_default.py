@@ -6,6 +6,7 @@ positive control.
 """
 
 import contextlib
+import fcntl
 import os
 import time
 from dataclasses import dataclass
@@ -386,16 +387,14 @@ def test_drift_recipe_command(tmp_path):
     assert "0 of 2 hosts drifted; 0 unreachable" in clean.stdout
     assert "kill switch drift (" not in clean.stderr, "a clean run must not mail the table"
 
-    holder = subprocess.Popen(["/usr/bin/flock", lock, "sleep", "120"])  # pylint: disable=consider-using-with
-    try:
-        assert wait_for(lambda: subprocess.run(["/usr/bin/flock", "-n", lock, "true"], check=False).returncode != 0, 10)
+    # Held by this process (flock(2), as flock(1) takes it) and released on close: no child keeps it.
+    with open(lock, "a", encoding="utf-8") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert subprocess.run(["/usr/bin/flock", "-n", lock, "true"], check=False).returncode != 0
         started = time.monotonic()
         busy = service_run(timeout=60)
         assert busy.returncode == refused and time.monotonic() - started < 5, (busy.returncode, busy.stderr)
         assert busy.stdout == "" and busy.stderr == "", "a refused run touches no host and says nothing"
-    finally:
-        holder.terminate()
-        holder.wait(timeout=10)
 
     drifted = CLIENTS[1]
     pause = "systemctl stop netlock-killswitch-watch.service 2>/dev/null; %s && %s" % (PAUSE_GUARD, DRIFT[drifted.backend])
