@@ -722,6 +722,12 @@ class Watcher:
         if error:
             self.nft = None
             return "nf_tables: %s" % error
+        probe = "%s_probe" % self.config["fence_table"]
+        error = self.nft.cmd("add table inet %s { flags owner; }" % probe)
+        if error:
+            self.nft = None
+            return "owned tables (flags owner: Linux 5.12+, nft 0.9.9+) refused: %s" % error
+        self.nft.cmd("delete table inet %s" % probe)
         return None
 
     def record_unavailable(self):

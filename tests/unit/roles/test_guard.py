@@ -593,6 +593,7 @@ def test_fence_survives_flush_and_foreign_delete_and_goes_with_sigterm(tmp_path)
         "$PY" "$GUARD" --config "$CONFIG" watch > watch.log 2>&1 & watcher=$!
         wait_for "nft list table inet %(fence)s" && echo "fence=loaded"
         nft list table inet %(fence)s | grep -q 'flags owner' && echo "fence=owned"
+        nft list tables | grep -q probe || echo "probe=gone"
         nft flush ruleset; nft list table inet %(fence)s >/dev/null 2>&1 && echo "after-flush=present"
         nft delete table inet %(fence)s 2> delete.err; echo "delete-rc=$?"
         grep -q 'Operation not permitted' delete.err && echo "delete=EPERM"
@@ -604,7 +605,7 @@ def test_fence_survives_flush_and_foreign_delete_and_goes_with_sigterm(tmp_path)
         cat watch.log
         """ % {"fence": FENCE})
     out = proc.stdout
-    for word in ("fence=loaded", "fence=owned", "after-flush=present", "delete-rc=1", "delete=EPERM",
+    for word in ("fence=loaded", "fence=owned", "probe=gone", "after-flush=present", "delete-rc=1", "delete=EPERM",
                  "add-rule=refused", "main=restored", "watch-rc=0", "after-sigterm=gone", "main=kept"):
         assert word in out, "%s missing:\n%s\n%s" % (word, out, proc.stderr)
     assert "fence %s removed" % FENCE in out
