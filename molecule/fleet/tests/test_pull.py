@@ -206,8 +206,8 @@ systemctl daemon-reload
     TIMINGS["site"] = time.monotonic() - started
 
     # 3. start from a host whose kill switch is gone (the guard stopped first, or it would restore it)
-    dexec("systemctl stop netlock-killswitch-guard.timer netlock-killswitch-guard.service netlock-killswitch-watch.service 2>/dev/null; nft delete table inet killswitch 2>/dev/null; "
-          "rm -f %s; true" % RULESET)
+    dexec("systemctl stop netlock-killswitch-guard.timer netlock-killswitch-guard.service netlock-killswitch-watch.service "
+          "2>/dev/null; nft delete table inet killswitch 2>/dev/null; rm -f %s; true" % RULESET)
     removed = dexec("nft list table inet killswitch", check=False).returncode != 0
     TIMINGS["removed"] = time.monotonic() - started
 

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # -*- coding: utf-8 -*-
 # Copyright: netlock.killswitch contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -907,7 +906,7 @@ class Watcher:
 # --------------------------------------------------------------------------- command line
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="netlock-killswitch-guard", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="netlock-killswitch-guard", description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="guard.json (default %(default)s)")
     commands = parser.add_subparsers(dest="command")
     check = commands.add_parser("check", help="repair drift once")
