@@ -224,6 +224,10 @@ def test_still_locked_after_a_restart(client):
     assert client.loaded(), "the boot unit did not load the rules"
     assert sh(client.name, "systemctl is-active netlock-killswitch.service").stdout.strip() == "active"
     assert client.listing().strip() == sh(client.name, "cat " + GUARD_LISTING).stdout.strip()
+    # The watcher starts at boot and loads the fence of the policy in force.
+    assert wait_for(lambda: sh(client.name, "nft list table inet killswitch_fence").returncode == 0, 15), \
+        "no fence after the restart"
+    assert sh(client.name, "systemctl is-active netlock-killswitch-watch.service").stdout.strip() == "active"
     assert locked(client)
 
 
