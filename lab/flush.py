@@ -681,7 +681,7 @@ def _parallel(hosts: Sequence[Host], work: Callable[[Host], List[Measurement]]) 
 
 
 def run_drift(hosts: Sequence[Host], rounds: int = 10, control: bool = True, restore_fence: bool = True,
-              notify: Optional[Callable[[str], None]] = None) -> DriftRun:
+              notify: Optional[Callable[[str], None]] = None, control_rounds: Optional[int] = None) -> DriftRun:
     """Fenced foreign actions, the tamper matrix and the fleet report, then the control (fence off)."""
     notify = notify or (lambda _what: None)
     run = DriftRun()
@@ -714,7 +714,7 @@ def run_drift(hosts: Sequence[Host], rounds: int = 10, control: bool = True, res
             run.control_fence_loaded = {h.name: fence_loaded(h) for h in hosts}
             for host in hosts:
                 prepare(host)  # the rollout's handlers may have reloaded tables
-            run.control = _parallel(hosts, lambda h: foreign_actions(h, rounds, False, notify=notify))
+            run.control = _parallel(hosts, lambda h: foreign_actions(h, control_rounds or rounds, False, notify=notify))
         else:
             run.errors.append("the control rollout (killswitch_fence: off) failed")
         mark = phase("foreign actions, fence off (control)", mark)

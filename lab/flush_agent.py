@@ -66,8 +66,9 @@ def timed(predicate) -> tuple:
 
 
 def one_round(args, in_sync: InSync) -> dict:
-    """A poll starts every ``interval`` seconds whatever the listing command takes (each in a thread of its
-    own), so the restore time is known to one interval; a poll's time is when it started."""
+    """A poll starts every ``interval`` seconds whatever the listing command takes (in a thread of its own, up
+    to ``inflight`` at once), so the restore time is known to an interval or so; a poll's time is when it
+    started."""
     before = poll_until(in_sync, time.monotonic() + args.timeout, 0.05)
     in_sync.polls = 0
     start_wall, start = time.time(), time.monotonic()
@@ -76,12 +77,15 @@ def one_round(args, in_sync: InSync) -> dict:
     polls = []  # (submitted, the action still running then, future of timed()), in order
     changed, restored, seconds, done = False, False, None, 0
     deadline = start + args.timeout
-    with ThreadPoolExecutor(max_workers=16) as pool:
+    with ThreadPoolExecutor(max_workers=args.inflight) as pool:
         tick = start
         while not restored:
             now = time.monotonic()
+            # A tick with --inflight polls still running is skipped: polls pile up no work on a busy host
+            # (they would slow down the guard they time); the next free tick polls.
             if now >= tick and now < deadline:
-                polls.append((now, action.poll() is None, pool.submit(timed, in_sync)))
+                if len(polls) - done < args.inflight or sum(not p[2].done() for p in polls[done:]) < args.inflight:
+                    polls.append((now, action.poll() is None, pool.submit(timed, in_sync)))
                 tick = tick + args.interval if now - tick < args.interval else now + args.interval
             while done < len(polls) and polls[done][2].done():
                 running, (started, synced) = polls[done][1], polls[done][2].result()
@@ -119,7 +123,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repair", default="", help="shell text run after each round")
     parser.add_argument("--timeout", type=float, default=20, help="seconds per round")
     parser.add_argument("--interval", type=float, default=0.01, help="seconds between two polls")
-    parser.add_argument("--settle", type=float, default=0.3, help="seconds after each round")
+    parser.add_argument("--inflight", type=int, default=3, help="polls running at once, at most")
+    parser.add_argument("--settle", type=float, default=0.1, help="seconds after each round")
     parser.add_argument("--config", default=CONFIG)
     args = parser.parse_args(argv)
     with open(args.config, encoding="utf-8") as handle:

@@ -250,7 +250,7 @@ class Verdicts:
 
 
 def clock_args(**overrides):
-    values = dict(action="true", timeout=2.0, interval=0.01, repair="", settle=0.0)
+    values = dict(action="true", timeout=2.0, interval=0.01, repair="", settle=0.0, inflight=3)
     values.update(overrides)
     return argparse.Namespace(**values)
 
