@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import yaml
 
-from lab.probe import sh
+from lab.probe import GUARD_UNITS, RESUME_GUARD, sh
 from lab.topology import INVENTORY_DIR, Host
 
 HOST_VARS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), INVENTORY_DIR, "host_vars")
@@ -36,8 +36,6 @@ RECORD = "/etc/netlock-lab/iptables-alternative"
 NFT_TABLE = "inet killswitch"
 # Tables that can hold the kill switch. nat is left alone: Docker keeps its embedded DNS rules there.
 FILTERING_TABLES = ("filter", "mangle", "raw", "security")
-# The watcher holds the fence (a second, owned table): stopping it removes the fence.
-GUARD_UNITS = "netlock-killswitch-guard.timer netlock-killswitch-guard.service netlock-killswitch-watch.service"
 BOOT_UNIT = "netlock-killswitch.service"
 FENCE_TABLE = "inet killswitch_fence"
 
@@ -246,9 +244,7 @@ def killswitch_off(host: Host, firewall: Optional[Firewall] = None):
     try:
         yield
     finally:
-        result = sh(host.name, "systemctl restart %s && for unit in netlock-killswitch-guard.timer "
-                               "netlock-killswitch-watch.service; do ! systemctl is-enabled -q $unit 2>/dev/null || "
-                               "systemctl start $unit || exit 1; done" % BOOT_UNIT)
+        result = sh(host.name, "systemctl restart %s && %s" % (BOOT_UNIT, RESUME_GUARD))
         after = killswitch_rules(host, firewall)
         assert result.returncode == 0 and after == before, "%s: the boot unit did not restore the kill switch: %s" % (
             host.name, result.stderr or after)

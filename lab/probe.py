@@ -199,22 +199,29 @@ def nft_table(container: str, table: str = "killswitch") -> Optional[dict]:
     return json.loads(result.stdout) if result.returncode == 0 else None
 
 
+# The guard's units; the watcher holds the fence (a second, owned table): stopping it removes the fence.
+GUARD_UNITS = "netlock-killswitch-guard.timer netlock-killswitch-guard.service netlock-killswitch-watch.service"
+# Start again, after the boot unit reloaded the rules, what the role enabled.
+RESUME_GUARD = ("for unit in netlock-killswitch-guard.timer netlock-killswitch-watch.service; do "
+                "! systemctl is-enabled -q $unit 2>/dev/null || systemctl start $unit || exit 1; done")
+FENCE_SUFFIX = "_fence"
+
+
 @contextlib.contextmanager
 def killswitch_off(container: str, table: str = "killswitch"):
     """Positive controls: the kill switch removed for the block, then loaded again by its boot unit.
 
-    The guard is paused meanwhile, or it would put the table back in the middle of the control.
+    The guard and the watcher are stopped meanwhile (which removes the fence), or they would put the table
+    back in the middle of the control.
     """
     # Stopping the service too waits for a guard run already under way, which could reload the table.
-    sh(container, "systemctl stop netlock-killswitch-guard.timer netlock-killswitch-guard.service 2>/dev/null; "
-                  "nft delete table inet %s" % table)
+    sh(container, "systemctl stop %s 2>/dev/null; nft delete table inet %s" % (GUARD_UNITS, table))
     assert nft_table(container, table) is None, "the kill switch table is still loaded"
+    assert nft_table(container, table + FENCE_SUFFIX) is None, "the fence is still loaded"
     try:
         yield
     finally:
-        result = sh(container, "systemctl restart netlock-killswitch.service && "
-                               "{ ! systemctl is-enabled -q netlock-killswitch-guard.timer 2>/dev/null || "
-                               "systemctl start netlock-killswitch-guard.timer; }")
+        result = sh(container, "systemctl restart netlock-killswitch.service && " + RESUME_GUARD)
         assert result.returncode == 0 and nft_table(container, table) is not None, result.stderr
 
 
