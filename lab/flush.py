@@ -141,6 +141,7 @@ def opens_without_fence(action: str, fw: Firewall) -> bool:
         return fw.backend == "iptables"
     return action in MUST_LEAK_WITHOUT_FENCE
 
+
 LAST_NFT_RULE = ("h=$(nft -a list chain inet %s output | sed -n 's/.* # handle \\([0-9]*\\)$/\\1/p' | tail -n 1) && "
                  "nft delete rule inet %s output handle $h" % (TABLE, TABLE))
 LAST_XT_RULE = "n=$(iptables -w -S %s-out | grep -c '^-A') && iptables -w -D %s-out $n" % (TABLE, TABLE)
