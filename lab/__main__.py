@@ -7,11 +7,13 @@
     python -m lab down      remove the lab
     python -m lab fleet-up    build the SSH fleet lab (managed hosts reached over SSH as operator)
     python -m lab fleet-down  remove the SSH fleet lab
+    python -m lab drift-table print the drift scenario's measurements (reports/drift-measurements.json) as Markdown
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from lab import build, cases, fleet, report, run
+from lab import build, cases, fleet, flush, report, run
 
 console = Console()
 
@@ -72,7 +74,7 @@ def run_cases(names, flaps: int, outdir: str, concurrent: bool = True) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__.split("\n\n", maxsplit=1)[0])
-    parser.add_argument("command", choices=["up", "rollout", "cases", "demo", "down", "fleet-up", "fleet-down"])
+    parser.add_argument("command", choices=["up", "rollout", "cases", "demo", "down", "fleet-up", "fleet-down", "drift-table"])
     parser.add_argument("--case", action="append", choices=sorted(cases.CASES), help="run only these cases")
     parser.add_argument("--flaps", type=int, default=20)
     parser.add_argument("--reports", default=os.path.join(build.ROOT, "reports"))
@@ -84,6 +86,10 @@ def main(argv=None) -> int:
         return 0
     if args.command == "fleet-up":
         fleet_up()
+        return 0
+    if args.command == "drift-table":
+        with open(os.path.join(args.reports, "drift-measurements.json"), encoding="utf-8") as handle:
+            print(flush.markdown_report(json.load(handle)))
         return 0
     if args.command == "fleet-down":
         fleet.down()

@@ -25,7 +25,7 @@ import shlex
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from lab import firewall
@@ -310,6 +310,23 @@ def as_document(measurement: Measurement) -> dict:
     document["rounds_changed"] = sum(r.changed for r in measurement.rounds)
     document["rounds_restored"] = sum(r.restored for r in measurement.rounds)
     return document
+
+
+def from_document(document: dict) -> Measurement:
+    """A Measurement back from as_document's output (the tables of reports/drift-measurements.json)."""
+    names = {f.name for f in fields(Measurement)}
+    measurement = Measurement(**{k: v for k, v in document.items() if k in names and k != "rounds"})
+    measurement.rounds = [Round(**r) for r in document.get("rounds", [])]
+    return measurement
+
+
+def markdown_report(document: dict) -> str:
+    """The README's tables from a written reports/drift-measurements.json."""
+    parts = []
+    for key, title in (("foreign_actions", "Fence on"), ("control_fence_off", "Control: `killswitch_fence: off`")):
+        if document.get(key):
+            parts.append("%s:\n\n%s" % (title, markdown_table([from_document(d) for d in document[key]])))
+    return "\n\n".join(parts)
 
 
 def ms(value: Optional[float]) -> str:

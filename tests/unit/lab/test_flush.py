@@ -210,6 +210,15 @@ def test_summaries_and_table() -> None:
     assert flush.markdown_table([m]).count("\n") == 2
 
 
+def test_tables_from_the_written_document() -> None:
+    m = measurement([0.030, 0.010, 0.020, None])
+    document = json.loads(json.dumps({"foreign_actions": [flush.as_document(m)], "control_fence_off": []}))
+    back = flush.from_document(document["foreign_actions"][0])
+    assert back == m and flush.table_rows([back]) == flush.table_rows([m])
+    text = flush.markdown_report(document)
+    assert text.startswith("Fence on:") and "Control" not in text and flush.markdown_table([m]) in text
+
+
 def test_metrics_journal_and_report_parsing() -> None:
     text = ('# TYPE netlock_killswitch_drift_events_total counter\n'
             'netlock_killswitch_drift_events_total{kind="table_missing"} 3\n'
