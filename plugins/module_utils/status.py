@@ -24,6 +24,20 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 # (rc, stdout, stderr) of a command, as AnsibleModule.run_command returns it.
 Runner = Callable[[Sequence[str]], Tuple[int, str, str]]
 
+# The options killswitch_status takes; killswitch_verify takes the ones it shares from here (one source, and
+# tests/unit/test_contract.py holds each module's DOCUMENTATION to its spec).
+ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = dict(
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    backend=dict(type="str", choices=["nftables", "iptables"], default="nftables"),
+    table=dict(type="str", default="killswitch"),
+    digest=dict(type="str"),
+    boot_unit=dict(type="str", default="netlock-killswitch.service"),
+    guard=dict(type="bool", default=True),
+    guard_unit=dict(type="str", default="netlock-killswitch-guard.timer"),
+    tunnel_interfaces=dict(type="list", elements="str", default=[]),
+    traffic_target=dict(type="str"),
+)
+
 COMMENT = re.compile(r"^netlock\.killswitch ([0-9a-f]{16})$")
 DIGEST_LENGTH = 16  # the table comment carries the first 16 hex digits of the policy digest
 IFF_UP = 0x1
@@ -100,16 +114,22 @@ def matches_pattern(name: str, pattern: str) -> bool:
     return name == pattern
 
 
-def interface_up(sys_class_net: str, name: str) -> bool:
-    """Administratively up (IFF_UP) and not without carrier; WireGuard and tun report ``unknown``."""
+def interface_flags(sys_class_net: str, name: str) -> Optional[Tuple[int, str]]:
+    """``(flags, operstate)`` of an interface from sysfs, or None when it is gone or unreadable."""
     try:
         with open(os.path.join(sys_class_net, name, "flags")) as handle:
             flags = int(handle.read().strip(), 16)
         with open(os.path.join(sys_class_net, name, "operstate")) as handle:
             operstate = handle.read().strip()
     except (OSError, ValueError):
-        return False
-    return bool(flags & IFF_UP) and operstate in ("up", "unknown")
+        return None
+    return flags, operstate
+
+
+def interface_up(sys_class_net: str, name: str) -> bool:
+    """Administratively up (IFF_UP) and not without carrier; WireGuard and tun report ``unknown``."""
+    found = interface_flags(sys_class_net, name)
+    return found is not None and bool(found[0] & IFF_UP) and found[1] in ("up", "unknown")
 
 
 def tunnel_names(sys_class_net: str, patterns: Sequence[str]) -> List[str]:
@@ -132,6 +152,65 @@ def traffic(run: Runner, ping: Optional[str], interface: str, target: Optional[s
     return TRAFFIC_OK if rc == 0 else TRAFFIC_FAILED
 
 
+def rules_name(backend: str, table: str) -> str:
+    """How the problems name the main rules: the nftables table, or the iptables backend's output chain."""
+    return "iptables chain %s-out" % table if backend == "iptables" else "table inet %s" % table
+
+
+def installed(run: Runner, nft: str, systemctl: str, table: str = "killswitch", digest: Optional[str] = None,
+              boot_unit: str = "netlock-killswitch.service", guard_unit: str = "netlock-killswitch-guard.timer",
+              backend: str = "nftables") -> Dict[str, Any]:
+    """What is on the host: ``{table, boot_unit, guard}``, the first parts of the status (and of the verify).
+
+    For the iptables backend ``nft`` is the path of iptables-save (IPv4: the chains of both families are
+    loaded together, IPv4 first).
+    """
+    rules = iptables_status(run, nft, table, digest) if backend == "iptables" else table_status(run, nft, table, digest)
+    return dict(
+        table=rules,
+        boot_unit=dict(name=boot_unit, enabled=unit_is(run, systemctl, "is-enabled", boot_unit)),
+        guard=dict(name=guard_unit, active=unit_is(run, systemctl, "is-active", guard_unit)),
+    )
+
+
+def check(name: str, ok: bool, detail: str) -> Dict[str, Any]:
+    """One named check, the shape killswitch_verify returns in its ``checks`` list."""
+    return dict(name=name, ok=bool(ok), detail=detail)
+
+
+def installed_checks(found: Dict[str, Any], state: str = "present", digest: Optional[str] = None, guard: bool = True,
+                     backend: str = "nftables", table: str = "killswitch") -> List[Dict[str, Any]]:
+    """``installed``'s parts judged: one check each for the rules, the boot unit and the guard timer.
+
+    A failed check's detail is the problem the status reports, word for word.
+    """
+    what = rules_name(backend, table)
+    rules, boot, timer = found["table"], found["boot_unit"], found["guard"]
+    if state != "present":
+        return [check("table", not rules["present"], "%s is %s" % (what, "still loaded" if rules["present"] else "not loaded")),
+                check("boot_unit", not boot["enabled"], "%s is %s" % (boot["name"], "still enabled" if boot["enabled"]
+                                                                        else "not enabled")),
+                check("guard", not timer["active"], "%s is %s" % (timer["name"], "still active" if timer["active"]
+                                                                    else "not active"))]
+    if not rules["present"]:
+        table_check = check("table", False, "%s is not loaded" % what)
+    elif rules["matches"] is False:
+        table_check = check("table", False, "%s carries policy digest %s, expected %s"
+                            % (what, rules["digest"] or "none", digest.lower()[:DIGEST_LENGTH]))
+    elif rules["matches"]:
+        table_check = check("table", True, "%s is loaded with policy digest %s" % (what, rules["digest"]))
+    else:
+        table_check = check("table", True, "%s is loaded (no policy digest expected)" % what)
+    if not guard:
+        guard_check = check("guard", True, "%s is not required (guard off)" % timer["name"])
+    else:
+        guard_check = check("guard", timer["active"], "%s is %s" % (timer["name"], "active" if timer["active"]
+                                                                    else "not active"))
+    return [table_check,
+            check("boot_unit", boot["enabled"], "%s is %s" % (boot["name"], "enabled" if boot["enabled"] else "not enabled")),
+            guard_check]
+
+
 def status(run: Runner, nft: str, systemctl: str, ping: Optional[str] = None, state: str = "present",
            table: str = "killswitch", digest: Optional[str] = None, boot_unit: str = "netlock-killswitch.service",
            guard_unit: str = "netlock-killswitch-guard.timer", guard: bool = True,
@@ -144,27 +223,10 @@ def status(run: Runner, nft: str, systemctl: str, ping: Optional[str] = None, st
     through every tunnel interface that is up (when there is a ``traffic_target``).  With
     ``state=absent`` nothing may be left: no table, no enabled boot unit, no active guard.
     """
-    # For the iptables backend ``nft`` is the path of iptables-save (IPv4: the chains of both families
-    # are loaded together, IPv4 first).
-    rules = iptables_status(run, nft, table, digest) if backend == "iptables" else table_status(run, nft, table, digest)
-    what = "iptables chain %s-out" % table if backend == "iptables" else "table inet %s" % table
-    result: Dict[str, Any] = dict(
-        table=rules,
-        boot_unit=dict(name=boot_unit, enabled=unit_is(run, systemctl, "is-enabled", boot_unit)),
-        guard=dict(name=guard_unit, active=unit_is(run, systemctl, "is-active", guard_unit)),
-        tunnels=[],
-    )
-    problems: List[str] = []
+    result: Dict[str, Any] = installed(run, nft, systemctl, table, digest, boot_unit, guard_unit, backend)
+    result["tunnels"] = []
+    problems = [c["detail"] for c in installed_checks(result, state, digest, guard, backend, table) if not c["ok"]]
     if state == "present":
-        if not result["table"]["present"]:
-            problems.append("%s is not loaded" % what)
-        elif result["table"]["matches"] is False:
-            problems.append("%s carries policy digest %s, expected %s"
-                            % (what, result["table"]["digest"] or "none", digest.lower()[:DIGEST_LENGTH]))
-        if not result["boot_unit"]["enabled"]:
-            problems.append("%s is not enabled" % boot_unit)
-        if guard and not result["guard"]["active"]:
-            problems.append("%s is not active" % guard_unit)
         for name in tunnel_names(sys_class_net, tunnel_interfaces):
             up = interface_up(sys_class_net, name)
             flow = traffic(run, ping, name, traffic_target) if up else TRAFFIC_NOT_CHECKED
@@ -172,13 +234,6 @@ def status(run: Runner, nft: str, systemctl: str, ping: Optional[str] = None, st
             if flow == TRAFFIC_FAILED:
                 problems.append("no reply from %s through %s: the tunnel is up but traffic does not flow"
                                 % (traffic_target, name))
-    else:
-        if result["table"]["present"]:
-            problems.append("%s is still loaded" % what)
-        if result["boot_unit"]["enabled"]:
-            problems.append("%s is still enabled" % boot_unit)
-        if result["guard"]["active"]:
-            problems.append("%s is still active" % guard_unit)
     result.update(ok=not problems, problems=problems,
                   msg=("kill switch %s" % ("in force" if state == "present" else "removed")) if not problems
                   else "; ".join(problems))

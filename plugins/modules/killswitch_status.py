@@ -182,22 +182,12 @@ msg:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.netlock.killswitch.plugins.module_utils.status import status
+from ansible_collections.netlock.killswitch.plugins.module_utils.status import ARGUMENT_SPEC, status
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            state=dict(type="str", choices=["present", "absent"], default="present"),
-            backend=dict(type="str", choices=["nftables", "iptables"], default="nftables"),
-            table=dict(type="str", default="killswitch"),
-            digest=dict(type="str"),
-            boot_unit=dict(type="str", default="netlock-killswitch.service"),
-            guard=dict(type="bool", default=True),
-            guard_unit=dict(type="str", default="netlock-killswitch-guard.timer"),
-            tunnel_interfaces=dict(type="list", elements="str", default=[]),
-            traffic_target=dict(type="str"),
-        ),
+        argument_spec=ARGUMENT_SPEC,
         supports_check_mode=True,
     )
     params = module.params
