@@ -16,12 +16,13 @@ HOST_PACKAGES := nftables debootstrap docker.io iproute2 util-linux tcpdump pyth
 # Lab networks: name, IPv4 subnet, IPv6 subnet (checked by tools/labnet.py before creation).
 DEFAULT_NET := ks-default --subnet 198.18.20.0/24 --subnet6 2001:db8:20::/64
 
-.PHONY: bench help host-deps venv collection engine image networks unit lint sanity molecule build ee-context ee test demo demo-down clean
+.PHONY: bench help host-deps venv collection engine image networks unit lint changelog sanity molecule build ee-context ee test demo demo-down clean
 
 help:
 	@echo "make demo       roll the kill switch out to the lab fleet and show traffic blocked"
 	@echo "make demo-down  remove the lab"
 	@echo "make test       unit tests, nft -c, lint, ansible-test sanity, molecule scenarios (default, leak, fleet, drift)"
+	@echo "make changelog  regenerate CHANGELOG.md from changelogs/ (add a fragment in changelogs/fragments/ first)"
 
 host-deps:
 	@missing=(); for pkg in $(HOST_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing+=($$pkg); done; \
@@ -60,6 +61,15 @@ unit: venv collection
 lint: venv collection
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint --profile production
+	$(BIN)/antsibull-changelog lint
+	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
+	$(BIN)/python tools/changelog.py --check
+
+# CHANGELOG.md is generated from changelogs/ (antsibull-changelog): add a fragment
+# changelogs/fragments/<topic>.yml, then run this and commit both.
+changelog: venv
+	$(BIN)/antsibull-changelog lint
+	$(BIN)/python tools/changelog.py
 
 sanity: venv
 	tools/sanity.sh
