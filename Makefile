@@ -16,13 +16,14 @@ HOST_PACKAGES := nftables debootstrap docker.io iproute2 util-linux tcpdump pyth
 # Lab networks: name, IPv4 subnet, IPv6 subnet (checked by tools/labnet.py before creation).
 DEFAULT_NET := ks-default --subnet 198.18.20.0/24 --subnet6 2001:db8:20::/64
 
-.PHONY: bench help host-deps venv collection engine image networks unit lint changelog sanity molecule build ee-context ee test demo demo-down clean
+.PHONY: bench help host-deps venv collection engine image networks unit lint changelog sanity matrix molecule build ee-context ee test demo demo-down clean
 
 help:
 	@echo "make demo       roll the kill switch out to the lab fleet and show traffic blocked"
 	@echo "make demo-down  remove the lab"
 	@echo "make test       unit tests, nft -c, lint, ansible-test sanity, molecule scenarios (default, leak, fleet, drift)"
 	@echo "make changelog  regenerate CHANGELOG.md from changelogs/ (add a fragment in changelogs/fragments/ first)"
+	@echo "make matrix     ansible-test sanity and units on every ansible-core/Python cell of the CI matrix (slow)"
 
 host-deps:
 	@missing=(); for pkg in $(HOST_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing+=($$pkg); done; \
@@ -64,6 +65,7 @@ lint: venv collection
 	$(BIN)/antsibull-changelog lint
 	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
 	$(BIN)/python tools/changelog.py --check
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 # CHANGELOG.md is generated from changelogs/ (antsibull-changelog): add a fragment
 # changelogs/fragments/<topic>.yml, then run this and commit both.
@@ -73,6 +75,13 @@ changelog: venv
 
 sanity: venv
 	tools/sanity.sh
+
+# The CI support matrix (.github/workflows/ci.yml, job ansible-test) on this machine: per ansible-core
+# release line and Python (pyenv's, else on PATH), a venv under .cache/matrix with the newest ansible-core
+# of that line, then ansible-test sanity and units as the workflow runs them. Slow: not part of `make test`.
+# MATRIX_ARGS="--only 2.19/3.13 --no-sanity" runs a part; "--list" shows the cells.
+matrix: venv
+	$(BIN)/python tools/matrix.py $(MATRIX_ARGS)
 
 # One scenario at a time: the leak and drift captures and fleet's lockout time bounds are measurements, and
 # two labs on two cores starve them (a capture that drops packets is an error). About 45 min in all.
