@@ -77,7 +77,7 @@ sanity: venv
 	tools/sanity.sh
 
 # The CI support matrix (.github/workflows/ci.yml, job ansible-test) on this machine: per ansible-core
-# release line and Python (pyenv's, else on PATH), a venv under .cache/matrix with the newest ansible-core
+# release line and Python (pyenv's, else on PATH), a venv under ~/.cache/netlock-killswitch/matrix with the newest ansible-core
 # of that line, then ansible-test sanity and units as the workflow runs them. Slow: not part of `make test`.
 # MATRIX_ARGS="--only 2.19/3.13 --no-sanity" runs a part; "--list" shows the cells.
 matrix: venv

@@ -5,7 +5,8 @@
 
 The cells come from the ``ansible-test`` job of .github/workflows/ci.yml (its ``strategy.matrix``
 and its ``UNIT_TESTS``), the one place the matrix is declared. For each cell (ansible-core release
-line, Python version): a virtual environment under .cache/matrix/ made with that Python (found
+line, Python version): a virtual environment under ~/.cache/netlock-killswitch/matrix/
+($NETLOCK_MATRIX_DIR; logs in its logs/) made with that Python (found
 under ~/.pyenv/versions or on PATH; a cell whose Python is missing is reported as skipped), the
 newest ansible-core of that line from the package index, then on a copy of the collection at
 <tmp>/ansible_collections/netlock/killswitch the workflow's commands: ``ansible-test sanity``
@@ -37,7 +38,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 JOB = "ansible-test"
-VENVS = ROOT / ".cache" / "matrix"
+# Outside the checkout: yamllint and ansible-lint walk the checkout, and a venv is full of YAML.
+VENVS = Path(os.environ.get("NETLOCK_MATRIX_DIR") or
+             Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "netlock-killswitch" / "matrix")
 PIP_CACHE = Path.home() / ".ansible" / "test" / "cache"
 STAND_IN = "import ensurepip\nensurepip.bootstrap(upgrade=True)\n"
 
