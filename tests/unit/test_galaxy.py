@@ -360,17 +360,20 @@ def test_installed_playbooks_parse(installed):
          env=_isolated_env(tmp, collections), cwd=tmp)
 
 
+def _pins(path):
+    """{name: version} of a requirements file's lines."""
+    found = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _sep, version = line.partition("==")
+            found[name.split("[")[0].strip().lower()] = version.strip()
+    return found
+
+
 def test_unit_requirements_match_the_toolchain_pins():
     """tests/unit/requirements.txt (ansible-test units in the matrix) pins what requirements-dev.txt pins."""
-    def pins(path):
-        found = {}
-        for line in path.read_text().splitlines():
-            line = line.split("#")[0].strip()
-            if line:
-                name, _sep, version = line.partition("==")
-                found[name.split("[")[0].strip().lower()] = version.strip()
-        return found
-    unit, dev = pins(REPO_ROOT / "tests" / "unit" / "requirements.txt"), pins(REPO_ROOT / "requirements-dev.txt")
+    unit, dev = _pins(REPO_ROOT / "tests" / "unit" / "requirements.txt"), _pins(REPO_ROOT / "requirements-dev.txt")
     assert unit
     for name, version in unit.items():
         assert version and dev.get(name) == version, "%s: tests/unit/requirements.txt %r, requirements-dev.txt %r" % (
