@@ -188,10 +188,10 @@ def installed_checks(found: Dict[str, Any], state: str = "present", digest: Opti
     rules, boot, timer = found["table"], found["boot_unit"], found["guard"]
     if state != "present":
         return [check("table", not rules["present"], "%s is %s" % (what, "still loaded" if rules["present"] else "not loaded")),
-                check("boot_unit", not boot["enabled"], "%s is %s" % (boot["name"], "still enabled" if boot["enabled"]
-                                                                        else "not enabled")),
-                check("guard", not timer["active"], "%s is %s" % (timer["name"], "still active" if timer["active"]
-                                                                    else "not active"))]
+                check("boot_unit", not boot["enabled"],
+                      "%s is %s" % (boot["name"], "still enabled" if boot["enabled"] else "not enabled")),
+                check("guard", not timer["active"],
+                      "%s is %s" % (timer["name"], "still active" if timer["active"] else "not active"))]
     if not rules["present"]:
         table_check = check("table", False, "%s is not loaded" % what)
     elif rules["matches"] is False:
