@@ -101,3 +101,53 @@ def test_the_role_passes_every_option_to_the_policy():
 def test_every_variable_of_the_public_contract_is_there():
     named = set(re.findall(r"^\| `(killswitch_\w+)`", SPEC.read_text(), re.MULTILINE))
     assert named and named <= set(argument_specs())
+
+
+# --------------------------------------------------------------------------- killswitch_status and killswitch_verify
+
+def _host_modules():
+    from ansible_collections.netlock.killswitch.plugins.module_utils import status, verify
+    from ansible_collections.netlock.killswitch.plugins.modules import killswitch_status, killswitch_verify
+    return {"killswitch_status": (killswitch_status, status.ARGUMENT_SPEC),
+            "killswitch_verify": (killswitch_verify, verify.ARGUMENT_SPEC)}
+
+
+@pytest.mark.parametrize("name", ["killswitch_status", "killswitch_verify"])
+def test_the_host_modules_document_their_argument_spec(name):
+    """Each module's argument spec lives in its module_utils; its DOCUMENTATION must say the same."""
+    module, spec = _host_modules()[name]
+    assert module.main.__module__ == module.__name__
+    options = yaml.safe_load(module.DOCUMENTATION)["options"]
+    assert set(options) == set(spec), name
+    for option, wanted in spec.items():
+        doc = options[option]
+        for key in ("type", "default", "choices", "elements"):
+            assert doc.get(key) == wanted.get(key), (name, option, key)
+        assert doc.get("required", False) == wanted.get("required", False), (name, option)
+
+
+def test_verify_shares_the_status_options_and_the_roles_defaults():
+    from ansible_collections.netlock.killswitch.plugins.module_utils import status, verify
+    for name in verify.SHARED_OPTIONS:
+        assert verify.ARGUMENT_SPEC[name] == status.ARGUMENT_SPEC[name], name
+    assert tuple(verify.ARGUMENT_SPEC["fence"]["choices"]) == policy.FENCES
+    assert verify.ARGUMENT_SPEC["fence"]["default"] == policy.DEFAULTS["fence"]
+    assert verify.ARGUMENT_SPEC["guard"]["default"] == policy.DEFAULTS["guard_enabled"]
+    assert status.ARGUMENT_SPEC["table"]["default"] == policy.DEFAULTS["table"]
+    assert set(status.ARGUMENT_SPEC["backend"]["choices"]) == set(backends.BACKENDS)
+    role_vars = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    assert verify.ARGUMENT_SPEC["boot_unit"]["default"] == role_vars["killswitch_unit_name"]
+    assert verify.ARGUMENT_SPEC["guard_unit"]["default"] == role_vars["killswitch_guard_config"]["timer_unit"]
+    assert verify.ARGUMENT_SPEC["watch_unit"]["default"] == role_vars["killswitch_watch_unit"]
+    assert verify.ARGUMENT_SPEC["guard_state_path"]["default"] == role_vars["killswitch_guard_config"]["state_path"].replace(
+        "{{ killswitch_state_dir }}", role_vars["killswitch_state_dir"])
+
+
+def test_the_roles_verify_task_passes_options_the_module_takes():
+    from ansible_collections.netlock.killswitch.plugins.module_utils import verify
+    tasks = yaml.safe_load((ROLE / "tasks" / "verify.yml").read_text())
+    task = next(t for t in tasks if "netlock.killswitch.killswitch_verify" in t)
+    passed = task["netlock.killswitch.killswitch_verify"]
+    assert set(passed) <= set(verify.ARGUMENT_SPEC)
+    assert {"policy", "backend", "guard", "fence"} <= set(passed)
+    assert "killswitch_rendered.policy" in passed["policy"]
