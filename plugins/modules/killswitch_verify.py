@@ -145,6 +145,8 @@ attributes:
 notes:
   - Runs as root (C(nft list) needs C(CAP_NET_ADMIN), the probes raw sockets and C(SO_BINDTODEVICE), C(CAP_NET_RAW)).
     Needs C(nft) (or C(iptables-save)) and C(systemctl).
+  - The probes are locally generated packets, so they prove the output path. Forwarded traffic (containers and VMs,
+    the forward chain) is checked only as part of the rules and their digest, not by traffic.
   - A process with C(CAP_NET_RAW) can still send frames on an C(AF_PACKET) socket that no netfilter hook sees; no
     probe here tests that, and no OS-level kill switch can stop it (see the collection README).
   - Interfaces are read from C(/sys/class/net), which must belong to the host's network namespace (it does on a
