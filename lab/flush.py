@@ -364,7 +364,7 @@ def rich_table(title: str, measurements: Sequence[Measurement]):
 def markdown_table(measurements: Sequence[Measurement]) -> str:
     """The same table for the README."""
     header = TABLE_HEADER[:-1]
-    lines = ["| %s |" % " | ".join(header), "|%s" % "---|" * len(header)]
+    lines = ["| %s |" % " | ".join(header), "|" + "---|" * len(header)]
     lines += ["| %s |" % " | ".join(row[:-1]) for row in table_rows(measurements)]
     return "\n".join(lines)
 

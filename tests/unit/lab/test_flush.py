@@ -207,7 +207,8 @@ def test_summaries_and_table() -> None:
     document = flush.as_document(m)
     assert document["median_ms"] == 20.0 and document["rounds_restored"] == 3 and document["rate_pps"] == 1200
     json.dumps(document)
-    assert flush.markdown_table([m]).count("\n") == 2
+    header, rule, row = flush.markdown_table([m]).split("\n")
+    assert rule == "|" + "---|" * (len(flush.TABLE_HEADER) - 1) and header.count("|") == row.count("|") == len(flush.TABLE_HEADER)
 
 
 def test_tables_from_the_written_document() -> None:
