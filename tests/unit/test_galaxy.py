@@ -139,7 +139,10 @@ def test_pythons_of_the_installed_line_are_supported():
     """The cells of the ansible-core installed here name Pythons that this ansible-core supports."""
     import importlib.metadata  # pylint: disable=import-outside-toplevel
     installed = Version(importlib.metadata.version("ansible-core"))
-    requires = SpecifierSet(importlib.metadata.metadata("ansible-core")["Requires-Python"])
+    requires_python = importlib.metadata.metadata("ansible-core")["Requires-Python"]
+    if not requires_python:  # ansible-test units runs ansible-core from a copy with metadata of its own
+        pytest.skip("the ansible-core metadata here does not say which Pythons it supports")
+    requires = SpecifierSet(requires_python)
     line = "%d.%d" % (installed.major, installed.minor)
     pythons = [str(c["python"]) for c in _matrix_cells() if str(c["ansible-core"]) == line]
     if not pythons:
