@@ -22,7 +22,9 @@ DIGEST = "d" * 16
 def make_action(args):
     task = SimpleNamespace(args=args, async_val=0, check_mode=False, action="netlock.killswitch.killswitch_drift_report")
     connection = SimpleNamespace(_shell=SimpleNamespace(tmpdir="/tmp/already-there"))
-    return ActionModule(task, connection, SimpleNamespace(check_mode=False), None, None, None)
+    action = ActionModule(task, connection, SimpleNamespace(check_mode=False), None, None, None)
+    action._load_name = task.action  # as the plugin loader sets it; ansible-core 2.18 reads it for unsupported parameters
+    return action
 
 
 def status(host, **drifted):

@@ -45,6 +45,7 @@ def make_action(answers, module_result, args=None, default="pending"):
     task = SimpleNamespace(args=args or {"ruleset": "x"}, async_val=0, check_mode=False,
                            action="netlock.killswitch.killswitch_firewall")
     plugin = ActionModule(task, connection, None, None, None, None)
+    plugin._load_name = task.action  # as the plugin loader sets it
     release = threading.Event()
     calls = []
 

@@ -17,7 +17,9 @@ from ansible_collections.netlock.killswitch.plugins.action.killswitch_rollout_ga
 def make_action(args, check_mode=False):
     task = SimpleNamespace(args=args, async_val=0, check_mode=check_mode, action="netlock.killswitch.killswitch_rollout_gate")
     connection = SimpleNamespace(_shell=SimpleNamespace(tmpdir="/tmp/already-there"))
-    return ActionModule(task, connection, SimpleNamespace(check_mode=check_mode), None, None, None)
+    action = ActionModule(task, connection, SimpleNamespace(check_mode=check_mode), None, None, None)
+    action._load_name = task.action  # as the plugin loader sets it; ansible-core 2.18 reads it for unsupported parameters
+    return action
 
 
 HOSTVARS = {
