@@ -11,9 +11,8 @@ import stat
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.netlock.killswitch.plugins.modules import killswitch_firewall as mod
+from ansible_collections.netlock.killswitch.tests.unit.plugins.modules.utils import patch_module_args
 
 RULESET = "table inet killswitch\ndelete table inet killswitch\ntable inet killswitch {\n}\n# new\n"
 OLD_RULESET = "table inet killswitch\ndelete table inet killswitch\ntable inet killswitch {\n}\n# old\n"

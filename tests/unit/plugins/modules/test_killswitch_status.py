@@ -9,10 +9,9 @@ import json
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.netlock.killswitch.plugins.module_utils import status as status_utils
 from ansible_collections.netlock.killswitch.plugins.modules import killswitch_status as mod
+from ansible_collections.netlock.killswitch.tests.unit.plugins.modules.utils import patch_module_args
 
 DIGEST = "3f2a9c0d11b4e7a8" + "0" * 48
 TABLE = 'table inet killswitch {\n\tcomment "netlock.killswitch %s"\n\tchain output {\n\t}\n}\n' % DIGEST[:16]

@@ -13,12 +13,11 @@ from dataclasses import asdict
 import pytest
 import yaml
 
-from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.netlock.killswitch.plugins.action.killswitch_policy import _plain
 from ansible_collections.netlock.killswitch.plugins.module_utils import verify as verify_utils
 from ansible_collections.netlock.killswitch.plugins.modules import killswitch_verify as mod
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
+from ansible_collections.netlock.killswitch.tests.unit.plugins.modules.utils import patch_module_args
 
 POLICY = _plain(asdict(parse_policy({"killswitch_tunnel_interfaces": ["wg0"], "killswitch_management_cidrs": [],
                                      "killswitch_endpoints": [{"address": "192.0.2.50", "port": 51820}]})))
