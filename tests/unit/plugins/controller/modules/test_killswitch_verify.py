@@ -2,7 +2,12 @@
 # Copyright: netlock.killswitch contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """killswitch_verify: main() end to end with scripted commands and a fake prober; read-only in check mode and out
-of it, never changed, fails naming what is open; its documentation parses and matches its options."""
+of it, never changed, fails naming what is open; its documentation parses and matches its options.
+
+Here, not under tests/unit/plugins/modules (ansible-test's modules context, where controller code cannot be
+imported), because its policy is the one the controller's killswitch_policy action returns (``_plain`` of the parsed
+policy).
+"""
 
 from __future__ import annotations
 

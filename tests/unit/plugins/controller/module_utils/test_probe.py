@@ -14,6 +14,10 @@ deleted it fails naming each open interface, family and protocol; through the tu
 positive control), and a rule that refuses them there makes the verify fail; a firewall that only drops (no
 reject) is still judged right for TCP, by the raw SYN.  Each probe waits at most ``TIMEOUT`` seconds.
 Under CI=true nothing here may skip.
+
+Here, not under tests/unit/plugins/module_utils (ansible-test's module_utils context, where controller code cannot
+be imported), because its policy is the one the controller's killswitch_policy action returns (``_plain`` of the
+parsed policy) and its rulesets come from the controller's renderers.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from ansible_collections.netlock.killswitch.plugins.action.killswitch_policy imp
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.backends import render_for
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
 
-COLLECTIONS = Path(__file__).resolve().parents[4] / ".collections"
+COLLECTIONS = Path(__file__).resolve().parents[5] / ".collections"
 CI = os.environ.get("CI", "").lower() == "true"
 TIMEOUT = 0.3
 UPLINK = ["up0 IPv4 TCP to 198.51.100.1:443", "up0 IPv4 UDP to 198.51.100.1:443", "up0 IPv4 ICMP echo to 198.51.100.1",

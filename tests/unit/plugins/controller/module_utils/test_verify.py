@@ -5,6 +5,10 @@
 from a fake sysfs, packets, verdicts, and ``verify()`` against scripted commands and a fake prober.
 
 The real probes, in network namespaces with the rendered rulesets loaded, are in test_probe.py.
+
+Here, not under tests/unit/plugins/module_utils (ansible-test's module_utils context, where controller code cannot
+be imported), because its policies are the ones the controller's killswitch_policy action returns (``_plain`` of the
+parsed policy).
 """
 
 from __future__ import annotations
