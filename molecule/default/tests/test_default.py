@@ -7,6 +7,7 @@ positive control.
 
 import contextlib
 import fcntl
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ from lab.probe import Capture, canary, icmp_probe, leak_filter, restart, run_pla
 PEER = "ks-default-peer"
 PEER_V4, PEER_V6, PEER_TUNNEL = "198.18.20.20", "2001:db8:20::20", "198.18.200.1"
 SCENARIO = os.environ.get("MOLECULE_SCENARIO_DIRECTORY", "")
-CONVERGE, PREPARE, REHEARSE = (os.path.join(SCENARIO, name)
-                               for name in ("converge.yml", "prepare.yml", "rehearse-rollback.yml"))
+CONVERGE, PREPARE, REHEARSE, VERIFY = (os.path.join(SCENARIO, name) for name in (
+    "converge.yml", "prepare.yml", "rehearse-rollback.yml", "verify-killswitch.yml"))
 GUARD_LISTING = "/etc/netlock-killswitch/expected-table.txt"
 
 
@@ -172,6 +173,51 @@ def test_unmarked_traffic_to_the_endpoint_is_blocked(client):
     assert not probe_endpoint()
     with killswitch_off(client):
         assert probe_endpoint(), "the probe itself is broken: nothing seen without the kill switch"
+
+
+# What killswitch_verify probes on the uplink: each family with each protocol.
+UPLINK = {(family, protocol) for family in (4, 6) for protocol in ("tcp", "udp", "icmp", "dns")}
+
+
+def verify_results(tmp_path):
+    """killswitch_verify on every client, as the role runs it and with on-link lab addresses (verify-killswitch.yml)."""
+    result = run_playbook(VERIFY, "-e", "verify_report_dir=%s" % tmp_path)
+    return result, {c.name: json.loads((tmp_path / ("%s.json" % c.name)).read_text()) for c in CLIENTS}
+
+
+def test_verify_proves_the_kill_switch_by_traffic(tmp_path):
+    for c in CLIENTS:
+        tunnel(c, "up")
+    result, found = verify_results(tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    for c in CLIENTS:
+        role, lab = found[c.name]["role"], found[c.name]["lab"]
+        for verified in (role, lab):
+            assert verified["ok"] and verified["open_paths"] == [], "%s: %s" % (c.name, verified["msg"])
+        refused = {(p["family"], p["protocol"]) for p in lab["probes"]
+                   if p["interface"] == "eth0" and p["outcome"] == "refused"}
+        assert refused == UPLINK, (c.name, lab["checks"])
+        # Positive control: the same probes through the tunnel are not refused.
+        through = [p for p in role["probes"] if p["interface"] == "wg0" and p["family"] == 4]
+        assert through and {p["outcome"] for p in through} == {"sent"}, "%s: %s" % (c.name, through)
+
+
+def test_verify_fails_naming_the_open_paths_after_absent(tmp_path):
+    result = run_playbook(CONVERGE, "-e", "killswitch_state=absent")
+    assert result.returncode == 0, result.stdout[-3000:]
+    try:
+        result, found = verify_results(tmp_path)
+        assert result.returncode != 0, "the verify passed on hosts without the kill switch"
+        for c in CLIENTS:
+            role, lab = found[c.name]["role"], found[c.name]["lab"]
+            assert not role["ok"] and not lab["ok"]
+            assert "eth0 IPv4 UDP to 198.51.100.1:443 was sent: the kill switch does not block it" in role["msg"], role["msg"]
+            assert {(p["family"], p["protocol"]) for p in lab["open_paths"] if p["interface"] == "eth0"} == UPLINK
+            assert "eth0 IPv6 UDP to [2001:db8:20::99]:443" in {p["path"] for p in lab["open_paths"]}
+            assert "netlock-killswitch.service is not enabled" in lab["msg"], lab["msg"]
+    finally:
+        result = run_playbook(CONVERGE)
+        assert result.returncode == 0, result.stdout[-3000:]
 
 
 def guard_reloads(client):
