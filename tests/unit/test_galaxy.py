@@ -44,8 +44,9 @@ REPOSITORY = "https://github.com/netlock/killswitch"
 FQCN = "%s.%s" % (GALAXY["namespace"], GALAXY["name"])
 TARBALL = "%s-%s-%s.tar.gz" % (GALAXY["namespace"], GALAXY["name"], GALAXY["version"])
 
-# What the tarball carries: top-level directories and files users run or read.
-SHIPPED_DIRS = ("plugins/", "roles/", "playbooks/", "meta/", "docs/")
+# What the tarball carries: top-level directories and files users run or read (extensions/: the molecule
+# scenario users copy, extensions/molecule/killswitch, in the ansible-native layout).
+SHIPPED_DIRS = ("plugins/", "roles/", "playbooks/", "meta/", "docs/", "extensions/")
 SHIPPED_FILES = ("README.md", "CHANGELOG.md", "LICENSE", "requirements.yml", "execution-environment.yml",
                  "changelogs/changelog.yaml", "changelogs/config.yaml")
 ADDED_BY_BUILD = ("MANIFEST.json", "FILES.json")
