@@ -15,13 +15,14 @@ export PY_COLORS ?= 0
 HOST_PACKAGES := nftables debootstrap docker.io iproute2 util-linux tcpdump python3-venv shellcheck git openssh-client
 # Lab networks: name, IPv4 subnet, IPv6 subnet (checked by tools/labnet.py before creation).
 DEFAULT_NET := ks-default --subnet 198.18.20.0/24 --subnet6 2001:db8:20::/64
+TEMPLATE_NET := ks-template --subnet 198.18.60.0/24 --subnet6 2001:db8:60::/64
 
-.PHONY: bench help host-deps venv collection engine image networks unit lint changelog sanity matrix molecule build ee-context ee test demo demo-down clean
+.PHONY: bench help host-deps venv collection engine image networks unit lint changelog sanity matrix molecule molecule-template build ee-context ee test demo demo-down clean
 
 help:
 	@echo "make demo       roll the kill switch out to the lab fleet and show traffic blocked"
 	@echo "make demo-down  remove the lab"
-	@echo "make test       unit tests, nft -c, lint, ansible-test sanity, molecule scenarios (default, leak, fleet, drift)"
+	@echo "make test       unit tests, nft -c, lint, ansible-test sanity, molecule scenarios (default, leak, fleet, drift, template)"
 	@echo "make changelog  regenerate CHANGELOG.md from changelogs/ (add a fragment in changelogs/fragments/ first)"
 	@echo "make matrix     ansible-test sanity and units on every ansible-core/Python cell of the CI matrix (slow)"
 
@@ -55,6 +56,7 @@ image: engine
 
 networks: engine venv
 	$(BIN)/python tools/labnet.py create $(DEFAULT_NET)
+	$(BIN)/python tools/labnet.py create $(TEMPLATE_NET)
 
 unit: venv collection
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit tools/test_labnet.py
@@ -65,7 +67,7 @@ lint: venv collection
 	$(BIN)/antsibull-changelog lint
 	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
 	$(BIN)/python tools/changelog.py --check
-	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml docs/ci/*.yml
 
 # CHANGELOG.md is generated from changelogs/ (antsibull-changelog): add a fragment
 # changelogs/fragments/<topic>.yml, then run this and commit both.
@@ -86,9 +88,17 @@ matrix: venv
 # One scenario at a time: the leak and drift captures and fleet's lockout time bounds are measurements, and
 # two labs on two cores starve them (a capture that drops packets is an error). About 45 min in all.
 MOLECULE = NETLOCK_LAB_IMAGE=$$(cat .cache-image-ref) $(BIN)/molecule
-SCENARIOS := default leak fleet drift
+# `template` is the scenario users copy (extensions/molecule/killswitch, the ansible-native layout: molecule
+# finds it from extensions/), run against inventories/example so that it cannot rot.
+MOLECULE_TEMPLATE = cd extensions && PYTEST_ADDOPTS="-p no:benchmark" KILLSWITCH_IMAGE=$$(cat ../.cache-image-ref) KILLSWITCH_NETWORK=ks-template \
+	KILLSWITCH_INVENTORY=$(CURDIR)/inventories/example KILLSWITCH_GROUP=vpn_clients $(BIN)/molecule test -s killswitch
+SCENARIOS := default leak fleet drift template
 molecule: venv collection image networks
-	set -e; for scenario in $(SCENARIOS); do $(MOLECULE) test -s $$scenario; done
+	set -e; for scenario in $(SCENARIOS); do \
+	  if [ $$scenario = template ]; then ($(MOLECULE_TEMPLATE)); else $(MOLECULE) test -s $$scenario; fi; done
+
+molecule-template: venv collection image networks
+	$(MOLECULE_TEMPLATE)
 
 build: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path dist .
