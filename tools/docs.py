@@ -76,7 +76,7 @@ def rewrite_links(text, rel, guides):
         target = match.group(2)
         if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I) or target.startswith("#"):
             return match.group(0)
-        path, _, anchor = target.partition("#")
+        path, dummy, anchor = target.partition("#")
         resolved = os.path.normpath((base / path).as_posix()).replace(os.sep, "/")
         if resolved in guides or resolved.startswith(".."):
             return match.group(0)
