@@ -46,12 +46,12 @@ TARBALL = "%s-%s-%s.tar.gz" % (GALAXY["namespace"], GALAXY["name"], GALAXY["vers
 
 # What the tarball carries: top-level directories and files users run or read (extensions/: the molecule
 # scenario users copy, extensions/molecule/killswitch, in the ansible-native layout).
-SHIPPED_DIRS = ("plugins/", "roles/", "playbooks/", "meta/", "docs/", "extensions/")
+SHIPPED_DIRS = ("plugins/", "roles/", "playbooks/", "meta/", "docs/", "extensions/", "inventories/example/")
 SHIPPED_FILES = ("README.md", "CHANGELOG.md", "LICENSE", "requirements.yml", "execution-environment.yml",
                  "changelogs/changelog.yaml", "changelogs/config.yaml")
 ADDED_BY_BUILD = ("MANIFEST.json", "FILES.json")
 # The development bench: never in the tarball.
-EXCLUDED_DIRS = ("lab/", "molecule/", "tests/", "tools/", "bench/", "inventories/", ".github/", ".ci/", ".git/",
+EXCLUDED_DIRS = ("lab/", "molecule/", "tests/", "tools/", "bench/", "inventories/lab/", "inventories/fleet/", ".github/", ".ci/", ".git/",
                  ".venv/", ".collections/", ".cache/", ".ansible/", ".hypothesis/", ".benchmarks/",
                  ".pytest_cache/", "reports/", "dist/", "changelogs/fragments/")
 EXCLUDED_FILES = ("Makefile", "requirements-dev.txt", ".gitignore", ".yamllint", ".ansible-lint", ".cache-image-ref",
