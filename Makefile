@@ -12,18 +12,19 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_FORCE_COLOR ?= 0
 export PY_COLORS ?= 0
-HOST_PACKAGES := nftables debootstrap docker.io iproute2 util-linux tcpdump python3-venv shellcheck git openssh-client
+HOST_PACKAGES := nftables debootstrap docker.io iproute2 util-linux tcpdump python3-venv shellcheck git openssh-client chromium
 # Lab networks: name, IPv4 subnet, IPv6 subnet (checked by tools/labnet.py before creation).
 DEFAULT_NET := ks-default --subnet 198.18.20.0/24 --subnet6 2001:db8:20::/64
 TEMPLATE_NET := ks-template --subnet 198.18.60.0/24 --subnet6 2001:db8:60::/64
 
-.PHONY: bench help host-deps venv collection engine image networks unit lint changelog sanity matrix molecule molecule-template build ee-context ee test demo demo-down clean
+.PHONY: bench help host-deps venv collection engine image networks unit lint changelog sanity matrix molecule molecule-template build ee-context ee docs docs-test test demo demo-down clean
 
 help:
 	@echo "make demo       roll the kill switch out to the lab fleet and show traffic blocked"
 	@echo "make demo-down  remove the lab"
 	@echo "make test       unit tests, nft -c, lint, ansible-test sanity, molecule scenarios (default, leak, fleet, drift, template)"
 	@echo "make changelog  regenerate CHANGELOG.md from changelogs/ (add a fragment in changelogs/fragments/ first)"
+	@echo "make docs       build the documentation site into build/docs/html"
 	@echo "make matrix     ansible-test sanity and units on every ansible-core/Python cell of the CI matrix (slow)"
 
 host-deps:
@@ -112,7 +113,17 @@ ee-context: build
 ee: build
 	$(BIN)/ansible-builder build -f execution-environment.yml -c dist/ee-context --container-runtime $(EE_RUNTIME)
 
-test: unit lint sanity build molecule
+# The documentation site, offline, into build/docs/html (tools/docs.py): antsibull-docs pages of every
+# module, filter and role from their own documentation, and README.md, the role's README and docs/**/*.md
+# as guide pages.
+docs: venv collection
+	$(BIN)/python tools/docs.py
+
+# The site as users read it: its pages opened in headless Chromium (tests/docs/test_site.py).
+docs-test: host-deps docs
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/docs
+
+test: unit lint sanity build docs-test molecule
 
 # The main job: build the lab fleet, roll the kill switch out, run every leak case and the flap
 # stream, print the report and write reports/leak-report.json and reports/leak-timeline.png.
@@ -123,7 +134,7 @@ demo-down: venv
 	@if docker info >/dev/null 2>&1; then $(BIN)/python -m lab down; fi
 
 clean: demo-down
-	rm -rf $(VENV) $(COLLECTIONS) dist tests/output .cache-image-ref
+	rm -rf $(VENV) $(COLLECTIONS) dist build tests/output .cache-image-ref
 
 bench: venv collection
 	cd bench && $(BIN)/python -m pytest -q -p no:cacheprovider . --benchmark-only -s
