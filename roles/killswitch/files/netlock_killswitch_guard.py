@@ -534,7 +534,8 @@ class Checker:
                 return False
             self.event("fence_missing", what, True, "loaded %s" % payload)
             return True
-        rc, out, err = self.systemctl("start", config["watch_unit"])
+        # --no-block: never wait on a job that a stop of the guard's own units may hold up (a deadlock until timeout).
+        rc, out, err = self.systemctl("start", config["watch_unit"], "--no-block")
         if rc != 0:
             self.event_soft("fence_missing", what, "systemctl start %s failed: %s" % (
                 config["watch_unit"], (err or out).strip()), required)
@@ -566,7 +567,8 @@ class Checker:
         state = out.strip() or "rc %d" % rc
         if state in ACTIVE:
             return
-        rc, out, err = self.systemctl("start", unit)
+        # --no-block: the peer may be stopping this very unit; waiting on its start job would deadlock the stop.
+        rc, out, err = self.systemctl("start", unit, "--no-block")
         if rc != 0:
             self.event(kind, "%s is %s" % (unit, state), False, "systemctl start failed: %s" % (err or out).strip())
         else:

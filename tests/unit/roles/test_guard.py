@@ -495,7 +495,7 @@ def test_check_repairs_the_boot_unit_and_the_watcher(tmp_path):
     assert "netlock-killswitch.service is disabled" in lines[0]
     calls = host.calls()
     assert "enable netlock-killswitch.service" in calls and "start netlock-killswitch.service" in calls
-    assert "start netlock-killswitch-watch.service" in calls and "start netlock-killswitch-guard.timer" in calls
+    assert "start netlock-killswitch-watch.service --no-block" in calls and "start netlock-killswitch-guard.timer --no-block" in calls
     assert host.state()["restores"] == 3
 
 
