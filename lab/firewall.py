@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import yaml
 
-from lab.probe import GUARD_UNITS, RESUME_GUARD, sh
+from lab.probe import PAUSE_GUARD, RESUME_GUARD, sh
 from lab.topology import INVENTORY_DIR, Host
 
 HOST_VARS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), INVENTORY_DIR, "host_vars")
@@ -233,7 +233,7 @@ def killswitch_off(host: Host, firewall: Optional[Firewall] = None):
     """
     firewall = firewall or intended(host)
     # Stopping the service too waits for a guard run already under way, which could reload the rules.
-    sh(host.name, "systemctl stop %s 2>/dev/null" % GUARD_UNITS)
+    assert sh(host.name, PAUSE_GUARD).returncode == 0, "%s: the guard did not stay stopped" % host.name
     before = killswitch_rules(host, firewall)
     assert before is not None, "%s: no kill switch (%s) in force before the control" % (host.name, firewall.label())
     _lift(host, firewall)

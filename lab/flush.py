@@ -32,7 +32,7 @@ from lab import firewall
 from lab.build import ROOT, run_script
 from lab.cases import agent, host_link, leak_bpf
 from lab.firewall import Firewall
-from lab.probe import Capture, canary, docker, sh, wait_for
+from lab.probe import PAUSE_GUARD, Capture, canary, docker, sh, wait_for
 from lab.topology import INET, LAN, LANPEER, ROUTER, SINK, Host
 
 FLUSH_AGENT = "/usr/local/bin/netlock-flush-agent.py"
@@ -456,7 +456,7 @@ def fence_loaded(host: Host) -> bool:
 
 def guard_pause(host: Host) -> None:
     """The guard and the watcher stopped (the watcher's stop removes the fence)."""
-    sh(host.name, "systemctl stop %s %s" % (" ".join(GUARD_UNITS), WATCH_UNIT))
+    assert sh(host.name, PAUSE_GUARD).returncode == 0, "%s: the guard did not stay stopped" % host.name
 
 
 def guard_resume(host: Host) -> None:

@@ -201,6 +201,11 @@ def nft_table(container: str, table: str = "killswitch") -> Optional[dict]:
 
 # The guard's units; the watcher holds the fence (a second, owned table): stopping it removes the fence.
 GUARD_UNITS = "netlock-killswitch-guard.timer netlock-killswitch-guard.service netlock-killswitch-watch.service"
+# Stop them until all stay stopped: the timer's check starts a stopped watcher and the watcher's a stopped
+# timer, so one stop can race a check already under way.  A subshell, so it can be chained with &&.
+PAUSE_GUARD = ("(i=0; while :; do systemctl stop %s 2>/dev/null; sleep 0.3; "
+               "systemctl is-active %s | grep -qvE '^(inactive|failed)$' || break; i=$((i+1)); "
+               "[ $i -lt 10 ] || { echo 'the guard keeps starting again' >&2; exit 1; }; done)" % (GUARD_UNITS, GUARD_UNITS))
 # Start again, after the boot unit reloaded the rules, what the role enabled.
 RESUME_GUARD = ("for unit in netlock-killswitch-guard.timer netlock-killswitch-watch.service; do "
                 "! systemctl is-enabled -q $unit 2>/dev/null || systemctl start $unit || exit 1; done")
@@ -215,7 +220,8 @@ def killswitch_off(container: str, table: str = "killswitch"):
     back in the middle of the control.
     """
     # Stopping the service too waits for a guard run already under way, which could reload the table.
-    sh(container, "systemctl stop %s 2>/dev/null; nft delete table inet %s" % (GUARD_UNITS, table))
+    assert sh(container, PAUSE_GUARD).returncode == 0, "%s: the guard did not stay stopped" % container
+    sh(container, "nft delete table inet %s" % table)
     assert nft_table(container, table) is None, "the kill switch table is still loaded"
     assert nft_table(container, table + FENCE_SUFFIX) is None, "the fence is still loaded"
     try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lab.probe import Capture, canary, icmp_probe, leak_filter, restart, run_playbook, sh, tcp_probe, udp_probe, wait_for
+from lab.probe import PAUSE_GUARD, Capture, canary, icmp_probe, leak_filter, restart, run_playbook, sh, tcp_probe, udp_probe, wait_for
 
 PEER = "ks-default-peer"
 PEER_V4, PEER_V6, PEER_TUNNEL = "198.18.20.20", "2001:db8:20::20", "198.18.200.1"
@@ -69,9 +69,8 @@ TAMPERS = {
     "iptables": ["iptables -D OUTPUT -j killswitch-out", "iptables -I OUTPUT 1 -j ACCEPT",
                  "iptables -I killswitch-out 1 -j ACCEPT", "iptables -F", "ip6tables -F killswitch-out"],
 }
-# Stopping the service as well waits for (or ends) a guard run already under way, which would undo the tamper;
-# stopping the watcher stops its reaction to ruleset changes and removes the fence.
-PAUSE_GUARD = "systemctl stop netlock-killswitch-guard.timer netlock-killswitch-guard.service netlock-killswitch-watch.service"
+# PAUSE_GUARD (lab/probe.py) stops the timer, a guard run under way (it would undo the tamper) and the watcher
+# (its reaction to ruleset changes, and the fence) until they all stay stopped.
 RESUME_GUARD = "systemctl start netlock-killswitch-guard.timer netlock-killswitch-watch.service"
 DRIFT = {"nftables": "nft insert rule inet killswitch output accept",
          "iptables": "iptables -I killswitch-out 1 -j ACCEPT"}
@@ -323,7 +322,7 @@ def test_drift_is_reported_and_enforced(tmp_path):
 
     # The on-host guard and watcher would repair the rules within seconds; the fleet report must catch it without.
     for c in CLIENTS:
-        pause = "systemctl stop netlock-killswitch-watch.service 2>/dev/null; %s && %s" % (PAUSE_GUARD, DRIFT[c.backend])
+        pause = "%s && %s" % (PAUSE_GUARD, DRIFT[c.backend])
         assert sh(c.name, pause).returncode == 0
     try:
         reported, report, output = report_run("reported")
@@ -447,7 +446,7 @@ def test_drift_recipe_command(tmp_path):
         assert busy.stdout == "" and busy.stderr == "", "a refused run touches no host and says nothing"
 
     drifted = CLIENTS[1]
-    pause = "systemctl stop netlock-killswitch-watch.service 2>/dev/null; %s && %s" % (PAUSE_GUARD, DRIFT[drifted.backend])
+    pause = "%s && %s" % (PAUSE_GUARD, DRIFT[drifted.backend])
     assert sh(drifted.name, pause).returncode == 0
     try:
         mailed = cron_run()
