@@ -8,7 +8,7 @@
   (gitignored) is a symlink to ``../../..``; it is created here when missing (fresh clone, CI).
 * ``nft_accepts``: runs ``nft -c -f`` inside a throwaway network namespace, so checking a
   ruleset never touches the host's tables.  Skips (with the reason) when not root or when
-  ``unshare``/``nft`` are missing.
+  ``unshare``/``nft`` are missing; under ``CI=true`` that skip is a failure (``strict_ci.py``).
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ def _ensure_collection_link() -> None:
 
 
 _ensure_collection_link()
+
+# Hooks: under CI=true a skipped test fails (imported by the collection's name, as ansible-test units loads it too).
+from ansible_collections.netlock.killswitch.tests.unit.strict_ci import (  # noqa: E402,F401 pylint: disable=wrong-import-position,unused-import
+    pytest_configure, pytest_runtest_makereport)
 
 
 # --------------------------------------------------------------------------- nft in a netns

@@ -97,6 +97,7 @@ def test_the_role_passes_every_option_to_the_policy():
         assert re.search(r"\b%s%s\b" % (policy.PREFIX, name), value), (name, value)
 
 
+@pytest.mark.may_skip_in_ci
 @pytest.mark.skipif(not SPEC.exists(), reason="the shared public spec is not beside this checkout")
 def test_every_variable_of_the_public_contract_is_there():
     named = set(re.findall(r"^\| `(killswitch_\w+)`", SPEC.read_text(), re.MULTILINE))
