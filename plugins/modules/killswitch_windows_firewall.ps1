@@ -1,0 +1,660 @@
+#!powershell
+
+# Copyright: netlock.killswitch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+#AnsibleRequires -CSharpUtil Ansible.Basic
+
+# Thin on purpose: the rules come rendered from the controller (render_windows.py), the third-party analysis and the
+# diff text are made there too (windows_plan.py). This file only reconciles the group by description string, records
+# what it changes, installs the guard and lists what is live.
+
+$spec = @{
+    options = @{
+        state = @{ type = 'str'; choices = @('query', 'present', 'absent'); default = 'present' }
+        document = @{ type = 'dict' }
+        disable_rules = @{ type = 'list'; elements = 'str'; default = @() }
+        # The action plugin turns it into disable_rules; the module only accepts it.
+        exclusive = @{ type = 'bool'; default = $false }
+        state_dir = @{ type = 'path'; default = 'C:\ProgramData\netlock-killswitch' }
+        guard_enabled = @{ type = 'bool'; default = $true }
+        guard_interval = @{ type = 'int'; default = 30 }
+    }
+    required_if = @(
+        , @('state', 'present', @('document'))
+    )
+    supports_check_mode = $true
+}
+
+$module = [Ansible.Basic.AnsibleModule]::Create($args, $spec)
+
+# Everything the guard needs is in this block: the module dot-sources it and writes its text into guard.ps1, so the
+# guard reconciles exactly as the module does.
+$killswitchFunctions = {
+    $KillswitchProfileNames = @('Domain', 'Private', 'Public')
+    $KillswitchTaskName = 'netlock-killswitch-guard'
+    $KillswitchEventSource = 'netlock-killswitch'
+
+    function ConvertTo-KillswitchList {
+        param($Value)
+        # Windows Firewall says 'Any' for "no restriction"; the document says [] for the same.
+        , @($Value | Where-Object { $null -ne $_ -and [string]$_ -ne '' -and [string]$_ -ne 'Any' } | ForEach-Object { [string]$_ })
+    }
+
+    function Get-KillswitchProfileState {
+        $states = [ordered]@{}
+        foreach ($fwProfile in (Get-NetFirewallProfile -Name $KillswitchProfileNames)) {
+            $states[[string]$fwProfile.Name] = [ordered]@{
+                enabled = ([string]$fwProfile.Enabled -eq 'True')
+                default_inbound = [string]$fwProfile.DefaultInboundAction
+                default_outbound = [string]$fwProfile.DefaultOutboundAction
+            }
+        }
+        $states
+    }
+
+    function Get-KillswitchGroupRule {
+        param([string]$Group)
+        @(Get-NetFirewallRule -Group $Group -ErrorAction SilentlyContinue)
+    }
+
+    function Resolve-KillswitchInterface {
+        param($Pattern)
+        # New-NetFirewallRule resolves aliases once, when the rule is made: a pattern is resolved here, and again by
+        # the guard, so an adapter that appears later is picked up on the next pass.
+        $names = foreach ($one in (ConvertTo-KillswitchList -Value $Pattern)) {
+            Get-NetAdapter -Name $one -IncludeHidden -ErrorAction SilentlyContinue | ForEach-Object { [string]$_.Name }
+        }
+        , @($names | Where-Object { $null -ne $_ } | Sort-Object -Unique)
+    }
+
+    function Get-KillswitchDescription {
+        param($Rule, [string[]]$Alias)
+        'netlock.killswitch digest={0} interfaces={1}' -f $Rule.digest, ($Alias -join '|')
+    }
+
+    function Get-KillswitchDesiredRule {
+        param($Document)
+        $desired = [System.Collections.Generic.List[object]]@()
+        $unresolved = [System.Collections.Generic.List[string]]@()
+        foreach ($rule in @($Document.rules)) {
+            $patterns = ConvertTo-KillswitchList -Value $rule.interface_aliases
+            $aliases = Resolve-KillswitchInterface -Pattern $patterns
+            foreach ($pattern in $patterns) {
+                if (-not (@(Resolve-KillswitchInterface -Pattern $pattern).Count) -and -not $unresolved.Contains($pattern)) {
+                    $unresolved.Add($pattern)
+                }
+            }
+            # A rule limited to interfaces of which none exists stays disabled: enabled without an interface it would
+            # allow every interface.
+            $enabled = ($patterns.Count -eq 0) -or ($aliases.Count -gt 0)
+            $desired.Add([ordered]@{
+                    rule = $rule
+                    aliases = $aliases
+                    enabled = $enabled
+                    description = Get-KillswitchDescription -Rule $rule -Alias $aliases
+                })
+        }
+        @{ rules = $desired; unresolved = @($unresolved | Sort-Object) }
+    }
+
+    function New-KillswitchRule {
+        param($Document, $Want)
+        $rule = $Want.rule
+        $params = @{
+            Name = [string]$rule.name
+            DisplayName = [string]$rule.display_name
+            Description = $Want.description
+            Group = [string]$Document.group
+            Direction = [string]$rule.direction
+            Action = 'Allow'
+            Protocol = [string]$rule.protocol
+            Enabled = $(if ($Want.enabled) { 'True' } else { 'False' })
+            ErrorAction = 'Stop'
+        }
+        $lists = @{
+            LocalPort = 'local_ports'
+            RemotePort = 'remote_ports'
+            RemoteAddress = 'remote_addresses'
+            IcmpType = 'icmp_types'
+        }
+        foreach ($param in $lists.Keys) {
+            $values = ConvertTo-KillswitchList -Value $rule.($lists[$param])
+            if ($values.Count -gt 0) {
+                $params[$param] = $values
+            }
+        }
+        if ($Want.aliases.Count -gt 0) {
+            $params.InterfaceAlias = $Want.aliases
+        }
+        if ($rule.program) {
+            $params.Program = [string]$rule.program
+        }
+        New-NetFirewallRule @params | Out-Null
+    }
+
+    function Invoke-KillswitchReconcile {
+        # Fail-closed order (no atomic load exists): profiles to Block first, then add or replace the group's rules,
+        # then remove the group's rules that are no longer wanted, then disable the third-party rules asked for.
+        param($Document, [string[]]$DisableRules = @(), [bool]$CheckMode = $false)
+        $actions = [System.Collections.Generic.List[string]]@()
+        $group = [string]$Document.group
+        $names = @(ConvertTo-KillswitchList -Value $Document.profiles.names)
+        $current = Get-KillswitchProfileState
+        $wanted = [ordered]@{
+            enabled = [bool]$Document.profiles.enabled
+            default_inbound = [string]$Document.profiles.default_inbound
+            default_outbound = [string]$Document.profiles.default_outbound
+        }
+        $profileChanged = $false
+        foreach ($key in $wanted.Keys) {
+            $old = [ordered]@{}
+            foreach ($name in $names) {
+                $value = $current[$name][$key]
+                if ([string]$value -ne [string]$wanted[$key]) {
+                    $old[$name] = $value
+                }
+            }
+            $byValue = $old.Keys | Group-Object -Property { [string]$old[$_] }
+            foreach ($bunch in $byValue) {
+                $actions.Add(('profiles {0}: {1} {2} -> {3}' -f ($bunch.Group -join ','), ($key -replace '_', ' '), $bunch.Name,
+                        $wanted[$key]))
+                $profileChanged = $true
+            }
+        }
+        if ($profileChanged -and -not $CheckMode) {
+            $enabledText = $(if ($wanted.enabled) { 'True' } else { 'False' })
+            Set-NetFirewallProfile -Name $names -Enabled $enabledText -DefaultInboundAction $wanted.default_inbound `
+                -DefaultOutboundAction $wanted.default_outbound -ErrorAction Stop
+        }
+
+        $live = @{}
+        foreach ($rule in (Get-KillswitchGroupRule -Group $group)) {
+            $live[[string]$rule.Name] = $rule
+        }
+        $desired = Get-KillswitchDesiredRule -Document $Document
+        $wantedNames = @{}
+        foreach ($want in $desired.rules) {
+            $name = [string]$want.rule.name
+            $wantedNames[$name] = $true
+            $have = $live[$name]
+            if ($null -eq $have) {
+                $actions.Add("add $name")
+            }
+            elseif ($have.Description -ceq $want.description -and ([string]$have.Enabled -eq 'True') -eq $want.enabled -and
+                [string]$have.Action -eq 'Allow' -and [string]$have.Direction -eq [string]$want.rule.direction) {
+                continue
+            }
+            else {
+                $actions.Add("replace $name")
+                if (-not $CheckMode) {
+                    Remove-NetFirewallRule -Name $name -ErrorAction Stop
+                }
+            }
+            if (-not $CheckMode) {
+                New-KillswitchRule -Document $Document -Want $want
+            }
+        }
+        foreach ($name in ($live.Keys | Sort-Object)) {
+            if (-not $wantedNames.ContainsKey($name)) {
+                $actions.Add("remove $name")
+                if (-not $CheckMode) {
+                    Remove-NetFirewallRule -Name $name -ErrorAction Stop
+                }
+            }
+        }
+        foreach ($name in (ConvertTo-KillswitchList -Value $DisableRules)) {
+            $other = Get-NetFirewallRule -Name $name -ErrorAction SilentlyContinue
+            if ($null -ne $other -and [string]$other.Enabled -eq 'True' -and [string]$other.Group -ne $group) {
+                $actions.Add("disable $name")
+                if (-not $CheckMode) {
+                    Disable-NetFirewallRule -Name $name -ErrorAction Stop
+                }
+            }
+        }
+        @{ actions = @($actions); unresolved = $desired.unresolved; desired = $desired.rules }
+    }
+
+    function Write-KillswitchFile {
+        param([string]$Path, [string]$Text)
+        # UTF-8 without a byte order mark, the same bytes on every run.
+        [System.IO.File]::WriteAllText($Path, $Text, (New-Object -TypeName System.Text.UTF8Encoding -ArgumentList $false))
+    }
+
+    function Invoke-KillswitchGuardPass {
+        param([string]$StateDir)
+        $policy = Get-Content -LiteralPath (Join-Path -Path $StateDir -ChildPath 'policy.json') -Raw | ConvertFrom-Json
+        $result = Invoke-KillswitchReconcile -Document $policy.document -DisableRules @($policy.disable_rules)
+        $status = [ordered]@{
+            time = (Get-Date).ToUniversalTime().ToString('o')
+            digest = [string]$policy.document.digest
+            in_sync = ($result.actions.Count -eq 0)
+            actions = @($result.actions)
+            unresolved = @($result.unresolved)
+        }
+        Write-KillswitchFile -Path (Join-Path -Path $StateDir -ChildPath 'status.json') -Text ($status | ConvertTo-Json -Depth 5)
+        if ($result.actions.Count -gt 0) {
+            $message = "netlock.killswitch guard: drift repaired: " + ($result.actions -join '; ')
+            [System.Diagnostics.EventLog]::WriteEntry($KillswitchEventSource, $message, [System.Diagnostics.EventLogEntryType]::Warning, 1001)
+        }
+        $result
+    }
+}
+
+. $killswitchFunctions
+
+function Get-KillswitchJson {
+    param([string]$Path)
+    if (Test-Path -LiteralPath $Path -PathType Leaf) {
+        Get-Content -LiteralPath $Path -Raw | ConvertFrom-Json
+    }
+}
+
+function Get-KillswitchGuardState {
+    $task = Get-ScheduledTask -TaskName $KillswitchTaskName -ErrorAction SilentlyContinue
+    if ($null -eq $task) {
+        return [ordered]@{ task = $false; interval = 0 }
+    }
+    $interval = 0
+    if ([string]$task.Description -match 'interval=(\d+)') {
+        $interval = [int]$Matches[1]
+    }
+    [ordered]@{ task = $true; interval = $interval }
+}
+
+function Get-KillswitchForwardingFeature {
+    # Traffic these features forward for their guests passes the host's virtual switch or NAT, not Windows Firewall.
+    $features = [System.Collections.Generic.List[string]]@()
+    $services = [ordered]@{
+        'Hyper-V' = @('vmms')
+        'WSL' = @('WslService', 'LxssManager')
+        'Windows Sandbox' = @('CmService')
+        'Host Compute Service (containers)' = @('vmcompute')
+    }
+    foreach ($feature in $services.Keys) {
+        if (@(Get-Service -Name $services[$feature] -ErrorAction SilentlyContinue).Count -gt 0) {
+            $features.Add($feature)
+        }
+    }
+    , @($features)
+}
+
+function Get-KillswitchThirdParty {
+    param([string]$Group)
+    # The effective rules (ActiveStore: local and group policy), with their filters fetched once, not per rule.
+    $store = @{ PolicyStore = 'ActiveStore'; ErrorAction = 'SilentlyContinue' }
+    $rules = @(Get-NetFirewallRule @store -Enabled True -Direction Outbound -Action Allow | Where-Object { [string]$_.Group -notlike $Group })
+    if ($rules.Count -eq 0) {
+        return , @()
+    }
+    $filters = @{}
+    foreach ($kind in @('Address', 'Port', 'Application', 'Interface', 'InterfaceType')) {
+        $filters[$kind] = @{}
+    }
+    Get-NetFirewallAddressFilter @store | ForEach-Object { $filters.Address[[string]$_.InstanceID] = $_ }
+    Get-NetFirewallPortFilter @store | ForEach-Object { $filters.Port[[string]$_.InstanceID] = $_ }
+    Get-NetFirewallApplicationFilter @store | ForEach-Object { $filters.Application[[string]$_.InstanceID] = $_ }
+    Get-NetFirewallInterfaceFilter @store | ForEach-Object { $filters.Interface[[string]$_.InstanceID] = $_ }
+    Get-NetFirewallInterfaceTypeFilter @store | ForEach-Object { $filters.InterfaceType[[string]$_.InstanceID] = $_ }
+    $listed = foreach ($rule in $rules) {
+        $id = [string]$rule.InstanceID
+        $program = ConvertTo-KillswitchList -Value $filters.Application[$id].Program
+        $protocol = [string]$filters.Port[$id].Protocol
+        [ordered]@{
+            name = [string]$rule.Name
+            display_name = [string]$rule.DisplayName
+            group = [string]$rule.Group
+            direction = [string]$rule.Direction
+            action = [string]$rule.Action
+            enabled = ([string]$rule.Enabled -eq 'True')
+            program = $(if ($program.Count -gt 0) { $program[0] } else { $null })
+            protocol = $(if ($protocol) { $protocol } else { 'Any' })
+            remote_addresses = ConvertTo-KillswitchList -Value $filters.Address[$id].RemoteAddress
+            remote_ports = ConvertTo-KillswitchList -Value $filters.Port[$id].RemotePort
+            interface_aliases = ConvertTo-KillswitchList -Value $filters.Interface[$id].InterfaceAlias
+            interface_type = $(if ($filters.InterfaceType[$id]) { [string]$filters.InterfaceType[$id].InterfaceType } else { 'Any' })
+        }
+    }
+    , @($listed)
+}
+
+function Get-KillswitchLive {
+    param([string]$Group, [string]$StateDir)
+    $rules = foreach ($rule in (Get-KillswitchGroupRule -Group $Group | Sort-Object -Property Name)) {
+        [ordered]@{
+            name = [string]$rule.Name
+            display_name = [string]$rule.DisplayName
+            direction = [string]$rule.Direction
+            enabled = ([string]$rule.Enabled -eq 'True')
+            description = [string]$rule.Description
+        }
+    }
+    [ordered]@{
+        profiles = Get-KillswitchProfileState
+        rules = @($rules)
+        third_party = Get-KillswitchThirdParty -Group $Group
+        interfaces = @(Get-NetAdapter -IncludeHidden -ErrorAction SilentlyContinue | ForEach-Object { [string]$_.Name } | Sort-Object -Unique)
+        forwarding_features = Get-KillswitchForwardingFeature
+        recorded = Get-KillswitchJson -Path (Join-Path -Path $StateDir -ChildPath 'recorded.json')
+        guard = Get-KillswitchGuardState
+    }
+}
+
+function Get-KillswitchPredicted {
+    # What check mode expects after a change: the wanted profiles and the desired rules, everything else as it is.
+    param($Before, $Document, $Plan)
+    $predicted = [ordered]@{}
+    foreach ($key in $Before.Keys) {
+        $predicted[$key] = $Before[$key]
+    }
+    $profiles = [ordered]@{}
+    foreach ($name in $Before.profiles.Keys) {
+        $profiles[$name] = $Before.profiles[$name]
+        if (@($Document.profiles.names) -contains $name) {
+            $profiles[$name] = [ordered]@{
+                enabled = [bool]$Document.profiles.enabled
+                default_inbound = [string]$Document.profiles.default_inbound
+                default_outbound = [string]$Document.profiles.default_outbound
+            }
+        }
+    }
+    $predicted.profiles = $profiles
+    $predicted.rules = @($Plan.desired | Sort-Object -Property { [string]$_.rule.name } | ForEach-Object {
+            [ordered]@{
+                name = [string]$_.rule.name
+                display_name = [string]$_.rule.display_name
+                direction = [string]$_.rule.direction
+                enabled = $_.enabled
+                description = $_.description
+            }
+        })
+    $predicted
+}
+
+function Get-KillswitchPredictedAbsent {
+    # What check mode expects after a removal: no rules, no guard, no record, the recorded profile defaults back.
+    param($Before)
+    $predicted = [ordered]@{}
+    foreach ($key in $Before.Keys) {
+        $predicted[$key] = $Before[$key]
+    }
+    $profiles = [ordered]@{}
+    foreach ($name in $Before.profiles.Keys) {
+        $profiles[$name] = $Before.profiles[$name]
+        if ($null -ne $Before.recorded -and $null -ne $Before.recorded.profiles.$name) {
+            $was = $Before.recorded.profiles.$name
+            $profiles[$name] = [ordered]@{
+                enabled = [bool]$was.enabled
+                default_inbound = [string]$was.default_inbound
+                default_outbound = [string]$was.default_outbound
+            }
+        }
+    }
+    $predicted.profiles = $profiles
+    $predicted.rules = @()
+    $predicted.recorded = $null
+    $predicted.guard = [ordered]@{ task = $false; interval = 0 }
+    $predicted
+}
+
+function Set-KillswitchStateDir {
+    param([string]$Path)
+    # The guard runs guard.ps1 from here as SYSTEM: only SYSTEM and Administrators may write it.
+    New-Item -Path $Path -ItemType Directory -Force | Out-Null
+    $acl = New-Object -TypeName System.Security.AccessControl.DirectorySecurity
+    $acl.SetAccessRuleProtection($true, $false)
+    foreach ($sid in @('S-1-5-18', 'S-1-5-32-544')) {
+        $identity = New-Object -TypeName System.Security.Principal.SecurityIdentifier -ArgumentList $sid
+        $inherit = [System.Security.AccessControl.InheritanceFlags]'ContainerInherit, ObjectInherit'
+        $propagate = [System.Security.AccessControl.PropagationFlags]::None
+        $rule = New-Object -TypeName System.Security.AccessControl.FileSystemAccessRule -ArgumentList $identity, 'FullControl', $inherit, $propagate, 'Allow'
+        $acl.AddAccessRule($rule)
+    }
+    Set-Acl -LiteralPath $Path -AclObject $acl
+}
+
+function Get-KillswitchGuardScript {
+    param([string]$StateDir, [int]$Interval)
+    # Task Scheduler repeats at most once a minute: a shorter interval becomes several passes within each run.
+    $passes = [Math]::Max(1, [Math]::Floor(60 / [Math]::Max(1, $Interval)))
+    $lines = @(
+        '# netlock.killswitch guard: written by the killswitch_windows_firewall module; do not edit.'
+        '# Re-asserts policy.json (profiles, the rule group, disabled third-party rules) as the module does.'
+        '$ErrorActionPreference = ''Stop'''
+        $killswitchFunctions.ToString()
+        ('$stateDir = ''{0}''' -f $StateDir.Replace("'", "''"))
+        ('foreach ($pass in 1..{0}) {{' -f $passes)
+        '    Invoke-KillswitchGuardPass -StateDir $stateDir | Out-Null'
+        ('    if ($pass -lt {0}) {{' -f $passes)
+        ('        Start-Sleep -Seconds {0}' -f [Math]::Max(1, $Interval))
+        '    }'
+        '}'
+    )
+    ($lines -join "`r`n") + "`r`n"
+}
+
+function Install-KillswitchGuard {
+    param([string]$StateDir, [int]$Interval, [string]$ScriptPath, [bool]$CheckMode, $Actions)
+    $minutes = [Math]::Max(1, [Math]::Ceiling($Interval / 60))
+    $signature = 'netlock.killswitch guard interval={0} repeat={1}m script={2}' -f $Interval, $minutes, $ScriptPath
+    $task = Get-ScheduledTask -TaskName $KillswitchTaskName -ErrorAction SilentlyContinue
+    if ($null -ne $task -and [string]$task.Description -ceq $signature) {
+        return
+    }
+    $Actions.Add("register task $KillswitchTaskName (every $Interval s, at startup, on network and firewall changes)")
+    if ($CheckMode) {
+        return
+    }
+    if (-not [System.Diagnostics.EventLog]::SourceExists($KillswitchEventSource)) {
+        [System.Diagnostics.EventLog]::CreateEventSource($KillswitchEventSource, 'Application')
+    }
+    $argument = '-NoProfile -NonInteractive -ExecutionPolicy Bypass -File "{0}"' -f $ScriptPath
+    $action = New-ScheduledTaskAction -Execute 'powershell.exe' -Argument $argument
+    $repeat = New-ScheduledTaskTrigger -Once -At (Get-Date) -RepetitionInterval (New-TimeSpan -Minutes $minutes)
+    $startup = New-ScheduledTaskTrigger -AtStartup
+    $eventClass = Get-CimClass -ClassName MSFT_TaskEventTrigger -Namespace 'Root/Microsoft/Windows/TaskScheduler'
+    $events = @(
+        @{ log = 'Microsoft-Windows-NetworkProfile/Operational'; ids = '10000,10001' }
+        @{ log = 'Microsoft-Windows-Windows Firewall With Advanced Security/Firewall'; ids = '2003,2004,2005,2006,2052,2097,2099' }
+    )
+    $triggers = @($repeat, $startup)
+    foreach ($source in $events) {
+        $select = (($source.ids -split ',') | ForEach-Object { "EventID=$_" }) -join ' or '
+        $trigger = New-CimInstance -CimClass $eventClass -ClientOnly
+        $trigger.Enabled = $true
+        $trigger.Subscription = ('<QueryList><Query Id="0" Path="{0}"><Select Path="{0}">*[System[({1})]]</Select></Query></QueryList>' -f
+            $source.log, $select)
+        $triggers += $trigger
+    }
+    $principal = New-ScheduledTaskPrincipal -UserId 'SYSTEM' -LogonType ServiceAccount -RunLevel Highest
+    $settings = New-ScheduledTaskSettingsSet -MultipleInstances IgnoreNew -StartWhenAvailable -AllowStartIfOnBatteries `
+        -DontStopIfGoingOnBatteries -ExecutionTimeLimit (New-TimeSpan -Minutes 10)
+    Register-ScheduledTask -TaskName $KillswitchTaskName -Description $signature -Action $action -Trigger $triggers `
+        -Principal $principal -Settings $settings -Force | Out-Null
+}
+
+function Remove-KillswitchGuard {
+    param([bool]$CheckMode, $Actions)
+    if ($null -ne (Get-ScheduledTask -TaskName $KillswitchTaskName -ErrorAction SilentlyContinue)) {
+        $Actions.Add("unregister task $KillswitchTaskName")
+        if (-not $CheckMode) {
+            Unregister-ScheduledTask -TaskName $KillswitchTaskName -Confirm:$false
+        }
+    }
+}
+
+function Invoke-KillswitchPresent {
+    param($Document, [string[]]$DisableRules, [string]$StateDir, [bool]$GuardEnabled, [int]$GuardInterval, [bool]$CheckMode)
+    $recordedPath = Join-Path -Path $StateDir -ChildPath 'recorded.json'
+    $policyPath = Join-Path -Path $StateDir -ChildPath 'policy.json'
+    $guardPath = Join-Path -Path $StateDir -ChildPath 'guard.ps1'
+    $disable = @(ConvertTo-KillswitchList -Value $DisableRules | Sort-Object -Unique)
+    $actions = [System.Collections.Generic.List[string]]@()
+
+    # The profile defaults as the host had them, once: never overwritten while the record exists, so absent
+    # restores the host's own and not our Block.
+    $recorded = Get-KillswitchJson -Path $recordedPath
+    $record = [ordered]@{ profiles = $null; disabled_rules = @() }
+    if ($null -ne $recorded) {
+        $record.profiles = $recorded.profiles
+        $record.disabled_rules = @(ConvertTo-KillswitchList -Value $recorded.disabled_rules)
+    }
+    else {
+        $record.profiles = Get-KillswitchProfileState
+        $actions.Add("record profile defaults in $recordedPath")
+    }
+    $newlyDisabled = @(foreach ($name in $disable) {
+            $other = Get-NetFirewallRule -Name $name -ErrorAction SilentlyContinue
+            if ($null -ne $other -and [string]$other.Enabled -eq 'True' -and $record.disabled_rules -notcontains $name) {
+                $name
+            }
+        })
+    $record.disabled_rules = @(@($record.disabled_rules) + $newlyDisabled | Sort-Object -Unique)
+    if (-not $CheckMode) {
+        Set-KillswitchStateDir -Path $StateDir
+        if ($null -eq $recorded -or $newlyDisabled.Count -gt 0) {
+            Write-KillswitchFile -Path $recordedPath -Text ($record | ConvertTo-Json -Depth 5)
+        }
+    }
+
+    $plan = Invoke-KillswitchReconcile -Document $Document -DisableRules $disable -CheckMode $CheckMode
+    foreach ($line in $plan.actions) {
+        $actions.Add($line)
+    }
+
+    # The guard's copy of the policy; compared by digest and disabled rules, since JSON key order is not stable.
+    $stored = Get-KillswitchJson -Path $policyPath
+    $sameStored = $null -ne $stored -and [string]$stored.document.digest -ceq [string]$Document.digest -and
+    ((@(ConvertTo-KillswitchList -Value $stored.disable_rules) | Sort-Object) -join '|') -ceq (@($disable) -join '|')
+    if (-not $sameStored) {
+        $actions.Add("write $policyPath")
+        if (-not $CheckMode) {
+            $policy = [ordered]@{ document = $Document; disable_rules = @($disable) }
+            Write-KillswitchFile -Path $policyPath -Text ($policy | ConvertTo-Json -Depth 20)
+        }
+    }
+    if ($GuardEnabled) {
+        $script = Get-KillswitchGuardScript -StateDir $StateDir -Interval $GuardInterval
+        $existing = $null
+        if (Test-Path -LiteralPath $guardPath -PathType Leaf) {
+            $existing = [System.IO.File]::ReadAllText($guardPath)
+        }
+        if ($existing -cne $script) {
+            $actions.Add("write $guardPath")
+            if (-not $CheckMode) {
+                Write-KillswitchFile -Path $guardPath -Text $script
+            }
+        }
+        Install-KillswitchGuard -StateDir $StateDir -Interval $GuardInterval -ScriptPath $guardPath -CheckMode $CheckMode -Actions $actions
+    }
+    else {
+        Remove-KillswitchGuard -CheckMode $CheckMode -Actions $actions
+    }
+    @{ actions = @($actions); unresolved = $plan.unresolved; plan = $plan }
+}
+
+function Invoke-KillswitchAbsent {
+    # The guard goes first (it would put the rules back), the allow rules before the profile defaults (the host is
+    # never more open than with the kill switch or without it), the recorded state last.
+    param([string]$Group, [string]$StateDir, [bool]$CheckMode)
+    $actions = [System.Collections.Generic.List[string]]@()
+    Remove-KillswitchGuard -CheckMode $CheckMode -Actions $actions
+    foreach ($rule in (Get-KillswitchGroupRule -Group $Group | Sort-Object -Property Name)) {
+        $actions.Add("remove $($rule.Name)")
+        if (-not $CheckMode) {
+            Remove-NetFirewallRule -Name $rule.Name -ErrorAction Stop
+        }
+    }
+    $recorded = Get-KillswitchJson -Path (Join-Path -Path $StateDir -ChildPath 'recorded.json')
+    if ($null -ne $recorded) {
+        foreach ($name in (ConvertTo-KillswitchList -Value $recorded.disabled_rules)) {
+            $other = Get-NetFirewallRule -Name $name -ErrorAction SilentlyContinue
+            if ($null -ne $other -and [string]$other.Enabled -ne 'True') {
+                $actions.Add("enable $name")
+                if (-not $CheckMode) {
+                    Enable-NetFirewallRule -Name $name -ErrorAction Stop
+                }
+            }
+        }
+        $current = Get-KillswitchProfileState
+        foreach ($name in $KillswitchProfileNames) {
+            $old = $recorded.profiles.$name
+            if ($null -eq $old) {
+                continue
+            }
+            $restore = @{}
+            $settings = @(
+                @('enabled', 'Enabled'), @('default_inbound', 'DefaultInboundAction'), @('default_outbound', 'DefaultOutboundAction')
+            )
+            foreach ($pair in $settings) {
+                $was = $old.($pair[0])
+                if ([string]$was -ne [string]$current[$name][$pair[0]]) {
+                    $actions.Add(('profiles {0}: {1} {2} -> {3}' -f $name, ($pair[0] -replace '_', ' '), $current[$name][$pair[0]], $was))
+                    $restore[$pair[1]] = $(if ($pair[0] -eq 'enabled') { $(if ($was) { 'True' } else { 'False' }) } else { [string]$was })
+                }
+            }
+            if ($restore.Count -gt 0 -and -not $CheckMode) {
+                Set-NetFirewallProfile -Name $name @restore -ErrorAction Stop
+            }
+        }
+    }
+    if ([System.Diagnostics.EventLog]::SourceExists($KillswitchEventSource)) {
+        $actions.Add("remove event source $KillswitchEventSource")
+        if (-not $CheckMode) {
+            [System.Diagnostics.EventLog]::DeleteEventSource($KillswitchEventSource)
+        }
+    }
+    if (Test-Path -LiteralPath $StateDir) {
+        $actions.Add("remove $StateDir")
+        if (-not $CheckMode) {
+            Remove-Item -LiteralPath $StateDir -Recurse -Force
+        }
+    }
+    @{ actions = @($actions); unresolved = @() }
+}
+
+$state = $module.Params.state
+$stateDir = $module.Params.state_dir
+$document = $module.Params.document
+$checkMode = $module.CheckMode
+$stored = Get-KillswitchJson -Path (Join-Path -Path $stateDir -ChildPath 'policy.json')
+$group = 'netlock.killswitch *'
+if ($null -ne $document) {
+    $group = [string]$document.group
+}
+elseif ($null -ne $stored) {
+    $group = [string]$stored.document.group
+}
+
+$before = Get-KillswitchLive -Group $group -StateDir $stateDir
+$module.Result.before = $before
+$module.Result.actions = @()
+$module.Result.unresolved = @()
+$module.Result.live = $before
+if ($state -eq 'present') {
+    $outcome = Invoke-KillswitchPresent -Document $document -DisableRules $module.Params.disable_rules -StateDir $stateDir `
+        -GuardEnabled $module.Params.guard_enabled -GuardInterval $module.Params.guard_interval -CheckMode $checkMode
+}
+elseif ($state -eq 'absent') {
+    $outcome = Invoke-KillswitchAbsent -Group $group -StateDir $stateDir -CheckMode $checkMode
+}
+else {
+    $outcome = @{ actions = @(); unresolved = @() }
+}
+$module.Result.actions = @($outcome.actions)
+$module.Result.unresolved = @($outcome.unresolved)
+if ($outcome.actions.Count -gt 0) {
+    $module.Result.changed = $true
+    if ($checkMode -and $state -eq 'present') {
+        $module.Result.after = Get-KillswitchPredicted -Before $before -Document $document -Plan $outcome.plan
+    }
+    elseif ($checkMode) {
+        $module.Result.after = Get-KillswitchPredictedAbsent -Before $before
+    }
+    else {
+        $module.Result.after = Get-KillswitchLive -Group $group -StateDir $stateDir
+    }
+    $module.Result.live = $module.Result.after
+}
+
+$module.ExitJson()
