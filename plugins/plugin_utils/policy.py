@@ -160,10 +160,16 @@ class Policy:
         return port in self.management_ports and any(address in net for net in self.management_networks)
 
     def digest(self) -> str:
-        """Stable fingerprint of everything that shapes the ruleset."""
-        data = asdict(self)
-        data.pop("warnings")
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+        """Stable fingerprint of everything that shapes the ruleset.
+
+        Computed once per policy (frozen, so it cannot change): each render and the action ask for it."""
+        cached = self.__dict__.get("_digest")
+        if cached is None:
+            data = asdict(self)
+            data.pop("warnings")
+            cached = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+            object.__setattr__(self, "_digest", cached)
+        return cached
 
 
 class _Checker:
