@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, FrozenSet, List, Optional
+from typing import Callable, FrozenSet, List, Optional, Pattern
 
-from ansible_collections.netlock.killswitch.plugins.plugin_utils import render_iptables, render_nftables
+from ansible_collections.netlock.killswitch.plugins.plugin_utils import render_iptables, render_nftables, render_windows
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.nft_keywords import NFT_KEYWORDS
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import PREFIX, Policy, PolicyError, Problem
 
@@ -25,6 +25,17 @@ LINUX_IFNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,15}\*?")
 MAX_LINUX_IFNAME = 15
 OWNER_VARIABLES = {"mark": PREFIX + "endpoint_mark", "user": PREFIX + "endpoint_user",
                    "program": PREFIX + "endpoint_program"}
+WINDOWS_PROGRAM = re.compile(r"[A-Za-z]:\\[^\x00-\x1f\x7f\"*?<>|]*")
+
+
+def linux_interface_problem(name: str) -> Optional[str]:
+    # The kernel and both nft and iptables count a wildcard's '*' (iptables: '+') in the 15 characters.
+    if not LINUX_IFNAME.fullmatch(name) or len(name) > MAX_LINUX_IFNAME or name.strip("*") in (".", ".."):
+        return "is not a Linux interface name or wildcard (letters, digits, '_.@+-', at most %d characters, " \
+               "an optional trailing '*' included)" % MAX_LINUX_IFNAME
+    if name == "lo" or (name.endswith("*") and "lo".startswith(name[:-1])):
+        return "matches the loopback interface, not a tunnel"
+    return None
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,8 @@ class Backend:
     table_words: FrozenSet[str] = frozenset()   # names its syntax refuses
     payload_suffix: str = ""            # the persisted file's extension
     plus_wildcard: bool = False         # a trailing '+' in an interface name is its wildcard (iptables)
+    interface_problem: Callable[[str], Optional[str]] = linux_interface_problem
+    program_path: Optional[Pattern] = None   # what an endpoint_program must look like, when it takes one
 
     def problems(self, policy: Policy) -> List[Problem]:
         found = []
@@ -46,10 +59,14 @@ class Backend:
                 found.append(Problem(OWNER_VARIABLES[kind], getattr(policy.endpoint_owner, kind),
                                      "cannot be enforced by the %s backend (it can match: %s)"
                                      % (self.name, ", ".join(sorted(self.owners)) or "no owner")))
+        program = policy.endpoint_owner.program
+        if program is not None and "program" in self.owners and self.program_path and not self.program_path.fullmatch(program):
+            found.append(Problem(OWNER_VARIABLES["program"], program, "is not a program path the %s backend can match "
+                                 "(a full path with a drive letter, C:\\Program Files\\...)" % self.name))
         # The policy holds the names sorted and deduplicated: an index into it is not the one the user wrote,
         # so the problem names the variable and shows the name.
         for name in policy.tunnel_interfaces:
-            problem = linux_interface_problem(name)
+            problem = self.interface_problem(name)
             if problem is None and self.plus_wildcard and name.endswith("+"):
                 # "-o wg+" matches every interface whose name starts with "wg": not the one interface named.
                 problem = "ends in '+', which iptables reads as a wildcard ('wg+' would match wg0)"
@@ -64,22 +81,18 @@ class Backend:
         return found
 
 
-def linux_interface_problem(name: str) -> Optional[str]:
-    # The kernel and both nft and iptables count a wildcard's '*' (iptables: '+') in the 15 characters.
-    if not LINUX_IFNAME.fullmatch(name) or len(name) > MAX_LINUX_IFNAME or name.strip("*") in (".", ".."):
-        return "is not a Linux interface name or wildcard (letters, digits, '_.@+-', at most %d characters, " \
-               "an optional trailing '*' included)" % MAX_LINUX_IFNAME
-    if name == "lo" or (name.endswith("*") and "lo".startswith(name[:-1])):
-        return "matches the loopback interface, not a tunnel"
-    return None
-
-
 BACKENDS = {
     "nftables": Backend("nftables", frozenset(("mark", "user")), render_nftables.render, 32, NFT_KEYWORDS, ".nft"),
     # iptables chain names hold at most 28 characters; ours are the table name plus "-out" and the like.
     "iptables": Backend("iptables", frozenset(("mark", "user")), render_iptables.render,
                         28 - len(render_iptables.LONGEST_SUFFIX), frozenset(), ".sh", plus_wildcard=True),
+    # Windows Firewall: allow rules in one group (netlock.killswitch <table>) under default-block profiles; it
+    # matches programs, not marks or users, and takes interface aliases with '*' anywhere.
+    "windows": Backend("windows", frozenset(("program",)), render_windows.render, 32, frozenset(), ".json",
+                       interface_problem=render_windows.interface_problem, program_path=WINDOWS_PROGRAM),
 }
+# The backends of Linux hosts (killswitch_firewall, killswitch_status and the guard take only these).
+LINUX_BACKENDS = ("nftables", "iptables")
 
 
 def backend(name: str) -> Backend:

@@ -38,7 +38,7 @@ EXTRA_PROTOCOLS = ("tcp", "udp", "icmp", "any")
 IPV6_MODES = ("block", "tunnel")
 FORWARD_MODES = ("block", "tunnel", "off")
 STATES = ("present", "absent")
-BACKENDS = ("auto", "nftables", "iptables")
+BACKENDS = ("auto", "nftables", "iptables", "windows")
 FENCES = ("auto", "required", "off")
 MAX_MARK = 0xFFFFFFFF
 MIN_SAFE_APPLY_TIMEOUT = 10  # seconds: the rules change after 1 s, then the controller must reconnect
@@ -71,13 +71,17 @@ DEFAULTS: Dict[str, Any] = {
     "metrics_path": "/var/lib/prometheus/node-exporter/netlock_killswitch.prom",
     "table": "killswitch",
     "allow_lockout": False,
+    "windows_exclusive": False,
+    "windows_state_dir": "C:\\ProgramData\\netlock-killswitch",
 }
 
-# Interface names or aliases on any OS ("wg0", "tun*", "Wintun Userspace Tunnel"): printable, no quotes or
-# backslashes, no leading or trailing blanks.  A trailing '*' is a wildcard; each backend checks its own rules.
+# Interface names or aliases on any OS ("wg0", "tun*", "Wintun Userspace Tunnel", "ProtonVPN*"): printable, no
+# quotes or backslashes, no leading or trailing blanks.  A '*' is a wildcard (Linux: only a trailing one, Windows:
+# anywhere); each backend checks its own rules.
 _INTERFACE_RE = re.compile(r"[^\x00-\x1f\x7f\"'\\`$;|&<>]{1,256}")
 _PROGRAM_RE = re.compile(r"(/|[A-Za-z]:\\)[^\x00-\x1f\x7f\"]{0,4095}")
 _METRICS_PATH_RE = re.compile(r"/[A-Za-z0-9_.@+/-]{0,4094}\.prom")
+_WINDOWS_DIR_RE = re.compile(r"[A-Za-z]:\\[^\x00-\x1f\x7f\"*?<>|/:]{1,200}")
 _TABLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -270,9 +274,9 @@ def _interfaces(check: _Checker, variable: str, value: Any) -> Tuple[str, ...]:
     for i, name in enumerate(check.items(variable, value, allow_empty=False)):
         item = "%s[%d]" % (variable, i)
         if (not isinstance(name, str) or not _INTERFACE_RE.fullmatch(name) or name != name.strip()
-                or "*" in name[:-1] or name.strip("*") in ("", ".", "..")):
+                or name.replace("*", "") in ("", ".", "..")):
             check.fail(item, name, "is not an interface name or wildcard (printable, no quotes, shell or nft "
-                                   "metacharacters, optional trailing '*')")
+                                   "metacharacters, not only '*' and dots)")
         else:
             names.append(name)
     return tuple(sorted(set(names)))
@@ -447,7 +451,7 @@ def check_settings(check: _Checker, variables: Mapping[str, Any]) -> None:
     if checked.get("safe_apply_timeout") and checked["safe_apply_timeout"] < MIN_SAFE_APPLY_TIMEOUT:
         check.fail(PREFIX + "safe_apply_timeout", variables[PREFIX + "safe_apply_timeout"],
                    "is too short to reconnect and confirm (0 disables, else %d or more)" % MIN_SAFE_APPLY_TIMEOUT)
-    for name in ("guard_enabled", "allow_lockout"):
+    for name in ("guard_enabled", "allow_lockout", "windows_exclusive"):
         if variables.get(PREFIX + name) is not None:
             check.boolean(PREFIX + name, variables[PREFIX + name])
     if variables.get(PREFIX + "fence") is not None:
@@ -457,6 +461,10 @@ def check_settings(check: _Checker, variables: Mapping[str, Any]) -> None:
                                           and "/../" not in metrics + "/"):
         check.fail(PREFIX + "metrics_path", metrics, "is not an absolute path ending in .prom (node_exporter's "
                    "textfile collector reads only those), nor '' to write no metrics")
+    state_dir = variables.get(PREFIX + "windows_state_dir")
+    if state_dir is not None and not (isinstance(state_dir, str) and _WINDOWS_DIR_RE.fullmatch(state_dir)
+                                      and ".." not in state_dir.split("\\")):
+        check.fail(PREFIX + "windows_state_dir", state_dir, "is not an absolute Windows directory (C:\\...)")
 
 
 def validate_settings(variables: Mapping[str, Any]) -> None:

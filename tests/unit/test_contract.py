@@ -69,6 +69,28 @@ def test_choices_agree(name):
 
 def test_backend_choices_are_the_backends_there_are():
     assert set(policy.BACKENDS) == {"auto"} | set(backends.BACKENDS)
+    assert "windows" in backends.BACKENDS and set(backends.LINUX_BACKENDS) == set(backends.BACKENDS) - {"windows"}
+
+
+WINDOWS_MODULE = ROOT / "plugins" / "modules" / "killswitch_windows_firewall.py"
+# The Windows module's options that carry a role variable's default (the role passes the variable to it).
+WINDOWS_OPTIONS = {"state_dir": "windows_state_dir", "guard_enabled": "guard_enabled", "guard_interval": "guard_interval"}
+
+
+def test_the_windows_variables_are_role_variables_with_windows_defaults():
+    assert policy.DEFAULTS["windows_exclusive"] is False
+    assert policy.DEFAULTS["windows_state_dir"] == "C:\\ProgramData\\netlock-killswitch"
+    assert role_defaults()["killswitch_windows_state_dir"] == "C:\\ProgramData\\netlock-killswitch"
+
+
+@pytest.mark.skipif(not WINDOWS_MODULE.exists(), reason="killswitch_windows_firewall's documentation is not written yet")
+def test_the_windows_module_documents_the_role_defaults():
+    """killswitch_windows_firewall (PowerShell, documented in its .py) defaults to what the role variables do."""
+    namespace = {}
+    exec(compile(WINDOWS_MODULE.read_text(), str(WINDOWS_MODULE), "exec"), namespace)
+    options = yaml.safe_load(namespace["DOCUMENTATION"])["options"]
+    for option, variable in WINDOWS_OPTIONS.items():
+        assert options[option].get("default") == policy.DEFAULTS[variable], (option, variable)
 
 
 def test_the_action_plugin_takes_every_policy_option():
@@ -135,7 +157,7 @@ def test_verify_shares_the_status_options_and_the_roles_defaults():
     assert verify.ARGUMENT_SPEC["fence"]["default"] == policy.DEFAULTS["fence"]
     assert verify.ARGUMENT_SPEC["guard"]["default"] == policy.DEFAULTS["guard_enabled"]
     assert status.ARGUMENT_SPEC["table"]["default"] == policy.DEFAULTS["table"]
-    assert set(status.ARGUMENT_SPEC["backend"]["choices"]) == set(backends.BACKENDS)
+    assert set(status.ARGUMENT_SPEC["backend"]["choices"]) == set(backends.LINUX_BACKENDS)
     role_vars = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
     assert verify.ARGUMENT_SPEC["boot_unit"]["default"] == role_vars["killswitch_unit_name"]
     assert verify.ARGUMENT_SPEC["guard_unit"]["default"] == role_vars["killswitch_guard_config"]["timer_unit"]

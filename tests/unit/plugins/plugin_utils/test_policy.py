@@ -459,12 +459,13 @@ def test_interface_name_longest_alias():
 
 
 # No interface name on any system: quotes, shell and nft metacharacters, control characters, blanks around it,
-# a '*' anywhere but at the end, non-strings.
-ILLEGAL_NAMES = ['wg"0', "wg0;", "w*g", "wg0**", "**", "", ".", "..", ".*", "wg0 ", " wg0", "wg\t0", "wg$0",
+# only wildcards and dots, non-strings.
+ILLEGAL_NAMES = ['wg"0', "wg0;", "**", "*.*", "", ".", "..", ".*", "wg0 ", " wg0", "wg\t0", "wg$0",
                  "tun\\0", "wg0'", "wg0`", "wg0|x", "a&b", "<wg0>", 0, None, ["wg0"], {"name": "wg0"}]
-# Names of other systems (aliases with blanks, ':' labels, Unicode): accepted by the parser, refused on Linux.
+# Names of other systems (aliases with blanks, ':' labels, Unicode, Windows' '*' anywhere): accepted by the parser,
+# refused on Linux.
 NOT_LINUX_NAMES = ["wg 0", "eth0:1", "wg/0", "wg0}", "{", "wg0#", "é0", "Wintun Userspace Tunnel", "Ethernet 2",
-                   "wg0,wg1"]
+                   "wg0,wg1", "w*g", "wg0**", "*VPN*"]
 
 
 @pytest.mark.parametrize("name", ILLEGAL_NAMES)
