@@ -8,11 +8,17 @@ and bad input fails before any host is touched.  Over SSH it asks the host, over
 itself and without become (sudo and su drop ``SSH_*``), which address and port the controller's
 connection comes from: that source is the default management source, and a policy that would cut
 it is refused unless ``allow_lockout`` is set.
+
+A Windows host (``ansible_os_family`` Windows, a winrm or psrp connection, or a PowerShell shell) gets the
+``windows`` backend and is never sent a POSIX command: the management source is the controller's own
+address toward the host (a UDP socket connected to it, which sends nothing) and the port is the
+connection's (``ansible_port``, else 5986 or 5985 by the WinRM scheme, 22 over SSH).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 from dataclasses import asdict, dataclass
 
@@ -28,6 +34,13 @@ display = Display()
 POLICY_OPTIONS = tuple(name for name in DEFAULTS if name != "state")
 SSH_CONNECTIONS = ("ssh", "paramiko", "paramiko_ssh", "ansible.builtin.ssh", "ansible.builtin.paramiko_ssh",
                    "ansible.netcommon.libssh", "libssh")
+WINRM_CONNECTIONS = ("winrm", "ansible.builtin.winrm")
+PSRP_CONNECTIONS = ("psrp", "ansible.builtin.psrp")
+WINDOWS_CONNECTIONS = WINRM_CONNECTIONS + PSRP_CONNECTIONS
+WINRM_PORTS = {"http": 5985, "https": 5986}
+SSH_PORT = 22
+NO_FENCE_ON_WINDOWS = ("%sfence: Windows has no fence (no second firewall under Windows Firewall); the scheduled-task "
+                       "guard re-asserts the rule group" % PREFIX)
 # Read over the connection itself and without become: sudo and su reset the environment.
 SSH_CONNECTION_PROBE = "echo \"${SSH_CONNECTION:-}\""
 # killswitch_backend auto: nftables where nft works (needs root, so with become), else iptables; a host with
@@ -81,6 +94,43 @@ def controller_address(task_vars):
     return path.source if path else None
 
 
+def source_toward(host):
+    """The controller's own address on the route to ``host``: a UDP socket connected to it (nothing is sent).
+
+    None when the name does not resolve or no route leads there.  Behind NAT the host sees another address;
+    set killswitch_management_cidrs there."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)
+    except (socket.gaierror, UnicodeError, TypeError):
+        return None
+    for family, _kind, _proto, _name, address in infos:
+        probe = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            probe.connect((address[0], 9) + tuple(address[2:]))
+            return probe.getsockname()[0].split("%", 1)[0]
+        except OSError:
+            continue
+        finally:
+            probe.close()
+    return None
+
+
+def connection_port(task_vars, connection):
+    """The host's port the connection arrives on: ansible_port, else the connection's default."""
+    for key in ("ansible_port", "ansible_psrp_port" if connection in PSRP_CONNECTIONS else "ansible_ssh_port"):
+        value = task_vars.get(key)
+        if value not in (None, ""):
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    if connection in WINRM_CONNECTIONS:
+        return WINRM_PORTS.get(str(task_vars.get("ansible_winrm_scheme") or "https").lower())
+    if connection in PSRP_CONNECTIONS:
+        return WINRM_PORTS.get(str(task_vars.get("ansible_psrp_protocol") or "https").lower())
+    return SSH_PORT
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(POLICY_OPTIONS)
@@ -91,14 +141,20 @@ class ActionModule(ActionBase):
         args = self._task.args
         variables = {PREFIX + name: args.get(name) for name in POLICY_OPTIONS}
         connection = self._connection_name(task_vars)
-        remote = connection in SSH_CONNECTIONS
-        path = self._management_path(task_vars) if remote else None
+        windows = self._is_windows(task_vars, connection)
+        remote = connection in SSH_CONNECTIONS or connection in WINDOWS_CONNECTIONS
+        if windows:
+            path = self._windows_management_path(task_vars, connection) if remote else None
+        else:
+            path = self._management_path(task_vars) if remote else None
         if args.get("management_cidrs") is None:
             if remote and path is None:
+                how = ("from a socket toward ansible_host and the port of the %s connection" % connection if windows
+                       else "no SSH_CONNECTION over the %s connection" % connection)
                 return dict(result, failed=True, msg=(
-                    "%smanagement_cidrs: None and the controller's address as %s sees it is unknown (no "
-                    "SSH_CONNECTION over the %s connection); set it so the kill switch cannot lock you out"
-                    % (PREFIX, task_vars.get("inventory_hostname", "the host"), connection)))
+                    "%smanagement_cidrs: None and the controller's address as %s sees it is unknown (%s); set it "
+                    "so the kill switch cannot lock you out"
+                    % (PREFIX, task_vars.get("inventory_hostname", "the host"), how)))
             variables[PREFIX + "management_cidrs"] = [path.source] if path else []
         try:
             policy = parse_policy(variables, resolve=resolve)
@@ -121,13 +177,25 @@ class ActionModule(ActionBase):
         host = task_vars.get("inventory_hostname", "the host")
         backend = args.get("backend") or "auto"
         if backend == "auto":
-            backend = self._probe_backend()
+            backend = "windows" if windows else self._probe_backend()
+        mismatch = _backend_mismatch(backend, windows, task_vars, host)
+        if mismatch:
+            return dict(result, failed=True, msg=mismatch, problems=[mismatch], backend=backend)
         try:
             payload = backends.render_for(policy, backend, host)
         except PolicyError as exc:
             return dict(result, failed=True, msg=str(exc), problems=[str(p) for p in exc.problems], backend=backend)
         fence, fence_problem = "", None
-        if (args.get("fence") or DEFAULTS["fence"]) != "off":
+        if backend == "windows":
+            if args.get("fence") == "required":
+                return dict(result, failed=True, msg="%sfence: required, and %s runs Windows, which has none" % (
+                    PREFIX, host), problems=["%sfence: 'required' cannot be met on Windows" % PREFIX], backend=backend)
+            if (args.get("fence") or DEFAULTS["fence"]) != "off":
+                display.warning(NO_FENCE_ON_WINDOWS)  # the same text for every host: Ansible shows it once
+            result["document"] = json.loads(payload)
+            for text in result["document"]["warnings"]:
+                display.warning("Windows: %s" % text)
+        elif (args.get("fence") or DEFAULTS["fence"]) != "off":
             try:
                 fence = backends.fence_for(policy, host)
             except PolicyError as exc:
@@ -155,7 +223,7 @@ class ActionModule(ActionBase):
     def _probe_backend(self):
         out = self._low_level_execute_command(BACKEND_PROBE, sudoable=True)
         answer = (out.get("stdout") or "").strip().splitlines()
-        if out.get("rc") != 0 or not answer or answer[-1] not in backends.BACKENDS:
+        if out.get("rc") != 0 or not answer or answer[-1] not in backends.LINUX_BACKENDS:
             raise AnsibleError("%sbackend: auto could not tell which firewall the host has: %s"
                                % (PREFIX, (out.get("stderr") or out.get("stdout") or "").strip()))
         return answer[-1]
@@ -163,6 +231,25 @@ class ActionModule(ActionBase):
     def _connection_name(self, task_vars):
         transport = getattr(self._connection, "transport", None)
         return transport or task_vars.get("ansible_connection") or "ssh"
+
+    def _is_windows(self, task_vars, connection):
+        """Windows by its facts, its connection (winrm, psrp) or its shell (PowerShell), without asking it."""
+        family = task_vars.get("ansible_os_family") or (task_vars.get("ansible_facts") or {}).get("os_family")
+        if family:
+            return str(family) == "Windows"
+        shell = getattr(getattr(self._connection, "_shell", None), "SHELL_FAMILY", None)
+        return (connection in WINDOWS_CONNECTIONS or shell == "powershell"
+                or str(task_vars.get("ansible_shell_type") or "") == "powershell")
+
+    def _windows_management_path(self, task_vars, connection):
+        """The controller's own address toward the host, and the connection's port; no command runs there."""
+        target = task_vars.get("ansible_host") or task_vars.get("inventory_hostname")
+        port = connection_port(task_vars, connection)
+        source = source_toward(target) if target else None
+        if source is None or port is None:
+            display.vvv("no management path toward %r (port %r)" % (target, port))
+            return None
+        return ManagementPath(source, port)
 
     def _management_path(self, task_vars):
         """Ask the host over the connection itself, without become; gathered facts are the fallback."""
@@ -176,6 +263,16 @@ class ActionModule(ActionBase):
             display.vvv("reading SSH_CONNECTION failed: %s" % exc)
             path = None
         return path or path_from_facts(task_vars)
+
+
+def _backend_mismatch(backend, windows, task_vars, host):
+    """A Linux backend for a Windows host, or windows for a host whose facts say it is not Windows."""
+    family = task_vars.get("ansible_os_family") or (task_vars.get("ansible_facts") or {}).get("os_family")
+    if windows and backend != "windows":
+        return "%sbackend: %r cannot run on %s, a Windows host (use auto or windows)" % (PREFIX, backend, host)
+    if backend == "windows" and not windows and family:
+        return "%sbackend: 'windows' cannot run on %s, whose OS family is %s" % (PREFIX, host, family)
+    return None
 
 
 def _truthy(value):

@@ -13,9 +13,14 @@ version_added: 1.0.0
 description:
   - Parses the kill switch options into one normalized policy, fails with a message naming every bad
     variable and value, and renders the payload of the host's backend (nftables or iptables) for
-    M(netlock.killswitch.killswitch_firewall).
+    M(netlock.killswitch.killswitch_firewall), or the Windows Firewall document for
+    M(netlock.killswitch.killswitch_windows_firewall).
   - Runs on the controller (an action plugin). It changes nothing on the host; it only asks it which firewall
     works (V(auto)) and, over SSH, where the connection comes from.
+  - A Windows host (C(ansible_os_family) Windows, a C(winrm) or C(psrp) connection, or a PowerShell shell) gets the
+    V(windows) backend without being asked anything; the management source is the controller's own address
+    toward C(ansible_host) (a UDP socket connected to it; nothing is sent) and the port is the connection's
+    (C(ansible_port), else 5986 or 5985 by the WinRM scheme, 22 over SSH).
   - Hostnames in O(endpoints) are resolved here and pinned as addresses, so the host never needs DNS
     outside the tunnel; a name that does not resolve fails the task.
   - The options mirror the role variables of the same name with the C(killswitch_) prefix; see the
@@ -50,9 +55,10 @@ options:
   backend:
     description:
       - The firewall to render for. V(auto) asks the host (with become) whether C(nft) works, else whether
-        C(iptables-restore) exists, else picks V(nftables).
+        C(iptables-restore) exists, else picks V(nftables); on a Windows host V(auto) is V(windows) (Windows
+        Firewall), and a Linux backend there fails the task.
     type: str
-    choices: [auto, nftables, iptables]
+    choices: [auto, nftables, iptables, windows]
     default: auto
   allow_lan:
     description: Allow traffic to O(lan_cidrs) outside the tunnel.
@@ -128,6 +134,16 @@ options:
     description: Validated here; see the role.
     type: str
     default: /var/lib/prometheus/node-exporter/netlock_killswitch.prom
+  windows_exclusive:
+    description:
+      - Validated here; see the role. On Windows, V(true) disables every enabled third-party allow rule that opens
+        an outbound path outside the tunnel (recorded, and enabled again by C(killswitch_state=absent)).
+    type: bool
+    default: false
+  windows_state_dir:
+    description: Validated here (an absolute Windows directory); see the role.
+    type: str
+    default: C:\ProgramData\netlock-killswitch
   allow_lockout:
     description:
       - Over SSH the task fails when the rendered rules would not admit the live management connection
@@ -184,9 +200,17 @@ ruleset:
   description:
     - The payload for the host's backend; the same policy always renders the same bytes.
     - For nftables, a complete C(nft -f) file; for iptables, a C(sh) script holding the
-      C(iptables-restore) lines of both families (C(sh FILE load|check|delete|list)).
+      C(iptables-restore) lines of both families (C(sh FILE load|check|delete|list)); for windows, the JSON
+      text of RV(document).
   returned: success
   type: str
+document:
+  description:
+    - The Windows Firewall document (the RV(ruleset) JSON, parsed) for M(netlock.killswitch.killswitch_windows_firewall)
+      - the rule group, the profiles' default Block, the allow rules with their digests, the tunnel interface patterns
+      and what Windows cannot express.
+  returned: when the backend is windows
+  type: dict
 digest:
   description: SHA-256 of the normalized policy.
   returned: success
@@ -211,12 +235,14 @@ policy:
   returned: success
   type: dict
 management_path:
-  description: The live management connection as the host sees it, over SSH.
-  returned: over ssh and paramiko connections
+  description:
+    - The live management connection as the host sees it, over SSH; for a Windows host the controller's own
+      address toward it and the connection's port.
+  returned: over ssh, paramiko, winrm and psrp connections
   type: dict
   contains:
     source:
-      description: The controller's address (or its jump host's) as the host sees it.
+      description: The controller's address (or its jump host's) as the host sees it (Windows, as the controller sends from).
       type: str
       sample: 198.18.30.1
     port:
