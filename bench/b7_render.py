@@ -1,0 +1,63 @@
+# -*- coding: utf-8 -*-
+# Copyright: netlock.killswitch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""B7: the controller's per-host work for a generated 10,000-host inventory, through the real code.
+
+Per host, what the ``killswitch_policy`` action does after gathering the variables: ``parse_policy``,
+``render_for`` the host's backend, ``fence_for`` (the fence is on by default) and ``digest``.  Timed once per
+backend over the whole inventory; memory is measured in a separate pass (tracemalloc slows the code it watches),
+with every payload kept, as the controller keeps each host's result until the play ends.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+import tracemalloc
+
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.backends import fence_for, render_for
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
+
+from bench import workload
+from bench.profiling import top_entries
+from bench.report import Outcome, Target
+
+HOSTS = 10_000
+PROFILED_HOSTS = 500
+MS_PER_HOST = Target("<=", 1.0)
+
+
+def controller_work(variables, backend):
+    policy = parse_policy(variables)
+    return render_for(policy, backend), fence_for(policy), policy.digest()
+
+
+def render_fleet(hosts, backend):
+    return [controller_work(variables, backend) for variables in workload.fleet(hosts)]
+
+
+def run(outcome: Outcome) -> None:
+    outcome.notes.append("Inventory: %d generated hosts (bench/workload.py `fleet_host`: 2 tunnel names, IPv4 and IPv6 "
+                         "endpoints, a LAN and 3 exceptions of their own, LAN allowed, IPv6 through the tunnel). Per host: "
+                         "parse_policy, render_for, fence_for, digest, as the killswitch_policy action does; Ansible's "
+                         "own per-host cost (templating, forks) is not in this figure." % HOSTS)
+    missed = []
+    for backend in ("nftables", "iptables"):
+        started = time.perf_counter()
+        render_fleet(HOSTS, backend)
+        per_host = (time.perf_counter() - started) * 1000 / HOSTS
+        figure = outcome.figure("ms per host (%s)" % backend, round(per_host, 3), "ms", MS_PER_HOST)
+        if figure.met is False:
+            missed.append(backend)
+    tracemalloc.start()
+    kept = render_fleet(HOSTS, "nftables")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    outcome.figure("peak traced memory, %d hosts, every payload kept (nftables)" % HOSTS, round(peak / 2 ** 20, 1), "MiB")
+    outcome.figure("payload bytes per host (nftables ruleset + fence)",
+                   round(sum(len(ruleset) + len(fence) for ruleset, fence, digest in kept) / HOSTS), "bytes")
+    del kept
+    outcome.figure("process peak RSS after B7", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "MiB")
+    for backend in missed:
+        outcome.notes.append("Profile of %d hosts (%s), by own time:\n\n%s" % (
+            PROFILED_HOSTS, backend, top_entries(lambda: render_fleet(PROFILED_HOSTS, backend))))

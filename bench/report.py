@@ -1,0 +1,215 @@
+# -*- coding: utf-8 -*-
+# Copyright: netlock.killswitch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Figures, their targets, and the results files (bench/results.json, bench/results.md) made from them.
+
+Pure: no measurement here.  ``results.md`` is generated from the JSON document only, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import operator
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+OPERATORS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq}
+
+
+@dataclass(frozen=True)
+class Target:
+    operator: str   # one of OPERATORS
+    limit: float
+
+    def __post_init__(self) -> None:
+        if self.operator not in OPERATORS:
+            raise ValueError("unknown target operator %r" % self.operator)
+
+    def met(self, value: Optional[float]) -> Optional[bool]:
+        """None when nothing was measured: a missing figure is neither met nor missed."""
+        return None if value is None else bool(OPERATORS[self.operator](value, self.limit))
+
+    def __str__(self) -> str:
+        return "%s %s" % (self.operator, _number(self.limit))
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured number.  ``value`` None means not measured, and ``note`` says why."""
+
+    benchmark: str       # "B7"
+    name: str            # "render ms per host (nftables)"
+    value: Optional[float]
+    unit: str
+    target: Optional[Target] = None
+    note: str = ""
+
+    @property
+    def met(self) -> Optional[bool]:
+        return self.target.met(self.value) if self.target else None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"benchmark": self.benchmark, "name": self.name, "value": self.value, "unit": self.unit,
+                "target": str(self.target) if self.target else None, "met": self.met, "note": self.note}
+
+
+@dataclass
+class Outcome:
+    """What one benchmark produced: its figures and the paragraphs that explain them (setup, stand-ins, gaps)."""
+
+    benchmark: str
+    title: str
+    figures: List[Figure] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def figure(self, name: str, value: Optional[float], unit: str, target: Optional[Target] = None,
+               note: str = "") -> Figure:
+        made = Figure(self.benchmark, name, value, unit, target, note)
+        self.figures.append(made)
+        return made
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"benchmark": self.benchmark, "title": self.title, "seconds": round(self.seconds, 1),
+                "figures": [f.as_dict() for f in self.figures], "notes": list(self.notes)}
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not value.is_integer():
+        return ("%.4g" % value) if abs(value) < 1000 else "%.0f" % value
+    return str(int(value)) if isinstance(value, float) else str(value)
+
+
+def _command_line(argv: Sequence[str]) -> str:
+    if not shutil.which(argv[0]):
+        return "missing"
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return "unknown (%s)" % exc
+    lines = (proc.stdout or proc.stderr).strip().splitlines()
+    return lines[0] if lines else "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            found = re.search(r"^model name\s*:\s*(.+)$", handle.read(), re.M)
+    except OSError:
+        found = None
+    return found.group(1).strip() if found else platform.processor() or "unknown"
+
+
+def _memory_mib() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as handle:
+            found = re.search(r"^MemTotal:\s+(\d+) kB", handle.read(), re.M)
+    except OSError:
+        return None
+    return int(found.group(1)) // 1024 if found else None
+
+
+def machine() -> Dict[str, Any]:
+    """The machine and the versions every figure depends on."""
+    try:
+        from ansible.release import __version__ as ansible_core
+    except ImportError:
+        ansible_core = "missing"
+    return {
+        "cpu_model": _cpu_model(), "cpu_cores": os.cpu_count(), "memory_mib": _memory_mib(),
+        "kernel": platform.release(), "python": platform.python_version(), "ansible_core": ansible_core,
+        "nft": _command_line(["nft", "--version"]), "iptables": _command_line(["iptables", "--version"]),
+        "iperf3": _command_line(["iperf3", "--version"]),
+        # Other work on the machine skews every figure: the load when the results were written says how much.
+        "load_average": [round(load, 2) for load in os.getloadavg()],
+    }
+
+
+def document(outcomes: Sequence[Outcome], host: Dict[str, Any], selected: Sequence[str],
+             now: Optional[datetime.datetime] = None) -> Dict[str, Any]:
+    """The results.json document."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    figures = [f for outcome in outcomes for f in outcome.figures]
+    return {
+        "date": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "machine": host, "selected": list(selected),
+        "summary": summarize(figures), "benchmarks": [outcome.as_dict() for outcome in outcomes],
+    }
+
+
+def summarize(figures: Sequence[Figure]) -> Dict[str, int]:
+    with_target = [f for f in figures if f.target is not None]
+    return {"figures": len(figures), "with_target": len(with_target),
+            "met": sum(1 for f in with_target if f.met is True), "missed": sum(1 for f in with_target if f.met is False),
+            "not_measured": sum(1 for f in figures if f.value is None)}
+
+
+def verdict(met: Optional[bool]) -> str:
+    return {True: "met", False: "**missed**", None: "-"}[met]
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(doc: Dict[str, Any]) -> str:
+    """results.md from the results.json document: machine, summary, then one table per benchmark and its notes."""
+    host = doc["machine"]
+    summary = doc["summary"]
+    out = ["# Benchmark results", "",
+           "Generated by `make bench` (`python -m bench`) from `bench/results.json`; do not edit by hand.", "",
+           "- date: %s" % doc["date"],
+           "- machine: %s, %s cores, %s MiB, kernel %s" % (host.get("cpu_model"), host.get("cpu_cores"),
+                                                          host.get("memory_mib"), host.get("kernel")),
+           "- versions: Python %s, ansible-core %s, %s, %s, %s" % (host.get("python"), host.get("ansible_core"),
+                                                                   host.get("nft"), host.get("iptables"), host.get("iperf3")),
+           "- load average (1, 5, 15 min) when written: %s" % ", ".join(str(v) for v in host.get("load_average") or ["unknown"]),
+           "- benchmarks run: %s" % ", ".join(doc["selected"]),
+           "- figures: %(figures)d, with a target: %(with_target)d, met: %(met)d, missed: %(missed)d, "
+           "not measured: %(not_measured)d" % summary, ""]
+    for bench in doc["benchmarks"]:
+        out += ["## %s %s" % (bench["benchmark"], bench["title"]), ""]
+        if bench["figures"]:
+            out += ["| figure | value | unit | target | verdict | note |", "|---|---:|---|---|---|---|"]
+            for fig in bench["figures"]:
+                value = "not measured" if fig["value"] is None else _number(fig["value"])
+                out.append("| %s | %s | %s | %s | %s | %s |" % (
+                    _cell(fig["name"]), value, _cell(fig["unit"]), _cell(fig["target"] or "-"),
+                    verdict(fig["met"]), _cell(fig["note"])))
+            out.append("")
+        for note in bench["notes"]:
+            out += [note, ""]
+        out += ["(%s s)" % bench["seconds"], ""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def write(doc: Dict[str, Any], directory: str) -> None:
+    with open(os.path.join(directory, "results.json"), "w") as handle:
+        json.dump(doc, handle, indent=1, sort_keys=False)
+        handle.write("\n")
+    with open(os.path.join(directory, "results.md"), "w") as handle:
+        handle.write(markdown(doc))
+
+
+def console(doc: Dict[str, Any], stream: Any = None) -> None:
+    """The figures as a rich table on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="netlock.killswitch benchmarks (%s)" % doc["date"])
+    for column in ("bench", "figure", "value", "unit", "target", "verdict"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    for bench in doc["benchmarks"]:
+        for fig in bench["figures"]:
+            colour = {True: "green", False: "red", None: "white"}[fig["met"]]
+            table.add_row(bench["benchmark"], fig["name"], "not measured" if fig["value"] is None else _number(fig["value"]),
+                          fig["unit"], fig["target"] or "-", "[%s]%s[/%s]" % (colour, verdict(fig["met"]).strip("*"), colour))
+    Console(file=stream or sys.stdout, width=160).print(table)
