@@ -280,7 +280,9 @@ def _display(rule: Rule, windows: Dict[str, Any]) -> str:
 
 
 def _slug(rule: Rule, windows: Dict[str, Any]) -> str:
-    words = ["in" if rule.direction == INPUT else "out", rule.name]
+    # the rule list's name, prefixed with its group where the name alone hides it (DNS through a tunnel: "dns_tunnel")
+    what = rule.name if rule.name.startswith(rule.group) else "%s_%s" % (rule.group, rule.name)
+    words = ["in" if rule.direction == INPUT else "out", what]
     if rule.family:
         words.append("v%d" % rule.family)
     words.append(windows["protocol"].lower())
