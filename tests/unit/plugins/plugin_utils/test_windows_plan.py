@@ -1,0 +1,275 @@
+# -*- coding: utf-8 -*-
+# Copyright: netlock.killswitch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""windows_plan: the controller's judgement of a Windows host's ``live`` state against the document.
+
+The third-party rules below are the kinds Windows and its software ship: Core Networking, browsers, VPN
+clients, vendor updaters.  Each verdict is asserted, the conservative ones (reported because they cannot be
+proven safe) included.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from ansible_collections.netlock.killswitch.plugins.plugin_utils import drift, windows_plan
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.render_windows import description, document
+
+PROGRAM = "C:\\Program Files\\WireGuard\\wireguard.exe"
+POLICY = {
+    "killswitch_tunnel_interfaces": ["Wintun*", "NordLynx"],
+    "killswitch_endpoints": [{"address": "198.51.100.7", "port": 51820}],
+    "killswitch_endpoint_program": PROGRAM,
+    "killswitch_allow_lan": True,
+    "killswitch_lan_cidrs": ["192.168.0.0/16"],
+    "killswitch_extra_outbound": [{"cidr": "203.0.113.0/24", "protocol": "tcp", "port": 443}],
+    "killswitch_management_cidrs": ["192.0.2.10"],
+    "killswitch_management_ports": [5986],
+}
+DOCUMENT = document(parse_policy(POLICY))
+
+
+def third_party(name, **fields):
+    rule = {"name": name, "display_name": name.replace("-", " "), "group": "", "direction": "Outbound",
+            "action": "Allow", "enabled": True, "program": "Any", "protocol": "Any", "remote_addresses": ["Any"],
+            "remote_ports": ["Any"], "interface_aliases": ["Any"], "interface_type": "Any"}
+    rule.update(fields)
+    return rule
+
+
+# (rule, opens a path outside the tunnel?)
+THIRD_PARTY = [
+    # the typical leak: any protocol, any address, any interface
+    (third_party("Firefox-out", program="C:\\Program Files\\Mozilla Firefox\\firefox.exe"), True),
+    (third_party("CoreNet-DNS-Out", group="@FirewallAPI.dll,-25000", protocol="UDP", remote_ports=["53"],
+                 program="%SystemRoot%\\system32\\svchost.exe"), True),
+    # limited to tunnel interfaces: an alias a pattern matches, or the pattern itself
+    (third_party("WireGuard-tunnel", interface_aliases=["Wintun Userspace Tunnel"]), False),
+    (third_party("Nord-tunnel", interface_aliases=["nordlynx"]), False),
+    (third_party("Tunnel-pattern", interface_aliases=["Wintun*"]), False),
+    (third_party("Mixed-interfaces", interface_aliases=["Wintun Userspace Tunnel", "Ethernet"]), True),
+    (third_party("Other-wildcard", interface_aliases=["Win*"]), True),  # could match Wi-Fi: not provably a tunnel
+    # loopback only
+    (third_party("Local-only", remote_addresses=["127.0.0.1", "::1"]), False),
+    (third_party("Local-net8", remote_addresses=["127.0.0.0/255.0.0.0"]), False),
+    (third_party("Local-and-v6-ll", remote_addresses=["127.0.0.1", "fe80::/10"]), True),
+    # within what the document allows everywhere, for every protocol and port the rule allows
+    (third_party("Office-https", protocol="TCP", remote_ports=["443"], remote_addresses=["203.0.113.10"]), False),
+    (third_party("Office-https-range", protocol="TCP", remote_ports=["443"],
+                 remote_addresses=["203.0.113.1-203.0.113.20"]), False),
+    (third_party("Office-http", protocol="TCP", remote_ports=["80"], remote_addresses=["203.0.113.10"]), True),
+    (third_party("Office-wider", protocol="TCP", remote_ports=["443"], remote_addresses=["203.0.0.0/16"]), True),
+    (third_party("Lan-web", protocol="TCP", remote_ports=["80", "8000-8080"], remote_addresses=["192.168.1.0/24"]),
+     False),
+    (third_party("Lan-icmp", protocol="ICMPv4", remote_addresses=["192.168.0.0/255.255.0.0"]), False),
+    (third_party("Lan-icmp-number", protocol=1, remote_addresses=["192.168.3.4"]), False),
+    # the LAN allows leave DNS out: a rule that opens DNS to the LAN is a path the document does not give
+    (third_party("Lan-all-tcp", protocol="TCP", remote_addresses=["192.168.1.0/24"]), True),
+    (third_party("Lan-dns", protocol="UDP", remote_ports=["53"], remote_addresses=["192.168.1.1"]), True),
+    (third_party("Lan-any-protocol", remote_addresses=["192.168.1.0/24"]), True),
+    # the endpoint allow holds only for the VPN client's program
+    (third_party("Endpoint-any-program", protocol="UDP", remote_ports=["51820"], remote_addresses=["198.51.100.7"]),
+     True),
+    (third_party("Endpoint-vpn-client", protocol="UDP", remote_ports=["51820"], remote_addresses=["198.51.100.7"],
+                 program=PROGRAM.upper()), False),
+    # conservative: what only the host can resolve, or cannot be read, is reported
+    (third_party("Intranet", remote_addresses=["LocalSubnet"]), True),
+    (third_party("Rpc", protocol="TCP", remote_ports=["RPC"], remote_addresses=["192.168.1.1"]), True),
+    (third_party("Odd-protocol", protocol=47, remote_addresses=["192.168.1.1"]), True),
+    # not an enabled allow-outbound rule: never reported
+    (third_party("Disabled", enabled=False), False),
+    (third_party("Disabled-as-number", enabled=2), False),
+    (third_party("Block-rule", action="Block"), False),
+    (third_party("Inbound", direction="Inbound"), False),
+    (third_party("Enum-numbers", enabled=1, direction=2, action=2), True),
+    (third_party("Ours", group=DOCUMENT["group"]), False),
+]
+
+
+@pytest.mark.parametrize("rule,opens", THIRD_PARTY, ids=[rule["name"] for rule, _opens in THIRD_PARTY])
+def test_open_paths_verdict(rule, opens):
+    found = windows_plan.open_paths([rule], DOCUMENT)
+    assert bool(found) is opens, found
+    if opens:
+        assert found == [{"name": rule["name"], "display_name": rule["display_name"], "why": found[0]["why"]}]
+        assert found[0]["why"].endswith(", outside the tunnel") or "only known on the host" in found[0]["why"]
+
+
+def test_open_paths_explains_the_typical_leak_and_sorts_by_name():
+    found = windows_plan.open_paths([rule for rule, _opens in THIRD_PARTY], DOCUMENT)
+    assert [entry["name"] for entry in found] == sorted(rule["name"] for rule, opens in THIRD_PARTY if opens)
+    firefox = next(entry for entry in found if entry["name"] == "Firefox-out")
+    assert firefox["why"] == ("allows any protocol to any address on any interface for C:\\Program Files\\Mozilla "
+                              "Firefox\\firefox.exe, outside the tunnel")
+    intranet = next(entry for entry in found if entry["name"] == "Intranet")
+    assert "LocalSubnet" in intranet["why"] and "only known on the host" in intranet["why"]
+
+
+def test_open_paths_of_nothing():
+    assert windows_plan.open_paths([], DOCUMENT) == []
+    assert windows_plan.open_paths(None, DOCUMENT) == []
+
+
+@pytest.mark.parametrize("values,expected", [
+    (["Any"], ["0.0.0.0/0", "::/0"]), ([], ["0.0.0.0/0", "::/0"]), (["10.0.0.0/255.0.0.0"], ["10.0.0.0/8"]),
+    (["192.0.2.1-192.0.2.2"], ["192.0.2.1/32", "192.0.2.2/32"]), (["Internet"], None), (["DefaultGateway"], None)])
+def test_parse_addresses(values, expected):
+    found = windows_plan.parse_addresses(values)
+    assert (None if found is None else [str(n) for n in found]) == expected
+
+
+# --------------------------------------------------------------------------- live states
+
+
+def live_as_applied(doc=DOCUMENT, interfaces=("Wintun Userspace Tunnel", "Ethernet", "Wi-Fi")):
+    """The live dict of a host where the module applied ``doc`` and the guard runs."""
+    rules = []
+    for rule in doc["rules"]:
+        resolved = [alias for alias in interfaces if any(windows_plan.like(alias, p) for p in rule["interface_aliases"])]
+        rules.append({"name": rule["name"], "display_name": rule["display_name"], "direction": rule["direction"],
+                      "enabled": bool(resolved) or not rule["interface_aliases"], "description": description(rule, resolved)})
+    return {"profiles": {name: {"enabled": True, "default_inbound": "Block", "default_outbound": "Block"}
+                         for name in ("Domain", "Private", "Public")},
+            "rules": rules, "third_party": [], "interfaces": list(interfaces), "forwarding_features": [],
+            "recorded": {"profiles": {}}, "guard": {"task": True, "interval": 30}}
+
+
+def test_status_has_the_linux_shape_and_is_in_sync_as_applied():
+    linux = drift.host_status({}, "lin1", "nftables", "a" * 64)
+    windows = windows_plan.status(live_as_applied(), DOCUMENT, host="win1", guard_interval=30)
+    assert set(windows) == set(linux)
+    assert set(windows["parts"]) == set(linux["parts"]) == set(drift.PARTS)
+    for part in drift.PARTS:
+        assert set(windows["parts"][part]) == set(linux["parts"][part]) == {"in_sync", "diff"}
+    assert windows == {"host": "win1", "backend": "windows", "digest": DOCUMENT["digest"][:16], "drifted": False,
+                       "parts": {part: {"in_sync": True, "diff": ""} for part in drift.PARTS}}
+
+
+def test_the_fleet_report_reads_a_windows_status():
+    status = windows_plan.status(live_as_applied(interfaces=()), DOCUMENT, host="win1")
+    report = drift.fleet_report([status], ["win1"])
+    assert report["hosts"][0]["result"] == drift.IN_SYNC and report["hosts"][0]["backend"] == "windows"
+
+
+def test_alias_order_in_a_description_is_not_drift():
+    live = live_as_applied(interfaces=("Wintun A", "Wintun B"))
+    for rule in live["rules"]:
+        if "Wintun A|Wintun B" in rule["description"]:
+            rule["description"] = rule["description"].replace("Wintun A|Wintun B", "Wintun B|Wintun A")
+            break
+    else:
+        pytest.fail("no rule resolved to both adapters")
+    assert windows_plan.status(live, DOCUMENT)["drifted"] is False
+
+
+def _drift(live, **kwargs):
+    status = windows_plan.status(live, DOCUMENT, host="win1", **kwargs)
+    return {part: value["diff"] for part, value in status["parts"].items() if not value["in_sync"]}
+
+
+def test_a_profile_set_back_to_allow_is_drift():
+    live = live_as_applied()
+    live["profiles"]["Public"]["default_outbound"] = "Allow"
+    drifted = _drift(live)
+    assert list(drifted) == ["table"]
+    assert "-profile Public: enabled=True inbound=Block outbound=Allow" in drifted["table"]
+    assert "+profile Public: enabled=True inbound=Block outbound=Block" in drifted["table"]
+
+
+def test_a_disabled_firewall_profile_is_drift():
+    live = live_as_applied()
+    live["profiles"]["Domain"]["enabled"] = False
+    assert "outbound=Block" in _drift(live)["table"] and "-profile Domain: enabled=False" in _drift(live)["table"]
+
+
+def test_a_removed_a_changed_and_a_foreign_rule_in_the_group_are_drift():
+    live = live_as_applied()
+    removed = live["rules"].pop(0)
+    live["rules"][0]["description"] = "netlock.killswitch digest=0000 interfaces="
+    live["rules"].append({"name": "netlock.killswitch.killswitch.99.added", "display_name": "x", "direction": "Outbound",
+                          "enabled": True, "description": ""})
+    text = _drift(live)["table"]
+    assert "+rule %s:" % removed["name"] in text
+    changed = live["rules"][0]
+    assert "-rule %s: %s enabled=True netlock.killswitch digest=0000 interfaces=\n" % (
+        changed["name"], changed["direction"]) in text
+    assert "-rule netlock.killswitch.killswitch.99.added:" in text
+
+
+def test_a_new_tunnel_adapter_not_yet_resolved_is_drift():
+    live = live_as_applied(interfaces=("Ethernet",))
+    live["interfaces"].append("Wintun Userspace Tunnel")  # came up after the last reconcile
+    assert "interfaces=Wintun Userspace Tunnel" in _drift(live)["table"]
+
+
+def test_the_guard_task_absent_or_with_another_interval_is_drift_only_when_the_guard_is_on():
+    live = live_as_applied()
+    live["guard"] = {"task": False, "interval": None}
+    assert _drift(live) == {"guard": "-guard task netlock-killswitch-guard: absent"}
+    assert _drift(live, guard_enabled=False) == {}
+    live["guard"] = {"task": True, "interval": 60}
+    assert _drift(live, guard_interval=30) == {"guard": "-guard task netlock-killswitch-guard: interval 60 s, expected 30 s"}
+    assert _drift(live) == {}
+
+
+def test_exclusive_makes_an_enabled_open_path_drift():
+    live = live_as_applied()
+    live["third_party"] = [third_party("Firefox-out")]
+    assert _drift(live) == {}
+    assert "-third-party Firefox-out: allows any protocol" in _drift(live, exclusive=True)["table"]
+
+
+# --------------------------------------------------------------------------- diff and warnings
+
+
+def test_diff_of_a_first_apply():
+    before = {"profiles": {"Public": {"enabled": True, "default_inbound": "Block", "default_outbound": "Allow"}},
+              "rules": [], "third_party": [third_party("Firefox-out")], "guard": {"task": False, "interval": None}}
+    after = copy.deepcopy(before)
+    after["profiles"]["Public"]["default_outbound"] = "Block"
+    after["rules"] = [{"name": "b", "direction": "Outbound", "enabled": True, "description": "d2"},
+                      {"name": "a", "direction": "Inbound", "enabled": False, "description": "d1"}]
+    after["third_party"][0]["enabled"] = False
+    after["guard"] = {"task": True, "interval": 30}
+    result = windows_plan.diff(before, after)
+    assert result == {
+        "before": ("profile Public: enabled=True inbound=Block outbound=Allow\n"
+                   "third-party Firefox-out: enabled allow outbound (Firefox out)\n"
+                   "guard task: absent, interval None s\n"),
+        "after": ("profile Public: enabled=True inbound=Block outbound=Block\n"
+                  "rule a: Inbound enabled=False d1\n"
+                  "rule b: Outbound enabled=True d2\n"
+                  "guard task: present, interval 30 s\n")}
+
+
+def test_diff_without_a_change_is_empty_and_the_same_on_both_sides():
+    live = live_as_applied()
+    result = windows_plan.diff(live, None)
+    assert result["before"] == result["after"] != ""
+    assert windows_plan.diff(live, copy.deepcopy(live))["before"] == result["after"]
+    assert windows_plan.diff({}, None) == {"before": "", "after": ""}
+
+
+def test_warnings_for_forwarding_features_and_unresolved_patterns():
+    live = live_as_applied(interfaces=("Ethernet",))
+    assert windows_plan.warnings(dict(live, interfaces=["Ethernet", "Wintun Userspace Tunnel", "NordLynx"]),
+                                 DOCUMENT) == []
+    live["forwarding_features"] = ["Hyper-V", "WSL"]
+    found = windows_plan.warnings(live, DOCUMENT)
+    assert len(found) == 2
+    assert found[0].startswith("Hyper-V, WSL present: forwarded traffic bypasses Windows Firewall")
+    assert "NordLynx, Wintun*" in found[1] and "match no adapter" in found[1]
+    assert windows_plan.warnings(live, DOCUMENT, unresolved=["NordLynx"])[1].count("NordLynx") == 1
+    assert "Wintun*" not in windows_plan.warnings(live, DOCUMENT, unresolved=["NordLynx"])[1]
+
+
+def test_warnings_from_live_alone_name_the_disabled_rules():
+    live = live_as_applied(interfaces=("Ethernet",))
+    found = windows_plan.warnings(live)
+    disabled = sorted(r["name"] for r in live["rules"] if not r["enabled"])
+    assert disabled and found == ["rules disabled because their tunnel interfaces are not present: %s"
+                                  % ", ".join(disabled)]
+    assert windows_plan.warnings(live_as_applied(interfaces=("Wintun X", "NordLynx"))) == []
