@@ -1,0 +1,109 @@
+# -*- coding: utf-8 -*-
+# Copyright: netlock.killswitch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""B3: allowlists of 10 to 100,000 entries: controller render, host apply and no-op converge, ``nft -f`` alone,
+and datapath throughput with the biggest allowlist against the smallest.
+
+The apply runs the real module in a throwaway network namespace (``host_apply``); the throughput is iperf3
+between two namespaces over a veth pair, the kill switch loaded in the sender's, the receiver's address one
+member of the big set, so that every packet is looked up in it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.backends import render_for
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
+
+from bench import host_apply, netns, workload
+from bench.profiling import top_entries
+from bench.report import Outcome, Target
+
+SIZES = (10, 1_000, 10_000, 100_000)
+BIGGEST = SIZES[-1]
+RATIO_TO_NFT = Target("<=", 2.0)
+NOOP_SECONDS = Target("<=", 1.5)
+THROUGHPUT_RATIO = Target(">=", 0.95)
+ROUNDS = 5          # iperf3 runs per ruleset, alternating, median taken
+IPERF_SECONDS = 3
+
+
+def datapath_policy(entries: int) -> dict:
+    return workload.big_policy(entries, extra=[netns.RECEIVER_V4, netns.RECEIVER_V6])
+
+
+def render_timed(entries: int, backend: str = "nftables"):
+    started = time.perf_counter()
+    policy = parse_policy(datapath_policy(entries))
+    parsed = time.perf_counter()
+    payload = render_for(policy, backend)
+    done = time.perf_counter()
+    return payload, parsed - started, done - parsed
+
+
+def run(outcome: Outcome) -> None:
+    outcome.notes.append("Allowlist: N `killswitch_extra_outbound` entries, half IPv4 /32s and half IPv6 /128s, none "
+                         "adjacent (bench/workload.py). Render = parse_policy + render_for on the controller. Apply = the "
+                         "real module (plugins/modules/killswitch_firewall.py) run as a host runs it, in a throwaway network "
+                         "namespace with a private /run: check (nft -c), desired (load and list in a nested private "
+                         "namespace), live, compare, load. No-op = the same module again with the table loaded. nft -f = "
+                         "`nft -f` of the same file into the emptied namespace, best of 2.")
+    reason = netns.needs_root()
+    work = tempfile.mkdtemp(prefix="netlock-bench-b3-")
+    payloads = {}
+    for entries in SIZES:
+        payload, parse_s, render_s = render_timed(entries)
+        iptables_s = sum(render_timed(entries, "iptables")[1:])
+        payloads[entries] = os.path.join(work, "ruleset-%d.nft" % entries)
+        with open(payloads[entries], "w") as handle:
+            handle.write(payload)
+        controller = parse_s + render_s
+        outcome.figure("render %d entries (nftables): parse + render" % entries, round(controller, 3), "s")
+        outcome.figure("render %d entries (iptables): parse + render" % entries, round(iptables_s, 3), "s")
+        if reason:
+            outcome.figure("apply %d entries" % entries, None, "s", note=reason)
+            continue
+        host = host_apply.in_namespace(payloads[entries], repeats=2)
+        ratio = (controller + host["apply"]) / host["nft_f"]
+        last = entries == BIGGEST
+        outcome.figure("apply %d entries (module: check, compare, load)" % entries, round(host["apply"], 3), "s")
+        outcome.figure("no-op converge %d entries (module: check, compare)" % entries, round(host["noop"], 3), "s",
+                       NOOP_SECONDS if last else None)
+        outcome.figure("nft -f alone, %d entries" % entries, round(host["nft_f"], 3), "s")
+        outcome.figure("(render + apply) / nft -f, %d entries" % entries, round(ratio, 2), "x",
+                       RATIO_TO_NFT if last else None)
+        if last:
+            parts = ", ".join("%s %.3f s" % (name, seconds) for name, seconds in host["parts"].items())
+            outcome.notes.append("Parts of a converge at %d entries (each once, through the Nft applier): %s; "
+                                 "parse %.3f s and render %.3f s on the controller." % (entries, parts, parse_s, render_s))
+            if ratio > RATIO_TO_NFT.limit:
+                outcome.notes.append("Profile of parse_policy + render_for at %d entries (by own time):\n\n%s" % (
+                    entries, top_entries(lambda: render_for(parse_policy(datapath_policy(entries)), "nftables"), 15)))
+    if reason:
+        outcome.figure("throughput ratio %d / 10 entries" % BIGGEST, None, "x", THROUGHPUT_RATIO, note=reason)
+        return
+    throughput(outcome, payloads)
+
+
+def throughput(outcome: Outcome, payloads: dict) -> None:
+    """TCP throughput to a member of the big set, with the 100k ruleset loaded against the 10-entry one."""
+    with netns.Pair("b3") as pair:
+        iperf = netns.Iperf(pair, IPERF_SECONDS)
+        results = {10: [], BIGGEST: []}
+        for attempt in range(ROUNDS):
+            for entries in (10, BIGGEST):
+                pair.load(payloads[entries])
+                results[entries].append(iperf.client(netns.RECEIVER_V4)["bps"])
+    small, big = netns.median(results[10]), netns.median(results[BIGGEST])
+    outcome.figure("TCP throughput, 10 entries (IPv4, to a set member)", round(small / 1e9, 2), "Gbit/s")
+    outcome.figure("TCP throughput, %d entries" % BIGGEST, round(big / 1e9, 2), "Gbit/s")
+    outcome.figure("throughput ratio %d / 10 entries" % BIGGEST, round(big / small, 3), "x", THROUGHPUT_RATIO)
+    outcome.notes.append("Throughput: iperf3 TCP, %d s per run, %d runs per ruleset alternating, median; sender and "
+                         "receiver in two namespaces over a veth pair (198.19.254.1 -> .2), the kill switch loaded in the "
+                         "sender's, the receiver's address added to the big exception set: the output chain has no "
+                         "early accept of established flows, so every packet is looked up in it. Runs: 10 entries %s, %d entries %s Gbit/s." % (
+                             IPERF_SECONDS, ROUNDS, [round(v / 1e9, 2) for v in results[10]], BIGGEST,
+                             [round(v / 1e9, 2) for v in results[BIGGEST]]))
