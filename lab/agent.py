@@ -6,7 +6,8 @@
 
 Every probe is bounded: one TCP connect per target and port, a few UDP datagrams, two pings,
 one DNS query over UDP, TCP and TLS port per resolver, each with a short timeout.
-Prints JSON: {"sent": packets attempted, "reached": [what got an answer]}.
+Prints JSON: {"sent": packets attempted, "reached": [what got an answer], "probes": [[protocol, destination,
+port], ...]}: every distinct packet kind it sent (port 0 for ICMP), which a positive control must each see.
 """
 
 from __future__ import annotations
@@ -66,26 +67,31 @@ def ping(address: str, canary: str, count: int = 2) -> bool:
 
 def probe(args) -> dict:
     marker = args.canary.encode()
-    sent, reached = 0, []
+    sent, reached, probes = 0, [], []
     for target in args.target:
         for port in args.tcp_port:
             sent += 1
+            probes.append(["tcp", target, port])
             if tcp(target, port, marker + b"\n"):
                 reached.append("tcp %s:%d" % (target, port))
         for port in args.udp_port:
             sent += udp(target, port, marker, args.udp_count)
+            probes.append(["udp", target, port])
         if not args.no_icmp:
             sent += 2
+            probes.append(["icmp", target, 0])
             if ping(target, args.canary):
                 reached.append("icmp %s" % target)
     for resolver in args.dns:
         query = dns_query(args.canary)
         sent += udp(resolver, 53, query, 1)
+        probes.append(["udp", resolver, 53])
         for port in (53, 853):
             sent += 1
+            probes.append(["tcp", resolver, port])
             if tcp(resolver, port, struct.pack("!H", len(query)) + query):
                 reached.append("tcp %s:%d" % (resolver, port))
-    return {"sent": sent, "reached": reached}
+    return {"sent": sent, "reached": reached, "probes": probes}
 
 
 def mix_kinds(args) -> list:

@@ -4,8 +4,9 @@ The detector captures on the host side of the client's veth, so it sees exactly 
 on the LAN wire and the client cannot hide from it.  A packet from the client's MAC counts as a leak
 unless the policy allows it: WireGuard to the endpoint, neighbour discovery to link-local or multicast
 destinations, and the LAN (not DNS) when allow_lan is on; neighbour discovery to any other destination
-always counts.  Every case first runs its probes with the kill switch removed (the positive control),
-then with it in place; a case whose control sees nothing proves nothing and fails.
+always counts; so does any packet to the endpoint that is not a WireGuard message.  Every case first runs its
+probes with the kill switch removed (the positive control), then with it in place; the control must see each
+probe (protocol, destination, port), or the case proves nothing for the unseen ones and fails.
 
 A case changes only its own client, except where it says otherwise: EXCLUSIVE cases change what every
 client depends on and run while no other case does; ROUTER_PROXY guards the router's proxy ND entry.
@@ -24,7 +25,7 @@ from typing import Callable, Dict, List, Optional
 
 from lab import firewall
 from lab.build import AGENT, ROOT, setup_client_network
-from lab.probe import Capture, canary, docker, leak_expression, sh, wait_booted, wait_for
+from lab.probe import Capture, canary, docker, leak_expression, sh, unseen, wait_booted, wait_for
 from lab.results import CaseResult, FlapTimeline, HostFirewall
 from lab.topology import CLIENTS, ENDPOINT, FWMARK, INET, INVENTORY_DIR, LAN, LANPEER, ROUTER, SINK, VPN, Host
 
@@ -47,10 +48,18 @@ def host_link(host: Host) -> str:
 
 def leak_bpf_for(mac: str, allow_lan: bool = False) -> str:
     """BPF for every packet from this MAC that the policy does not allow (lab.probe.leak_expression)."""
-    allowed = ["udp and dst host %s and dst port %d" % ENDPOINT]
+    allowed = ["dst host %s and %s" % (ENDPOINT[0], wireguard_message_bpf(ENDPOINT[1]))]
     if allow_lan:
         allowed.append("(dst net %s or dst net %s) and not port 53 and not port 853" % (LAN.v4, LAN.v6))
     return "ether src %s and (ip or ip6) and (%s)" % (mac, leak_expression(allowed))
+
+
+def wireguard_message_bpf(port: int) -> str:
+    """A WireGuard message to the endpoint port: type 1-4, then three reserved zero bytes (the protocol's
+    signature; a probe's datagram to the same port does not carry it), at least 32 bytes long.  The length
+    test comes first: a load past the end of a short datagram would make BPF drop the packet, leak or not."""
+    return ("udp dst port %d and udp[4:2] >= 40 and udp[8] >= 1 and udp[8] <= 4 and udp[9:2] = 0 and udp[11] = 0"
+            % port)
 
 
 def leak_bpf(host: Host, allow_lan: bool = False) -> str:
@@ -92,20 +101,22 @@ def measure(host: Host, probe: Probe, allow_lan: bool = False):
 
 
 def leak_case(host: Host, case: str, probe: Probe, allow_lan: bool = False) -> CaseResult:
-    """First the positive control (kill switch off: the probe must be seen), then the probe with it on."""
+    """First the positive control (kill switch off: each probe must be seen), then the probe with it on."""
     details = []
-    # The control only proves the probe can be seen; a broken probe fails both attempts. The leak
-    # verdict below is never retried.
+    # The control only proves the probes can be seen, each of them (a control that saw the IPv4 probes
+    # vouches for nothing about IPv6); a broken probe fails both attempts. The leak verdict is never retried.
     for attempt in (1, 2):
         with firewall.killswitch_off(host):
             control_outcome, control = measure(host, probe, allow_lan)
-        details.append("control %d: %d packets seen, reached %s" % (
-            attempt, len(control.packets), ", ".join(control_outcome["reached"]) or "nothing"))
-        if control.packets:
+        missing = unseen(control_outcome["probes"], control.packets)
+        details.append("control %d: %d packets seen, %d of %d probes, reached %s%s" % (
+            attempt, len(control.packets), len(control_outcome["probes"]) - len(missing), len(control_outcome["probes"]),
+            ", ".join(control_outcome["reached"]) or "nothing", "; NOT SEEN: " + ", ".join(missing) if missing else ""))
+        if not missing:
             break
     outcome, capture = measure(host, probe, allow_lan)
     details = capture.packets[:20] + ["reached: %s" % (", ".join(outcome["reached"]) or "nothing")] + details
-    return CaseResult(host.name, case, outcome["sent"], len(capture.packets), bool(control.packets), details=details)
+    return CaseResult(host.name, case, outcome["sent"], len(capture.packets), not missing, details=details)
 
 
 # --- tunnel control ------------------------------------------------------------------------------
@@ -220,21 +231,27 @@ def server_ip(host: Host) -> CaseResult:
     route = "ip route %%s %s/32 via %s dev eth0" % (VPN.v4(INET), ROUTER.v4(LAN))
     sh(host.name, route % "replace")
     mac = sh(host.name, "cat /sys/class/net/eth0/address").stdout.strip()
-    bpf = "ether src %s and dst host %s" % (mac, VPN.v4(INET))
+    # Every packet to the endpoint counts unless it is a WireGuard message (the VPN client's own), not only
+    # those that carry the canary: a ping or a SYN carries none.
+    bpf = "ether src %s and dst host %s and not (%s)" % (mac, VPN.v4(INET), wireguard_message_bpf(ENDPOINT[1]))
 
     def attempt() -> tuple:
-        marker = canary()
         with Capture(None, bpf, interface=host_link(host)) as capture:
-            outcome = agent(host, "probe", "--canary", marker, "--target", ENDPOINT[0], "--tcp-port", str(ENDPOINT[1]),
-                            "--tcp-port", "8080", "--udp-port", str(ENDPOINT[1]), "--udp-count", "5", user=65534)
-        return outcome, [line for line in capture.lines if marker in line]
+            outcome = agent(host, "probe", "--canary", canary(), "--target", ENDPOINT[0], "--tcp-port",
+                            str(ENDPOINT[1]), "--tcp-port", "8080", "--udp-port", str(ENDPOINT[1]), "--udp-count", "5",
+                            user=65534)
+        return outcome, capture.packets
     try:
         with firewall.killswitch_off(host):
-            control = attempt()[1]
+            control_outcome, control = attempt()
         outcome, leaked = attempt()
     finally:
         sh(host.name, route % "del")
-    return CaseResult(host.name, "ServerIP", outcome["sent"], len(leaked), bool(control), details=leaked[:20])
+    missing = unseen(control_outcome["probes"], control)
+    details = leaked[:20] + ["control: %d packets seen, %d of %d probes%s" % (
+        len(control), len(control_outcome["probes"]) - len(missing), len(control_outcome["probes"]),
+        "; NOT SEEN: " + ", ".join(missing) if missing else "")]
+    return CaseResult(host.name, "ServerIP", outcome["sent"], len(leaked), not missing, details=details)
 
 
 def forwarded(host: Host) -> CaseResult:

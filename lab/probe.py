@@ -8,6 +8,7 @@ capture can tell our probe from background noise and a positive control can show
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import re
 import os
@@ -18,7 +19,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import List, Optional, Set
+from typing import List, Optional, Set, Tuple
 
 PROBE_TIMEOUT = 3  # seconds for any single probe
 
@@ -165,6 +166,40 @@ class Capture:
 
 
 _HEADER = re.compile(r"^\d+\.\d+ (\S+ )?(In |Out |P |B |M )?(IP6? |ARP)")
+# tcpdump -n headers: "IP 198.18.1.11.4321 > 198.18.2.20.8080: Flags [S], ...", "IP6 a > b: ICMP6, echo request".
+_FLOW = re.compile(r"\bIP6? (?P<source>\S+) > (?P<destination>\S+): (?P<rest>.*)$")
+
+
+def packet_kind(header: str) -> Optional[Tuple[str, str, int]]:
+    """(protocol, destination, port) of one tcpdump header line, as the agent names its probes; None for
+    packets that are no probe (ARP, neighbour discovery, ICMP errors)."""
+    flow = _FLOW.search(header)
+    if not flow:
+        return None
+    destination, rest = flow.group("destination"), flow.group("rest")
+    if rest.startswith("ICMP echo request") or rest.startswith("ICMP6, echo request"):
+        address, port = destination, "0"
+    elif rest.startswith("ICMP"):
+        return None
+    else:
+        address, _dot, port = destination.rpartition(".")
+    try:
+        address = str(ipaddress.ip_address(address))
+    except ValueError:
+        return None
+    if not port.isdigit():
+        return None
+    protocol = "icmp" if port == "0" else "tcp" if rest.startswith("Flags [") else "udp"
+    return protocol, address, int(port)
+
+
+def unseen(probes, headers) -> List[str]:
+    """The probes (the agent's [protocol, destination, port] list) that no captured packet shows: a positive
+    control vouches only for the probes it saw, so each missing one is named."""
+    seen = {packet_kind(line) for line in headers}
+    return ["%s %s%s" % (protocol, destination, ":%d" % port if port else "")
+            for protocol, destination, port in probes
+            if (protocol, str(ipaddress.ip_address(destination)), int(port)) not in seen]
 
 
 def tcp_probe(container: str, address: str, port: int, marker: str) -> bool:

@@ -21,7 +21,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from lab.cases import leak_bpf_for  # noqa: E402
-from lab.probe import leak_filter  # noqa: E402
+from lab.probe import leak_filter, packet_kind, unseen  # noqa: E402
 
 CLIENT_MAC = "02:42:c6:12:01:0b"
 OTHER_MAC = "02:42:c6:12:01:0c"
@@ -55,15 +55,39 @@ def mld2_report() -> bytes:
     return ethernet(0x86DD, ipv6("ff02::16", 0, hop_by_hop + struct.pack("!BBHHH", MLD2_REPORT, 0, 0, 0, 0), 1))
 
 
-def ipv4(destination: str, protocol: int, source_port: int, port: int) -> bytes:
-    transport = struct.pack("!HH", source_port, port) + bytes(16 if protocol == 6 else 4)
+def ipv4(destination: str, protocol: int, source_port: int, port: int, payload: bytes = b"") -> bytes:
+    if protocol == 6:  # a SYN: data offset 5, flags S
+        transport = struct.pack("!HHIIBBHHH", source_port, port, 1, 0, 0x50, 0x02, 64240, 0, 0) + payload
+    else:
+        transport = struct.pack("!HHHH", source_port, port, 8 + len(payload), 0) + payload
     header = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(transport), 0, 0, 64, protocol, 0)
     header += ipaddress.IPv4Address(CLIENT_V4).packed + ipaddress.IPv4Address(destination).packed
     return ethernet(0x0800, header + transport)
 
 
 def tcp6(destination: str, port: int) -> bytes:
-    return ethernet(0x86DD, ipv6(destination, 6, struct.pack("!HH", 40000, port) + bytes(16), 64, CLIENT_V6))
+    syn = struct.pack("!HHIIBBHHH", 40000, port, 1, 0, 0x50, 0x02, 64240, 0, 0)
+    return ethernet(0x86DD, ipv6(destination, 6, syn, 64, CLIENT_V6))
+
+
+def udp6(destination: str, port: int, payload: bytes = b"probe") -> bytes:
+    return ethernet(0x86DD, ipv6(destination, 17, struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload,
+                                 64, CLIENT_V6))
+
+
+def echo6(destination: str) -> bytes:
+    return ethernet(0x86DD, ipv6(destination, 58, struct.pack("!BBHHH", ECHO, 0, 0, 1, 1), 64, CLIENT_V6))
+
+
+def echo4(destination: str) -> bytes:
+    icmp = struct.pack("!BBHHH", 8, 0, 0, 1, 1)
+    header = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(icmp), 0, 0, 64, 1, 0)
+    header += ipaddress.IPv4Address(CLIENT_V4).packed + ipaddress.IPv4Address(destination).packed
+    return ethernet(0x0800, header + icmp)
+
+
+WG_HANDSHAKE = bytes([1, 0, 0, 0]) + bytes(144)  # message type 1 and three reserved zero bytes
+WG_DATA = bytes([4, 0, 0, 0]) + bytes(28)
 
 
 def arp() -> bytes:
@@ -98,7 +122,14 @@ PACKETS: List[Packet] = [
     Packet("echo request to a link-local address, hop limit 255", icmp6(ECHO, "fe80::1"), True, True),
     Packet("echo request to the LAN peer", icmp6(ECHO, "2001:db8:1::5", 64, CLIENT_V6), True, False),
     # Everything else.
-    Packet("WireGuard to the endpoint", ipv4("198.18.2.10", 17, 51820, 51820), False, False),
+    Packet("WireGuard handshake to the endpoint", ipv4("198.18.2.10", 17, 51820, 51820, WG_HANDSHAKE), False, False),
+    Packet("WireGuard data to the endpoint", ipv4("198.18.2.10", 17, 51820, 51820, WG_DATA), False, False),
+    # The endpoint's address and port, but not the tunnel's own protocol: another process (ServerIP).
+    Packet("a canary datagram to the endpoint port", ipv4("198.18.2.10", 17, 40000, 51820, b"NETLOCK-0123"), True, True),
+    Packet("an empty datagram to the endpoint port", ipv4("198.18.2.10", 17, 40000, 51820), True, True),
+    Packet("a reserved byte set, to the endpoint port", ipv4("198.18.2.10", 17, 40000, 51820, bytes([1, 0, 1, 0]) +
+                                                                bytes(20)), True, True),
+    Packet("TCP to the endpoint port", ipv4("198.18.2.10", 6, 40000, 51820), True, True),
     Packet("UDP to the endpoint's address, another port", ipv4("198.18.2.10", 17, 40000, 51821), True, True),
     Packet("TCP to the sink", ipv4("198.18.2.20", 6, 40000, 8080), True, True),
     Packet("TCP to the LAN peer", ipv4("198.18.1.5", 6, 40000, 8080), True, False),
@@ -152,3 +183,55 @@ def test_off_link_neighbour_discovery_is_a_leak_unless_its_destination_is_allowe
     off_link = ["NS to the router's global address", "NA to the LAN peer's global address", "RS to a global address",
                 "RA to a global address", "redirect to the sink", "NS to a unique local address"]
     assert set(off_link) <= set(matched(pcap, bpf))
+
+
+# --------------------------------------------------------------------------- positive controls, per probe
+
+PROBE_PACKETS = [
+    (ipv4("198.18.2.20", 6, 40000, 8080), ("tcp", "198.18.2.20", 8080)),
+    (ipv4("198.18.2.20", 17, 40000, 9999, b"NETLOCK-0123"), ("udp", "198.18.2.20", 9999)),
+    (echo4("198.18.2.20"), ("icmp", "198.18.2.20", 0)),
+    (tcp6("2001:db8:2::20", 8080), ("tcp", "2001:db8:2::20", 8080)),
+    (udp6("2001:db8:2::20", 9999), ("udp", "2001:db8:2::20", 9999)),
+    (echo6("2001:db8:2::20"), ("icmp", "2001:db8:2::20", 0)),
+    (ipv4("198.18.1.5", 17, 40000, 53, b"\x4e\x4c\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03abc\x00\x00\x01\x00\x01"),
+     ("udp", "198.18.1.5", 53)),
+    (ipv4("198.18.1.5", 6, 40000, 853), ("tcp", "198.18.1.5", 853)),
+    (icmp6(NS, "ff02::1:ff00:254"), None),   # neighbour discovery is no probe
+    (arp(), None),
+]
+
+
+def headers(path: Path) -> List[str]:
+    result = subprocess.run(["tcpdump", "-n", "-tt", "-r", str(path)], capture_output=True, text=True, timeout=30,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stdout.splitlines() if line[:1].isdigit()]
+
+
+@pytest.fixture(scope="module")
+def probe_pcap(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("controls") / "probes.pcap"
+    write_pcap(path, [frame for frame, _kind in PROBE_PACKETS])
+    return path
+
+
+def test_tcpdump_headers_name_each_probe(probe_pcap: Path) -> None:
+    """Real tcpdump output of each probe kind reads as the (protocol, destination, port) the agent names."""
+    lines = headers(probe_pcap)
+    assert len(lines) == len(PROBE_PACKETS)
+    assert [packet_kind(line) for line in lines] == [kind for _frame, kind in PROBE_PACKETS]
+
+
+def test_a_control_vouches_only_for_the_probes_it_saw(probe_pcap: Path) -> None:
+    probes = [list(kind) for _frame, kind in PROBE_PACKETS if kind]
+    lines = headers(probe_pcap)
+    assert unseen(probes, lines) == []
+    # The IPv6 probes went unseen (say, no IPv6 route in the control): the control fails, naming them.
+    ipv4_only = [line for line in lines if " IP6 " not in line]
+    assert unseen(probes, ipv4_only) == ["tcp 2001:db8:2::20:8080", "udp 2001:db8:2::20:9999", "icmp 2001:db8:2::20"]
+    # A control that saw one packet of each but to another port vouches for nothing on this one.
+    assert unseen([["tcp", "198.18.2.20", 443]], lines) == ["tcp 198.18.2.20:443"]
+    # Addresses compare as addresses, not as text.
+    assert unseen([["udp", "2001:db8:2:0:0:0:0:20", 9999]], lines) == []
+    assert unseen([], []) == []
