@@ -1,0 +1,107 @@
+# -*- coding: utf-8 -*-
+# Copyright: netlock.killswitch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The role's OS dispatch and its Windows tasks, read as data (no Windows host here).
+
+* ``tasks/main.yml`` sends a Windows host to ``windows.yml`` / ``windows_absent.yml`` and every other host to the
+  Linux ``present.yml`` / ``absent.yml``, never both;
+* the Windows tasks use nothing of the Linux path (packages, systemd, files under /etc);
+* they pass the module only options it takes, from role variables the role documents;
+* the absent path's ``killswitch_status`` is the shape ``playbooks/drift.yml`` reads, built by the filter.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jinja2
+import pytest
+import yaml
+
+from ansible_collections.netlock.killswitch.plugins.action.killswitch_windows_firewall import ARGUMENT_SPEC
+from ansible_collections.netlock.killswitch.plugins.filter.killswitch import drift_status
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.drift import PARTS
+
+ROLE = Path(__file__).resolve().parents[3] / "roles" / "killswitch"
+MODULE = "netlock.killswitch.killswitch_windows_firewall"
+LINUX_ONLY = ("ansible.builtin.package", "ansible.builtin.systemd_service", "ansible.builtin.template",
+              "ansible.builtin.copy", "ansible.builtin.command", "ansible.builtin.file",
+              "netlock.killswitch.killswitch_firewall")
+ENV = jinja2.Environment(undefined=jinja2.StrictUndefined)
+ENV.filters["netlock.killswitch.drift_status"] = drift_status
+
+
+def tasks(name):
+    return yaml.safe_load((ROLE / "tasks" / name).read_text())
+
+
+def included(os_family, state):
+    """The task files main.yml includes after setup.yml for a host of this OS family and state."""
+    files = []
+    for task in tasks("main.yml"):
+        target = task.get("ansible.builtin.include_tasks")
+        if isinstance(target, dict):
+            target = target.get("file")
+        if not isinstance(target, str) or target == "setup.yml":
+            continue
+        condition = task.get("when", "true")
+        context = {"ansible_facts": {"os_family": os_family}, "killswitch_state": state}
+        if ENV.compile_expression(condition)(**context):
+            files.append(ENV.from_string(target).render(**context))
+    return files
+
+
+@pytest.mark.parametrize("os_family", ["Debian", "RedHat", "Suse"])
+@pytest.mark.parametrize("state", ["present", "absent"])
+def test_linux_hosts_take_the_linux_path(os_family, state):
+    assert included(os_family, state) == ["%s.yml" % state]
+
+
+def test_windows_hosts_take_the_windows_path():
+    assert included("Windows", "present") == ["windows.yml"]
+    assert included("Windows", "absent") == ["windows_absent.yml"]
+
+
+@pytest.mark.parametrize("name", ["windows.yml", "windows_absent.yml"])
+def test_the_windows_tasks_use_nothing_of_the_linux_path(name):
+    used = {key for task in tasks(name) for key in task if "." in key}
+    assert not used & set(LINUX_ONLY), used & set(LINUX_ONLY)
+    assert "/etc/" not in (ROLE / "tasks" / name).read_text()
+
+
+@pytest.mark.parametrize("name", ["windows.yml", "windows_absent.yml"])
+def test_the_windows_tasks_pass_options_the_module_takes_from_documented_variables(name):
+    documented = set(yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"])
+    task = next(t for t in tasks(name) if MODULE in t)
+    passed = task[MODULE]
+    assert set(passed) <= set(ARGUMENT_SPEC)
+    for option, value in passed.items():
+        for variable in re.findall(r"\bkillswitch_\w+", str(value)):
+            assert variable in documented or variable == "killswitch_rendered", (option, variable)
+
+
+def test_present_passes_the_rendered_document_and_every_windows_variable():
+    passed = next(t for t in tasks("windows.yml") if MODULE in t)[MODULE]
+    assert passed["document"] == "{{ killswitch_rendered.ruleset | from_json }}"
+    assert passed["exclusive"] == "{{ killswitch_windows_exclusive }}"
+    assert passed["state_dir"] == "{{ killswitch_windows_state_dir }}"
+    assert passed["guard_enabled"] == "{{ killswitch_guard_enabled }}"
+    assert passed["guard_interval"] == "{{ killswitch_guard_interval }}"
+    status = next(t for t in tasks("windows.yml") if "killswitch_status" in t.get("ansible.builtin.set_fact", {}))
+    assert "killswitch_windows_apply.status" in status["ansible.builtin.set_fact"]["killswitch_status"]
+
+
+def absent_status(result):
+    task = next(t for t in tasks("windows_absent.yml") if "killswitch_status" in t.get("ansible.builtin.set_fact", {}))
+    expression = task["ansible.builtin.set_fact"]["killswitch_status"].strip()
+    assert expression.startswith("{{") and expression.endswith("}}")
+    return ENV.compile_expression(expression[2:-2])(killswitch_windows_apply=result, inventory_hostname="win1")
+
+
+def test_absent_publishes_a_status_drift_reports_can_read():
+    removed = {"changed": True, "diff": {"before": "rule a\nguard task: present\n", "after": ""}}
+    status = absent_status(removed)
+    assert status["host"] == "win1" and status["backend"] == "windows" and set(status["parts"]) == set(PARTS)
+    assert status["drifted"] is True and "-rule a" in status["parts"]["table"]["diff"]
+    assert absent_status({"changed": False, "diff": {"before": "", "after": ""}})["drifted"] is False
