@@ -37,8 +37,9 @@ $killswitchFunctions = {
 
     function ConvertTo-KillswitchList {
         param($Value)
-        # Windows Firewall says 'Any' for "no restriction"; the document says [] for the same.
-        , @($Value | Where-Object { $null -ne $_ -and [string]$_ -ne '' -and [string]$_ -ne 'Any' } | ForEach-Object { [string]$_ })
+        # Windows Firewall says 'Any' for "no restriction"; the document says [] for the same. Callers wrap the call in
+        # @() to get an array of zero, one or more strings.
+        $Value | Where-Object { $null -ne $_ -and [string]$_ -ne '' -and [string]$_ -ne 'Any' } | ForEach-Object { [string]$_ }
     }
 
     function Get-KillswitchProfileState {
@@ -62,10 +63,10 @@ $killswitchFunctions = {
         param($Pattern)
         # New-NetFirewallRule resolves aliases once, when the rule is made: a pattern is resolved here, and again by
         # the guard, so an adapter that appears later is picked up on the next pass.
-        $names = foreach ($one in (ConvertTo-KillswitchList -Value $Pattern)) {
+        $names = foreach ($one in @(ConvertTo-KillswitchList -Value $Pattern)) {
             Get-NetAdapter -Name $one -IncludeHidden -ErrorAction SilentlyContinue | ForEach-Object { [string]$_.Name }
         }
-        , @($names | Where-Object { $null -ne $_ } | Sort-Object -Unique)
+        $names | Where-Object { $null -ne $_ } | Sort-Object -Unique
     }
 
     function Get-KillswitchDescription {
@@ -78,8 +79,8 @@ $killswitchFunctions = {
         $desired = [System.Collections.Generic.List[object]]@()
         $unresolved = [System.Collections.Generic.List[string]]@()
         foreach ($rule in @($Document.rules)) {
-            $patterns = ConvertTo-KillswitchList -Value $rule.interface_aliases
-            $aliases = Resolve-KillswitchInterface -Pattern $patterns
+            $patterns = @(ConvertTo-KillswitchList -Value $rule.interface_aliases)
+            $aliases = @(Resolve-KillswitchInterface -Pattern $patterns)
             foreach ($pattern in $patterns) {
                 if (-not (@(Resolve-KillswitchInterface -Pattern $pattern).Count) -and -not $unresolved.Contains($pattern)) {
                     $unresolved.Add($pattern)
@@ -119,7 +120,7 @@ $killswitchFunctions = {
             IcmpType = 'icmp_types'
         }
         foreach ($param in $lists.Keys) {
-            $values = ConvertTo-KillswitchList -Value $rule.($lists[$param])
+            $values = @(ConvertTo-KillswitchList -Value $rule.($lists[$param]))
             if ($values.Count -gt 0) {
                 $params[$param] = $values
             }
@@ -203,7 +204,7 @@ $killswitchFunctions = {
                 }
             }
         }
-        foreach ($name in (ConvertTo-KillswitchList -Value $DisableRules)) {
+        foreach ($name in @(ConvertTo-KillswitchList -Value $DisableRules)) {
             $other = Get-NetFirewallRule -Name $name -ErrorAction SilentlyContinue
             if ($null -ne $other -and [string]$other.Enabled -eq 'True' -and [string]$other.Group -ne $group) {
                 $actions.Add("disable $name")
@@ -276,7 +277,7 @@ function Get-KillswitchForwardingFeature {
             $features.Add($feature)
         }
     }
-    , @($features)
+    $features
 }
 
 function Get-KillswitchThirdParty {
@@ -285,7 +286,7 @@ function Get-KillswitchThirdParty {
     $store = @{ PolicyStore = 'ActiveStore'; ErrorAction = 'SilentlyContinue' }
     $rules = @(Get-NetFirewallRule @store -Enabled True -Direction Outbound -Action Allow | Where-Object { [string]$_.Group -notlike $Group })
     if ($rules.Count -eq 0) {
-        return , @()
+        return
     }
     $filters = @{}
     foreach ($kind in @('Address', 'Port', 'Application', 'Interface', 'InterfaceType')) {
@@ -298,7 +299,7 @@ function Get-KillswitchThirdParty {
     Get-NetFirewallInterfaceTypeFilter @store | ForEach-Object { $filters.InterfaceType[[string]$_.InstanceID] = $_ }
     $listed = foreach ($rule in $rules) {
         $id = [string]$rule.InstanceID
-        $program = ConvertTo-KillswitchList -Value $filters.Application[$id].Program
+        $program = @(ConvertTo-KillswitchList -Value $filters.Application[$id].Program)
         $protocol = [string]$filters.Port[$id].Protocol
         [ordered]@{
             name = [string]$rule.Name
@@ -309,13 +310,13 @@ function Get-KillswitchThirdParty {
             enabled = ([string]$rule.Enabled -eq 'True')
             program = $(if ($program.Count -gt 0) { $program[0] } else { $null })
             protocol = $(if ($protocol) { $protocol } else { 'Any' })
-            remote_addresses = ConvertTo-KillswitchList -Value $filters.Address[$id].RemoteAddress
-            remote_ports = ConvertTo-KillswitchList -Value $filters.Port[$id].RemotePort
-            interface_aliases = ConvertTo-KillswitchList -Value $filters.Interface[$id].InterfaceAlias
+            remote_addresses = @(ConvertTo-KillswitchList -Value $filters.Address[$id].RemoteAddress)
+            remote_ports = @(ConvertTo-KillswitchList -Value $filters.Port[$id].RemotePort)
+            interface_aliases = @(ConvertTo-KillswitchList -Value $filters.Interface[$id].InterfaceAlias)
             interface_type = $(if ($filters.InterfaceType[$id]) { [string]$filters.InterfaceType[$id].InterfaceType } else { 'Any' })
         }
     }
-    , @($listed)
+    $listed
 }
 
 function Get-KillswitchLive {
@@ -332,9 +333,9 @@ function Get-KillswitchLive {
     [ordered]@{
         profiles = Get-KillswitchProfileState
         rules = @($rules)
-        third_party = Get-KillswitchThirdParty -Group $Group
+        third_party = @(Get-KillswitchThirdParty -Group $Group)
         interfaces = @(Get-NetAdapter -IncludeHidden -ErrorAction SilentlyContinue | ForEach-Object { [string]$_.Name } | Sort-Object -Unique)
-        forwarding_features = Get-KillswitchForwardingFeature
+        forwarding_features = @(Get-KillswitchForwardingFeature)
         recorded = Get-KillswitchJson -Path (Join-Path -Path $StateDir -ChildPath 'recorded.json')
         guard = Get-KillswitchGuardState
     }
@@ -567,7 +568,7 @@ function Invoke-KillswitchAbsent {
     }
     $recorded = Get-KillswitchJson -Path (Join-Path -Path $StateDir -ChildPath 'recorded.json')
     if ($null -ne $recorded) {
-        foreach ($name in (ConvertTo-KillswitchList -Value $recorded.disabled_rules)) {
+        foreach ($name in @(ConvertTo-KillswitchList -Value $recorded.disabled_rules)) {
             $other = Get-NetFirewallRule -Name $name -ErrorAction SilentlyContinue
             if ($null -ne $other -and [string]$other.Enabled -ne 'True') {
                 $actions.Add("enable $name")
