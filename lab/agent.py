@@ -136,7 +136,8 @@ def mixed_stream(args) -> dict:
     finally:
         for sock in datagram.values():
             sock.close()
-    return {"sent": sent, "reached": [], "seconds": time.monotonic() - start, "kinds": len(kinds)}
+    return {"sent": sent, "reached": [], "seconds": time.monotonic() - start, "kinds": len(kinds),
+            "probes": [["udp" if proto == "dns" else proto, address, port] for proto, address, port in kinds]}
 
 
 def stream(args) -> dict:

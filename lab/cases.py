@@ -365,25 +365,33 @@ def stream_port(host: Host) -> int:
 
 
 def flap_stream(host: Host, flaps: int = 20, rate: int = 600, down_for: float = 0.5, up_for: float = 0.7) -> FlapTimeline:
-    """A continuous UDP stream to the sink across tunnel flaps; every packet outside the tunnel is a leak."""
+    """A continuous mixed stream to the sink across tunnel flaps (UDP, TCP SYNs and DNS over IPv4 and IPv6
+    from the client, and over IPv4 from its forwarded guest); every packet outside the tunnel is a leak."""
     marker = canary()
     port = stream_port(host)
     stop_file = "/tmp/%s.stop" % marker
     bound = flaps * (down_for + up_for + 5) + 10  # the stream's upper bound; it stops at stop_file
-    sent = {}
+    common = ["stream", "--mix", "--canary", marker, "--udp-port", str(port), "--tcp-port", "8080",
+              "--seconds", str(bound), "--stop-file", stop_file]
+    # The guest is NATed to the client's IPv4 address only.
+    streams = {"host": (common + ["--rate", str(rate), "--target", SINK.v4(INET), "--target", SINK.v6(INET),
+                                  "--dns", SINK.v4(INET), "--dns", SINK.v6(INET)], ""),
+               "guest": (common + ["--rate", str(rate // 3), "--target", SINK.v4(INET), "--dns", SINK.v4(INET)],
+                         "guest")}
+    sent: Dict[str, dict] = {}
 
-    def stream() -> None:
+    def stream(name: str) -> None:
+        args, netns = streams[name]
         try:
-            sent.update(agent(host, "stream", "--canary", marker, "--target", SINK.v4(INET), "--udp-port", str(port),
-                              "--rate", str(rate), "--seconds", str(bound), "--stop-file", stop_file,
-                              timeout=bound + 60))
+            sent[name] = agent(host, *args, netns=netns, timeout=bound + 60)
         except Exception as exc:  # re-raised below: a dead stream must not read as "0 leaked"
-            sent["error"] = exc
+            sent[name] = {"error": exc}
     with Capture(SINK.name, "udp dst port %d" % port, interface="eth0", max_seconds=int(bound) + 90) as sink, \
             Capture(None, leak_bpf(host), interface=host_link(host), max_seconds=int(bound) + 90) as lan:
-        sender = threading.Thread(target=stream)
+        senders = [threading.Thread(target=stream, args=(name,)) for name in streams]
         start = time.time()
-        sender.start()
+        for sender in senders:
+            sender.start()
         events = [(0.0, True)]
         time.sleep(1.5)
         for i in range(flaps):
@@ -395,12 +403,18 @@ def flap_stream(host: Host, flaps: int = 20, rate: int = 600, down_for: float = 
             time.sleep(up_for)
         time.sleep(2)  # the last up period, long enough to see traffic flow again
         sh(host.name, "touch %s" % stop_file)
-        sender.join()
-    if "error" in sent:
-        raise RuntimeError("the probe stream on %s failed" % host.name) from sent["error"]
+        for sender in senders:
+            sender.join()
+    for name, outcome in sent.items():
+        if "error" in outcome:
+            raise RuntimeError("the %s's probe stream on %s failed" % (name, host.name)) from outcome["error"]
     duration = time.time() - start
+    probes = [probe for outcome in sent.values() for probe in outcome["probes"]]
+    missing = set(unseen(probes, lan.packets))
+    leaked_kinds = [kind for kind in unseen(probes, []) if kind not in missing]
     return FlapTimeline(host.name, duration, events, [t - start for t in sink.times(marker)],
-                        [t - start for t in lan.times()], sent.get("sent", 0), flaps)
+                        [t - start for t in lan.times()], sum(outcome["sent"] for outcome in sent.values()), flaps,
+                        probes, leaked_kinds)
 
 
 def clients(names: Optional[List[str]] = None) -> List[Host]:

@@ -184,6 +184,7 @@ def report_dict(results: List[CaseResult], timelines: List[FlapTimeline],
     flap = [
         {"host": t.host, "duration": _r(t.duration), "flaps": t.flaps, "sent": t.sent,
          "leaked": len(t.leaked), "sink_seen": len(t.sink_seen),
+         "probes": ["%s %s:%s" % tuple(p) for p in t.probes], "leaked_kinds": list(t.leaked_kinds),
          "tunnel": [[_r(ts), bool(up)] for ts, up in t.tunnel]}
         for t in sorted(timelines, key=lambda t: t.host)
     ]

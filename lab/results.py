@@ -32,6 +32,8 @@ class FlapTimeline:
     leaked: List[float]  # times (s) of packets seen leaving outside the tunnel
     sent: int
     flaps: int
+    probes: List[List] = field(default_factory=list)  # every (protocol, destination, port) the streams rotate
+    leaked_kinds: List[str] = field(default_factory=list)  # the probes among them seen leaking (lab.probe.unseen)
 
 
 @dataclass

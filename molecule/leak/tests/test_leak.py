@@ -49,8 +49,13 @@ def test_flap_stream_leaks_nothing(leak_run, client):
 
 @pytest.mark.usefixtures("leak_run")  # after every client's run, never beside it
 def test_flap_stream_control():
-    """Without the kill switch, the same flapping stream does leak: the detector sees it."""
+    """Without the kill switch, the same flapping stream does leak, each of its kinds (IPv4 and IPv6, UDP, TCP
+    and DNS, from the client and its guest): the detector sees every one it vouches for."""
     client = CLIENTS[0]
     with firewall.killswitch_off(client):
         timeline = cases.flap_stream(client, flaps=3, rate=600)
     assert timeline.leaked, "no leak seen without the kill switch: the flap detector is blind"
+    kinds = cases.unseen(timeline.probes, [])
+    assert len(kinds) >= 8, "the stream rotates too few kinds to prove anything: %s" % kinds
+    blind = [kind for kind in kinds if kind not in timeline.leaked_kinds]
+    assert not blind, "without the kill switch these never showed up leaking: the detector is blind to them: %s" % blind

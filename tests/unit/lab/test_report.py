@@ -56,7 +56,7 @@ def test_json_content(tmp_path: Path) -> None:
                     "passed": False, "error": "", "details": ["eth0 10.0.0.2 > 1.1.1.1: ICMP echo request"]}]
     assert [f["host"] for f in doc["flap"]] == sorted(HOSTS)
     flap = doc["flap"][0]
-    assert set(flap) == {"host", "duration", "flaps", "sent", "leaked", "sink_seen", "tunnel"}
+    assert set(flap) == {"host", "duration", "flaps", "sent", "leaked", "sink_seen", "probes", "leaked_kinds", "tunnel"}
     assert flap["leaked"] == 0 and flap["flaps"] == 6 and flap["sink_seen"] > 0
     assert flap["tunnel"][0] == [0.0, True] and flap["tunnel"][1] == [0.833, False]  # rounded to 3 places
 
