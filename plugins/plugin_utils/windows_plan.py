@@ -35,6 +35,7 @@ PROTOCOL_NUMBERS = {"1": "ICMPV4", "6": "TCP", "17": "UDP", "58": "ICMPV6", "256
 FORWARDING_WHY = ("forwarded traffic bypasses Windows Firewall: VMs, WSL2 and sandboxes on this host can reach the "
                   "network outside the tunnel")
 DIFF_LINES = 40
+DIRECTION_NUMBERS = {1: "Inbound", 2: "Outbound"}
 
 
 # --------------------------------------------------------------------------- reading Windows values
@@ -53,7 +54,7 @@ def is_enabled(value: Any) -> bool:
 
 
 def _is_outbound_allow(rule: Mapping[str, Any]) -> bool:
-    return (_word(rule.get("direction"), {1: "Inbound", 2: "Outbound"}).lower() == "outbound"
+    return (_word(rule.get("direction"), DIRECTION_NUMBERS).lower() == "outbound"
             and _word(rule.get("action"), {2: "Allow", 4: "Block"}).lower() == "allow")
 
 
@@ -238,16 +239,16 @@ def _lines(live: Optional[Mapping[str, Any]]) -> List[str]:
         lines.append("profile %s: enabled=%s inbound=%s outbound=%s" % (
             name, is_enabled(profile.get("enabled")), profile.get("default_inbound"), profile.get("default_outbound")))
     for rule in sorted(live.get("rules") or (), key=lambda r: str(r.get("name"))):
-        lines.append("rule %s: %s enabled=%s %s" % (rule.get("name"), _word(rule.get("direction"), {1: "Inbound",
-                                                                                                      2: "Outbound"}),
-                                                    is_enabled(rule.get("enabled")), rule.get("description") or ""))
+        direction = _word(rule.get("direction"), DIRECTION_NUMBERS)
+        lines.append("rule %s: %s enabled=%s %s" % (rule.get("name"), direction, is_enabled(rule.get("enabled")),
+                                                    rule.get("description") or ""))
     for rule in sorted(live.get("third_party") or (), key=lambda r: str(r.get("name"))):
         if is_enabled(rule.get("enabled")):
             lines.append("third-party %s: enabled allow outbound (%s)" % (rule.get("name"), rule.get("display_name")))
     guard = live.get("guard") or {}
     if guard:
-        lines.append("guard task: %s, interval %s s" % ("present" if guard.get("task") else "absent",
-                                                         guard.get("interval")))
+        task = "present" if guard.get("task") else "absent"
+        lines.append("guard task: %s, interval %s s" % (task, guard.get("interval")))
     return lines
 
 

@@ -151,8 +151,8 @@ def test_allow_lan_never_opens_dns_on_the_lan():
     for (family, protocol), rule in by_protocol.items():
         assert rule["remote_ports"] == (SPLIT if protocol in ("TCP", "UDP") else []), rule
         assert rule["interface_aliases"] == []
-    assert by_protocol[("v4", "TCP")]["remote_addresses"] == ["10.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-                                                             "192.168.0.0/16"]
+    lan_v4 = ["10.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16"]
+    assert by_protocol[("v4", "TCP")]["remote_addresses"] == lan_v4
     assert by_protocol[("v6", "UDP")]["remote_addresses"] == ["fc00::/7", "fe80::/10"]
     assert WARN_NARROWED % "killswitch_allow_lan" in result["warnings"]
     assert not rules_of(doc(), "out-lan")

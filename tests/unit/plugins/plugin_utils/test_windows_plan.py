@@ -124,8 +124,9 @@ def test_parse_addresses(values, expected):
 # --------------------------------------------------------------------------- live states
 
 
-def live_as_applied(doc=DOCUMENT, interfaces=("Wintun Userspace Tunnel", "Ethernet", "Wi-Fi")):
-    """The live dict of a host where the module applied ``doc`` and the guard runs."""
+def live_as_applied(doc=None, interfaces=("Wintun Userspace Tunnel", "Ethernet", "Wi-Fi")):
+    """The live dict of a host where the module applied ``doc`` (DOCUMENT by default) and the guard runs."""
+    doc = doc or DOCUMENT
     rules = []
     for rule in doc["rules"]:
         resolved = [alias for alias in interfaces if any(windows_plan.like(alias, p) for p in rule["interface_aliases"])]
