@@ -54,7 +54,8 @@ ADDED_BY_BUILD = ("MANIFEST.json", "FILES.json")
 EXCLUDED_DIRS = ("lab/", "molecule/", "tests/", "tools/", "bench/", "inventories/lab/", "inventories/fleet/", ".github/", ".ci/", ".git/",
                  ".venv/", ".collections/", ".cache/", ".ansible/", ".hypothesis/", ".benchmarks/",
                  ".pytest_cache/", "reports/", "dist/", "build/", "changelogs/fragments/")
-EXCLUDED_FILES = ("Makefile", "requirements-dev.txt", ".gitignore", ".yamllint", ".ansible-lint", ".cache-image-ref",
+EXCLUDED_FILES = ("Makefile", "requirements-dev.txt", ".gitignore", ".yamllint", ".ansible-lint", ".ansible-lint-ignore",
+                  ".cache-image-ref",
                   "changelogs/.plugin-cache.yaml")
 EXCLUDED_PATH = re.compile(r"(?<![\w.-])(lab|molecule|tests|tools|bench|inventories)/")
 
