@@ -88,6 +88,7 @@ def echo4(destination: str) -> bytes:
 
 WG_HANDSHAKE = bytes([1, 0, 0, 0]) + bytes(144)  # message type 1 and three reserved zero bytes
 WG_DATA = bytes([4, 0, 0, 0]) + bytes(28)
+NOT_WG = bytes([1, 0, 1, 0]) + bytes(144)  # a handshake's type and length, but a reserved byte set
 
 
 def arp() -> bytes:
@@ -127,8 +128,7 @@ PACKETS: List[Packet] = [
     # The endpoint's address and port, but not the tunnel's own protocol: another process (ServerIP).
     Packet("a canary datagram to the endpoint port", ipv4("198.18.2.10", 17, 40000, 51820, b"NETLOCK-0123"), True, True),
     Packet("an empty datagram to the endpoint port", ipv4("198.18.2.10", 17, 40000, 51820), True, True),
-    Packet("a reserved byte set, to the endpoint port", ipv4("198.18.2.10", 17, 40000, 51820, bytes([1, 0, 1, 0]) +
-                                                                bytes(20)), True, True),
+    Packet("a reserved byte set, to the endpoint port", ipv4("198.18.2.10", 17, 40000, 51820, NOT_WG), True, True),
     Packet("TCP to the endpoint port", ipv4("198.18.2.10", 6, 40000, 51820), True, True),
     Packet("UDP to the endpoint's address, another port", ipv4("198.18.2.10", 17, 40000, 51821), True, True),
     Packet("TCP to the sink", ipv4("198.18.2.20", 6, 40000, 8080), True, True),
