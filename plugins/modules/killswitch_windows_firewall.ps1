@@ -251,6 +251,30 @@ function Get-KillswitchJson {
     }
 }
 
+function Get-KillswitchRecord {
+    # recorded.json as plain dictionaries (not the objects ConvertFrom-Json makes), so it can be returned as it is.
+    param([string]$StateDir)
+    $raw = Get-KillswitchJson -Path (Join-Path -Path $StateDir -ChildPath 'recorded.json')
+    if ($null -eq $raw) {
+        return $null
+    }
+    $profiles = [ordered]@{}
+    foreach ($name in $KillswitchProfileNames) {
+        $one = $null
+        if ($null -ne $raw.profiles) {
+            $one = $raw.profiles.$name
+        }
+        if ($null -ne $one) {
+            $profiles[$name] = [ordered]@{
+                enabled = [bool]$one.enabled
+                default_inbound = [string]$one.default_inbound
+                default_outbound = [string]$one.default_outbound
+            }
+        }
+    }
+    [ordered]@{ profiles = $profiles; disabled_rules = @(ConvertTo-KillswitchList -Value $raw.disabled_rules) }
+}
+
 function Get-KillswitchGuardState {
     $task = Get-ScheduledTask -TaskName $KillswitchTaskName -ErrorAction SilentlyContinue
     if ($null -eq $task) {
@@ -336,7 +360,7 @@ function Get-KillswitchLive {
         third_party = @(Get-KillswitchThirdParty -Group $Group)
         interfaces = @(Get-NetAdapter -IncludeHidden -ErrorAction SilentlyContinue | ForEach-Object { [string]$_.Name } | Sort-Object -Unique)
         forwarding_features = @(Get-KillswitchForwardingFeature)
-        recorded = Get-KillswitchJson -Path (Join-Path -Path $StateDir -ChildPath 'recorded.json')
+        recorded = Get-KillswitchRecord -StateDir $StateDir
         guard = Get-KillswitchGuardState
     }
 }
@@ -494,7 +518,7 @@ function Invoke-KillswitchPresent {
 
     # The profile defaults as the host had them, once: never overwritten while the record exists, so absent
     # restores the host's own and not our Block.
-    $recorded = Get-KillswitchJson -Path $recordedPath
+    $recorded = Get-KillswitchRecord -StateDir $StateDir
     $record = [ordered]@{ profiles = $null; disabled_rules = @() }
     if ($null -ne $recorded) {
         $record.profiles = $recorded.profiles
@@ -566,7 +590,7 @@ function Invoke-KillswitchAbsent {
             Remove-NetFirewallRule -Name $rule.Name -ErrorAction Stop
         }
     }
-    $recorded = Get-KillswitchJson -Path (Join-Path -Path $StateDir -ChildPath 'recorded.json')
+    $recorded = Get-KillswitchRecord -StateDir $StateDir
     if ($null -ne $recorded) {
         foreach ($name in @(ConvertTo-KillswitchList -Value $recorded.disabled_rules)) {
             $other = Get-NetFirewallRule -Name $name -ErrorAction SilentlyContinue
