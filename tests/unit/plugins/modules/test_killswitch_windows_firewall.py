@@ -15,6 +15,7 @@ No pwsh exists where this collection is tested, so the module is parsed with tre
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -269,6 +270,24 @@ def test_a_rule_whose_interfaces_are_missing_is_created_disabled():
     assert "Enabled = $(if ($Want.enabled) { 'True' } else { 'False' })" in new_rule
     described = text(functions(function_block())["Get-KillswitchDescription"])
     assert "'netlock.killswitch digest={0} interfaces={1}' -f $Rule.digest, ($Alias -join '|')" in described
+
+
+LIST_FUNCTIONS = ("ConvertTo-KillswitchList", "Resolve-KillswitchInterface", "Get-KillswitchThirdParty",
+                  "Get-KillswitchForwardingFeature")
+
+
+def test_list_functions_are_always_wrapped_in_an_array():
+    """A list function returns its items; a caller that does not wrap it in @() gets $null for none and a bare
+    string for one (and a leading ',' in the function would nest the list in @())."""
+    source = SOURCE.decode()
+    bare = []
+    for name in LIST_FUNCTIONS:
+        body = text(functions(TREE.root_node)[name])
+        assert not [line for line in body.splitlines() if line.strip().startswith(", ")], name
+        for match in re.finditer(r"(?<!function )%s\b" % name, source):
+            if not source[:match.start()].endswith("@("):
+                bare.append("line %d: %s" % (source.count("\n", 0, match.start()) + 1, name))
+    assert bare == [], bare
 
 
 def test_the_description_is_the_one_the_controller_expects():
