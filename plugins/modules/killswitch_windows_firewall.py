@@ -98,7 +98,8 @@ attributes:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details:
-      - The diff is the profiles and the group's rules before and after (in check mode, as predicted).
+      - The diff (made on the controller) is the profiles, the group's rules, the enabled third-party outbound allow
+        rules and the guard task, before and after (in check mode, as the module predicts them).
   platform:
     description: Target OS/families that can be operated against.
     support: full
