@@ -147,7 +147,9 @@ def test_check_mode_reports_the_predicted_change_and_the_drift_found(plan):
     before, predicted = live(), live(rules=["netlock.killswitch.killswitch.00.loopback-out"], outbound="Block")
     module = FakeModule(before, actions=["add netlock.killswitch.killswitch.00.loopback-out"], after=predicted)
     result = run({"document": DOCUMENT}, module, check_mode=True)
-    # the module itself runs in check mode (ansible-core passes the task's check mode); it must still be asked
+    # ansible-core's _execute_module gives the module the task's check mode unless the action opts out; the module
+    # must still be asked, to compute what it would change
+    assert action.ActionModule._supports_check_mode is True
     assert module.states() == ["query", "present"]
     assert result["changed"] is True and result["diff"]["after"] == "outbound Block\n"
     assert result["status"]["drifted"] is True and plan.called("status")[0][1] is before
