@@ -40,13 +40,17 @@ def run(outcome: Outcome) -> None:
     outcome.notes.append("Inventory: %d generated hosts (bench/workload.py `fleet_host`: 2 tunnel names, IPv4 and IPv6 "
                          "endpoints, a LAN and 3 exceptions of their own, LAN allowed, IPv6 through the tunnel). Per host: "
                          "parse_policy, render_for, fence_for, digest, as the killswitch_policy action does; Ansible's "
-                         "own per-host cost (templating, forks) is not in this figure." % HOSTS)
+                         "own per-host cost (templating, forks) is not in this figure. The target is held against the process's CPU "
+                         "time; wall time, beside it, also counts other processes' turns on a shared machine." % HOSTS)
     missed = []
     for backend in ("nftables", "iptables"):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         render_fleet(HOSTS, backend)
-        per_host = (time.perf_counter() - started) * 1000 / HOSTS
-        figure = outcome.figure("ms per host (%s)" % backend, round(per_host, 3), "ms", MS_PER_HOST)
+        wall = (time.perf_counter() - started) * 1000 / HOSTS
+        cpu = (time.process_time() - cpu_started) * 1000 / HOSTS
+        # The target is held against CPU time: wall time on a shared machine also counts other processes' turns.
+        figure = outcome.figure("CPU ms per host (%s)" % backend, round(cpu, 3), "ms", MS_PER_HOST)
+        outcome.figure("wall ms per host (%s)" % backend, round(wall, 3), "ms")
         if figure.met is False:
             missed.append(backend)
     tracemalloc.start()

@@ -63,8 +63,15 @@ def run(outcome: Outcome) -> None:
                     entries, result["check_cpu"] * 1000, result["startup_cpu"] * 1000, result["profile"]))
         outcome.figure("restoring check (after a flush), %d entries: CPU" % entries,
                        round(result["restore_check_cpu"] * 1000, 1), "ms")
-        outcome.figure("timer path: worst restore = interval + restoring check, %d entries" % entries,
-                       round(INTERVAL + result["restore_check_wall"], 3), "s", TIMER_RESTORE)
+        timer = outcome.figure("timer path: worst restore = interval + restoring check, %d entries" % entries,
+                               round(INTERVAL + result["restore_check_wall"], 3), "s", TIMER_RESTORE)
+        if timer.met is False:
+            outcome.notes.append(
+                "Timer path over target at %d entries: the restoring check took %.2f s of wall time, most of it nft "
+                "loading the %d-entry table again and listing it to compare (B3 measures `nft -f` alone at this size); "
+                "the fence, an owned table that `nft flush ruleset` cannot remove, stayed loaded through every flush "
+                "(figure below), so the host stays closed while the main table comes back." % (
+                    entries, result["restore_check_wall"], entries))
         restores_ms = [seconds * 1000 for seconds in result["restores"]]
         outcome.figure("watcher: flush to table restored, median of %d, %d entries" % (FLAPS, entries),
                        round(netns.median(restores_ms), 1), "ms", WATCH_RESTORE_MS if small else None)
