@@ -6,8 +6,9 @@
 #AnsibleRequires -CSharpUtil Ansible.Basic
 
 # Thin on purpose: the rules come rendered from the controller (render_windows.py), the third-party analysis and the
-# diff text are made there too (windows_plan.py). This file only reconciles the group by description string, records
-# what it changes, installs the guard and lists what is live.
+# diff text are made there too (windows_plan.py). This file only reconciles the group (a rule is in sync when its
+# filters, Description, state, action and direction are the desired ones), records what it changes, installs the
+# guard and lists what is live.
 
 $spec = @{
     options = @{
@@ -134,6 +135,71 @@ $killswitchFunctions = {
         New-NetFirewallRule @params | Out-Null
     }
 
+    function ConvertTo-KillswitchFilterSet {
+        param($Value, [string]$Kind)
+        # A filter's values as one sorted, lower-case text, built the same way for the live rule and the desired one.
+        # Windows reports 'Any' for no restriction (the document says []), may write an IPv4 subnet with its mask
+        # (10.0.0.0/255.0.0.0), an ICMP type with its code (135:*), a protocol by its number, and keeps the case of
+        # paths and aliases as typed.
+        $protocols = @{ '1' = 'icmpv4'; '6' = 'tcp'; '17' = 'udp'; '58' = 'icmpv6' }
+        $items = foreach ($item in @(ConvertTo-KillswitchList -Value $Value)) {
+            $item = $item.Trim().ToLowerInvariant()
+            if ($Kind -eq 'icmp') {
+                $item = $item -replace ':\*$', ''
+            }
+            elseif ($Kind -eq 'protocol' -and $protocols.ContainsKey($item)) {
+                $item = $protocols[$item]
+            }
+            elseif ($Kind -eq 'address') {
+                $network, $prefix = $item -split '/', 2
+                $ends = foreach ($end in ($network -split '-')) {
+                    $parsed = $null
+                    if ([System.Net.IPAddress]::TryParse($end, [ref]$parsed)) { $parsed.ToString() } else { $end }
+                }
+                $item = $ends -join '-'
+                if ($prefix -match '\.') {
+                    $bits = (([System.Net.IPAddress]::Parse($prefix).GetAddressBytes() | ForEach-Object { [Convert]::ToString($_, 2) }) -join '')
+                    $prefix = [string]($bits -replace '0', '').Length
+                }
+                $full = $(if ($item -match ':') { '128' } else { '32' })
+                if ($prefix -and $prefix -ne $full) {
+                    $item = '{0}/{1}' -f $item, $prefix
+                }
+            }
+            $item
+        }
+        (@($items) | Sort-Object -Unique) -join '|'
+    }
+
+    function Test-KillswitchRuleInSync {
+        # A group rule is in sync when what Windows enforces equals the desired rule: its filters (addresses, ports,
+        # protocol, ICMP types, program, interfaces), not only its Description, which an in-place edit keeps.
+        param($Have, $Want)
+        $rule = $Want.rule
+        $address = $Have | Get-NetFirewallAddressFilter
+        $port = $Have | Get-NetFirewallPortFilter
+        $application = $Have | Get-NetFirewallApplicationFilter
+        $interface = $Have | Get-NetFirewallInterfaceFilter
+        $pairs = [ordered]@{
+            RemoteAddress = @('address', $address.RemoteAddress, $rule.remote_addresses)
+            LocalAddress = @('address', $address.LocalAddress, $null)
+            LocalPort = @('port', $port.LocalPort, $rule.local_ports)
+            RemotePort = @('port', $port.RemotePort, $rule.remote_ports)
+            Protocol = @('protocol', $port.Protocol, $rule.protocol)
+            IcmpType = @('icmp', $port.IcmpType, $rule.icmp_types)
+            Program = @('program', $application.Program, $rule.program)
+            InterfaceAlias = @('alias', $interface.InterfaceAlias, $Want.aliases)
+        }
+        foreach ($filter in $pairs.Keys) {
+            $kind, $liveValue, $wantedValue = $pairs[$filter]
+            if ((ConvertTo-KillswitchFilterSet -Value $liveValue -Kind $kind) -cne (ConvertTo-KillswitchFilterSet -Value $wantedValue -Kind $kind)) {
+                return $false
+            }
+        }
+        $Have.Description -ceq $Want.description -and ([string]$Have.Enabled -eq 'True') -eq $Want.enabled -and
+        [string]$Have.Action -eq 'Allow' -and [string]$Have.Direction -eq [string]$rule.direction
+    }
+
     function Invoke-KillswitchReconcile {
         # Fail-closed order (no atomic load exists): profiles to Block first, then add or replace the group's rules,
         # then remove the group's rules that are no longer wanted, then disable the third-party rules asked for.
@@ -182,8 +248,7 @@ $killswitchFunctions = {
             if ($null -eq $have) {
                 $actions.Add("add $name")
             }
-            elseif ($have.Description -ceq $want.description -and ([string]$have.Enabled -eq 'True') -eq $want.enabled -and
-                [string]$have.Action -eq 'Allow' -and [string]$have.Direction -eq [string]$want.rule.direction) {
+            elseif (Test-KillswitchRuleInSync -Have $have -Want $want) {
                 continue
             }
             else {

@@ -10,7 +10,10 @@ No pwsh exists where this collection is tested, so the module is parsed with tre
   the same name and the action plugin's ARGUMENT_SPEC: one contract, held equal here;
 * every command it calls is a function it defines or a cmdlet on an allowlist (a typo fails);
 * the guard script it writes is the same function block the module reconciles with, and that block is
-  self-contained (it calls nothing defined only in the module), since guard.ps1 runs without the module.
+  self-contained (it calls nothing defined only in the module), since guard.ps1 runs without the module;
+* the reconcile keeps a group rule only when one comparison function (in that block, so the guard uses it too) finds
+  its filters (addresses, ports, protocol, ICMP types, program, interfaces) equal to the desired ones, normalized
+  alike on both sides, besides its Description, state, action and direction: a Description-only check fails.
 """
 
 from __future__ import annotations
@@ -305,3 +308,98 @@ def test_absent_removes_the_guard_before_the_rules_and_restores_profiles_last():
     steps = ["Remove-KillswitchGuard", "Remove-NetFirewallRule", "Enable-NetFirewallRule", "Set-NetFirewallProfile", "Remove-Item"]
     positions = [absent.index(step) for step in steps]
     assert positions == sorted(positions), dict(zip(steps, positions))
+
+
+# --------------------------------------------------------------------------- what "in sync" means
+
+IN_SYNC = "Test-KillswitchRuleInSync"
+NORMALIZER = "ConvertTo-KillswitchFilterSet"
+# Each filter of a live group rule: the cmdlet that reads it, its property, and the desired rule's value it must equal.
+FILTERS = {
+    "RemoteAddress": ("Get-NetFirewallAddressFilter", "$address.RemoteAddress", "$rule.remote_addresses"),
+    "LocalAddress": ("Get-NetFirewallAddressFilter", "$address.LocalAddress", "$null"),
+    "LocalPort": ("Get-NetFirewallPortFilter", "$port.LocalPort", "$rule.local_ports"),
+    "RemotePort": ("Get-NetFirewallPortFilter", "$port.RemotePort", "$rule.remote_ports"),
+    "Protocol": ("Get-NetFirewallPortFilter", "$port.Protocol", "$rule.protocol"),
+    "IcmpType": ("Get-NetFirewallPortFilter", "$port.IcmpType", "$rule.icmp_types"),
+    "Program": ("Get-NetFirewallApplicationFilter", "$application.Program", "$rule.program"),
+    "InterfaceAlias": ("Get-NetFirewallInterfaceFilter", "$interface.InterfaceAlias", "$Want.aliases"),
+}
+# Besides the filters, the rule itself: checked on the live rule ($Have) against the desired one.
+RULE_CHECKS = ("$Have.Description -ceq $Want.description", "([string]$Have.Enabled -eq 'True') -eq $Want.enabled",
+               "[string]$Have.Action -eq 'Allow'", "[string]$Have.Direction -eq [string]$rule.direction")
+
+
+def in_sync_problems(source):
+    """Why the reconcile of this module source would trust a group rule it should not (an empty list: none)."""
+    tree = PARSER.parse(source)
+    block = next(n for n in walk(tree.root_node) if n.type == "script_block_expression")
+    defined = functions(block, source)
+    problems = []
+    if IN_SYNC not in defined:
+        return ["%s is not defined in the function block the guard runs" % IN_SYNC]
+    reconcile = text(defined["Invoke-KillswitchReconcile"], source)
+    if IN_SYNC not in commands(defined["Invoke-KillswitchReconcile"], source):
+        problems.append("Invoke-KillswitchReconcile does not call %s" % IN_SYNC)
+    # the rule is kept as it is ('continue') only on the comparison function's word
+    kept = re.search(r"elseif \((.*?)\) \{\s*continue", reconcile, re.DOTALL)
+    if kept is None or kept.group(1).strip() != "%s -Have $have -Want $want" % IN_SYNC:
+        problems.append("the reconcile keeps a rule on %r, not on %s" % (kept and kept.group(1).strip(), IN_SYNC))
+    body = text(defined[IN_SYNC], source)
+    for name, (cmdlet, live, wanted) in FILTERS.items():
+        if cmdlet not in commands(defined[IN_SYNC], source):
+            problems.append("%s does not read %s (%s)" % (IN_SYNC, name, cmdlet))
+        if not re.search(r"%s = @\('\w+', %s, %s\)" % (name, re.escape(live), re.escape(wanted)), body):
+            problems.append("%s does not compare %s with %s" % (IN_SYNC, live, wanted))
+    for check in RULE_CHECKS:
+        if check not in body:
+            problems.append("%s does not check %s" % (IN_SYNC, check))
+    # both sides go through the same normalization, and a difference means out of sync
+    same = ("(%s -Value $liveValue -Kind $kind) -cne (%s -Value $wantedValue -Kind $kind)" % (NORMALIZER, NORMALIZER))
+    if same not in body or "return $false" not in body[body.index(same) if same in body else 0:]:
+        problems.append("%s does not compare the live and desired values normalized alike" % IN_SYNC)
+    return problems
+
+
+def test_the_reconcile_compares_every_filter_of_a_group_rule():
+    assert in_sync_problems(SOURCE) == []
+
+
+def test_the_comparison_is_in_the_block_the_guard_runs():
+    block = functions(function_block())
+    assert {IN_SYNC, NORMALIZER} <= set(block)
+    assert NORMALIZER in commands(block[IN_SYNC])
+
+
+def test_a_description_only_check_is_caught():
+    """The pre-fix reconcile: a rule whose Description matches is kept, whatever its addresses or ports are."""
+    call = b"elseif (Test-KillswitchRuleInSync -Have $have -Want $want) {"
+    assert call in SOURCE
+    trusting = SOURCE.replace(call, b"elseif ($have.Description -ceq $want.description -and "
+                                    b"[string]$have.Action -eq 'Allow') {", 1)
+    problems = in_sync_problems(trusting)
+    assert "Invoke-KillswitchReconcile does not call %s" % IN_SYNC in problems
+
+
+@pytest.mark.parametrize("name", sorted(FILTERS))
+def test_a_comparison_without_one_filter_is_caught(name):
+    line = re.search(r"\n *%s = @\([^\n]*\)" % name, SOURCE.decode()).group(0)
+    without = SOURCE.replace(line.encode(), b"", 1)
+    assert "%s does not compare %s with %s" % (IN_SYNC, FILTERS[name][1], FILTERS[name][2]) in in_sync_problems(without)
+
+
+def test_a_comparison_that_normalizes_one_side_only_is_caught():
+    one_sided = SOURCE.replace(b"(ConvertTo-KillswitchFilterSet -Value $wantedValue -Kind $kind)", b"([string]$wantedValue)", 1)
+    assert one_sided != SOURCE
+    assert in_sync_problems(one_sided)
+
+
+def test_the_normalization_reads_windows_forms_of_the_same_value():
+    """What Windows may report for what the document says: 'Any' for [], a mask for a prefix, 135:* for 135."""
+    body = text(functions(function_block())[NORMALIZER])
+    assert "@(ConvertTo-KillswitchList -Value $Value)" in body  # drops 'Any', $null and ''
+    assert ".ToLowerInvariant()" in body
+    assert "$item -replace ':\\*$', ''" in body
+    assert "'6' = 'tcp'; '17' = 'udp'" in body
+    assert "GetAddressBytes()" in body and "[System.Net.IPAddress]::TryParse($end, [ref]$parsed)" in body
+    assert "Sort-Object -Unique" in body
