@@ -8,6 +8,9 @@
 * the Windows tasks use nothing of the Linux path (packages, systemd, files under /etc);
 * they pass the module only options it takes, from role variables the role documents;
 * the absent path's ``killswitch_status`` is the shape ``playbooks/drift.yml`` reads, built by the filter.
+* ``tasks_from: preflight`` (``playbooks/rollout.yml``) on Windows is the controller's render only, nothing POSIX,
+  and on Linux still finds the tools and checks the ruleset;
+* ``tasks_from: verify`` on Windows fails, saying killswitch_verify is not available there, before any Linux check.
 """
 
 from __future__ import annotations
@@ -105,3 +108,83 @@ def test_absent_publishes_a_status_drift_reports_can_read():
     assert status["host"] == "win1" and status["backend"] == "windows" and set(status["parts"]) == set(PARTS)
     assert status["drifted"] is True and "-rule a" in status["parts"]["table"]["diff"]
     assert absent_status({"changed": False, "diff": {"before": "", "after": ""}})["drifted"] is False
+
+
+# --------------------------------------------------------------------------- preflight and verify (rollout.yml, molecule)
+
+POSIX = LINUX_ONLY + ("ansible.builtin.shell", "ansible.builtin.raw", "ansible.builtin.script")
+
+
+def condition_holds(when, context):
+    conditions = when if isinstance(when, list) else [when]
+    return all(ENV.compile_expression(str(condition))(**context) for condition in conditions)
+
+
+def what_runs(task_list, context):
+    """(action, argument) of each task of task_list that runs for this context, blocks opened, in order.
+
+    A task whose condition is false is left out with everything under it, as Ansible skips it; a condition naming a
+    variable the context lacks fails (StrictUndefined), so a test cannot pass by not evaluating it."""
+    ran = []
+    for task in task_list:
+        if "when" in task and not condition_holds(task["when"], context):
+            continue
+        if "block" in task:
+            ran += what_runs(task["block"], context)
+            continue
+        action = next(key for key in task if "." in key)
+        argument = task[action]
+        ran.append((action, argument if isinstance(argument, str) else None))
+    return ran
+
+
+def context(os_family, **extra):
+    return dict({"ansible_facts": {"os_family": os_family}, "killswitch_state": "present",
+                 "inventory_hostname": "win1"}, **extra)
+
+
+def test_preflight_on_windows_is_the_controller_render_only():
+    ran = what_runs(tasks("preflight.yml"), context("Windows"))
+    assert ran == [("ansible.builtin.include_tasks", "setup.yml")]
+
+
+def test_setup_runs_nothing_posix_on_a_host():
+    used = {key for task in tasks("setup.yml") for key in task if "." in key}
+    assert used == {"ansible.builtin.setup", "ansible.builtin.include_vars", "netlock.killswitch.killswitch_policy"}
+    assert not used & set(POSIX)
+
+
+@pytest.mark.parametrize("os_family", ["Debian", "RedHat"])
+def test_preflight_on_linux_still_finds_the_tools_and_checks_the_ruleset(os_family):
+    ran = what_runs(tasks("preflight.yml"), context(os_family, killswitch_tools={"stdout_lines": []}))
+    assert ran[:2] == [("ansible.builtin.include_tasks", "setup.yml"), ("ansible.builtin.include_tasks", "tools.yml")]
+    assert ran[2][0] == "netlock.killswitch.killswitch_firewall"
+    assert len(ran) == 3
+
+
+def test_preflight_check_can_fail_on_a_posix_task_for_windows():
+    """The check above would catch a POSIX task left unconditional in the preflight."""
+    unguarded = tasks("preflight.yml") + [{"name": "Find the tools", "ansible.builtin.include_tasks": "tools.yml"}]
+    ran = what_runs(unguarded, context("Windows"))
+    assert ("ansible.builtin.include_tasks", "tools.yml") in ran
+
+
+def refusal(task_list):
+    return next(t for t in task_list if "ansible.builtin.fail" in t)
+
+
+def test_verify_fails_on_windows_before_any_linux_check_saying_why():
+    task_list = tasks("verify.yml")
+    ran = what_runs(task_list, context("Windows"))
+    assert ran[:2] == [("ansible.builtin.include_tasks", "setup.yml"), ("ansible.builtin.fail", None)]
+    # the fail stops the host: nothing Linux runs before it
+    assert not {action for action, _argument in ran[:2]} & set(POSIX + ("netlock.killswitch.killswitch_verify",))
+    message = " ".join(ENV.from_string(refusal(task_list)["ansible.builtin.fail"]["msg"]).render(**context("Windows")).split())
+    assert message.startswith("win1 runs Windows, and netlock.killswitch.killswitch_verify is not available for Windows yet")
+    assert "nothing was verified" in message and "docs/windows.md" in message
+
+
+@pytest.mark.parametrize("os_family", ["Debian", "RedHat"])
+def test_verify_on_linux_runs_killswitch_verify(os_family):
+    ran = what_runs(tasks("verify.yml"), context(os_family))
+    assert [action for action, _argument in ran] == ["ansible.builtin.include_tasks", "netlock.killswitch.killswitch_verify"]
