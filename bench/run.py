@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -90,12 +92,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("note: not root: the benchmarks that need network namespaces (B3 apply, B4, B5, B8) report why they did "
               "not measure", file=sys.stderr)
     outcomes = []
-    for name in names:
-        print("== %s %s" % (name, BENCHMARKS[name][0]), flush=True)
-        outcome = run_one(name)
-        outcomes.append(outcome)
-        for fig in outcome.figures:
-            print("   %s: %s %s (%s)" % (fig.name, fig.value, fig.unit, report.verdict(fig.met)), flush=True)
+    # Every payload, capture and host directory of the run (and of the processes it starts) goes under one
+    # temporary directory, removed at the end: the 100k-entry files are megabytes each.
+    scratch = tempfile.mkdtemp(prefix="netlock-bench-")
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = scratch
+    try:
+        for name in names:
+            print("== %s %s" % (name, BENCHMARKS[name][0]), flush=True)
+            outcome = run_one(name)
+            outcomes.append(outcome)
+            for fig in outcome.figures:
+                print("   %s: %s %s (%s)" % (fig.name, fig.value, fig.unit, report.verdict(fig.met)), flush=True)
+    finally:
+        tempfile.tempdir = saved[1]
+        if saved[0] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        shutil.rmtree(scratch, ignore_errors=True)
     doc = report.document(outcomes, report.machine(), names)
     os.makedirs(args.out, exist_ok=True)
     report.write(doc, args.out)

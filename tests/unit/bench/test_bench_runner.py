@@ -182,3 +182,25 @@ def test_rules_a_packet_evaluates_count_up_to_the_first_match():
         b4_datapath.chain_rules(PAYLOAD, "forward")
     with pytest.raises(ValueError, match="no rule"):
         b4_datapath.rules_traversed(output, "tun9")
+
+
+def test_main_writes_both_files_and_leaves_no_scratch(tmp_path, monkeypatch):
+    """A run of the unmeasured benchmarks only: results written, its temporary directory gone, TMPDIR as before."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(report, "machine", lambda: dict(HOST))
+    scratch_dirs = []
+    real_run_one = run.run_one
+
+    def recording_run_one(name):
+        scratch_dirs.append(os.environ["TMPDIR"])
+        return real_run_one(name)
+
+    monkeypatch.setattr(run, "run_one", recording_run_one)
+    out = tmp_path / "out"
+    assert run.main(["--only", "B1,B6", "--out", str(out)]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["selected"] == ["B1", "B6"] and [b["benchmark"] for b in doc["benchmarks"]] == ["B1", "B6"]
+    assert (out / "results.md").read_text() == report.markdown(doc)
+    assert len(set(scratch_dirs)) == 1 and scratch_dirs[0] != str(tmp_path)
+    assert not os.path.exists(scratch_dirs[0])
+    assert os.environ["TMPDIR"] == str(tmp_path)
