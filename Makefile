@@ -137,6 +137,6 @@ clean: demo-down
 	rm -rf $(VENV) $(COLLECTIONS) dist build tests/output .cache-image-ref
 
 # The benchmark suite (issue 12, bench/run.py): writes bench/results.json and bench/results.md. As root (network
-# namespaces); about 15 min on 2 cores. BENCH_ONLY=B3,B7 runs a subset. Not part of `make test`.
+# namespaces); about 20 min on 2 cores. BENCH_ONLY=B3,B7 runs a subset. Not part of `make test`.
 bench: venv collection
 	$(BIN)/python -m bench

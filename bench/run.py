@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The runner: picks the benchmarks, runs each in turn (one machine, one run, ratios side by side), writes results.
 
-    make bench                       # every benchmark, about 15 min on 2 cores
+    make bench                       # every benchmark, about 20 min on 2 cores
     BENCH_ONLY=B3,B7 make bench      # a subset
     python -m bench --only B7 --out /tmp/results   # results elsewhere (the committed ones stay untouched)
 """
