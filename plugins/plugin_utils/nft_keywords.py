@@ -5,13 +5,14 @@
 
 Taken from the token names of libnftables (nftables 1.0.6) and kept as a superset: some are keywords only
 in some contexts or versions, and refusing a few usable names costs less than a host refusing the ruleset.
-tests/unit/plugins/plugin_utils/test_backends.py checks that every token this machine's nft refuses as a
-table name is in the set.
+tests/unit/plugins/plugin_utils/test_nft_keywords.py checks that every word in this machine's libnftables
+(and each expression operator) that nft refuses as a table name is in the set.
 """
 
 from __future__ import annotations
 
 NFT_KEYWORDS = frozenset((
+    "and", "or", "xor", "not", "lshift", "rshift",  # expression operators, spelled out
     "abort", "accept", "ackseq", "add", "addr", "ah", "all", "arp", "asconf", "avgpkt", "bridge", "burst",
     "bypass", "bytes", "cfi", "cgroup", "cgroupv2", "chain", "chains", "checksum", "chunk", "classid", "code",
     "colon", "comma", "comment", "comp", "constant", "continue", "count", "counter", "counters", "cpi", "cpu",
