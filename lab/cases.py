@@ -359,6 +359,9 @@ def host_firewall(host: Host) -> HostFirewall:
 
 # --- flap stream ---------------------------------------------------------------------------------
 
+GUEST_PORT_OFFSET = 100  # the guest's UDP stream port: the client's plus this
+
+
 def stream_port(host: Host) -> int:
     """A UDP port per client, so that each sink capture sees its own client's stream only."""
     return 9990 + CLIENTS.index(host)
@@ -371,13 +374,15 @@ def flap_stream(host: Host, flaps: int = 20, rate: int = 600, down_for: float = 
     port = stream_port(host)
     stop_file = "/tmp/%s.stop" % marker
     bound = flaps * (down_for + up_for + 5) + 10  # the stream's upper bound; it stops at stop_file
-    common = ["stream", "--mix", "--canary", marker, "--udp-port", str(port), "--tcp-port", "8080",
-              "--seconds", str(bound), "--stop-file", stop_file]
-    # The guest is NATed to the client's IPv4 address only.
-    streams = {"host": (common + ["--rate", str(rate), "--target", SINK.v4(INET), "--target", SINK.v6(INET),
+    guest_port = port + GUEST_PORT_OFFSET
+    common = ["stream", "--mix", "--canary", marker, "--seconds", str(bound), "--stop-file", stop_file]
+    # The guest is NATed to the client's IPv4 address only. Its kinds (ports, resolver) differ from the host's,
+    # so the control must see the guest's own packets, not the host's standing in for them.
+    streams = {"host": (common + ["--rate", str(rate), "--udp-port", str(port), "--tcp-port", "8080",
+                                  "--target", SINK.v4(INET), "--target", SINK.v6(INET),
                                   "--dns", SINK.v4(INET), "--dns", SINK.v6(INET)], ""),
-               "guest": (common + ["--rate", str(rate // 3), "--target", SINK.v4(INET), "--dns", SINK.v4(INET)],
-                         "guest")}
+               "guest": (common + ["--rate", str(rate // 3), "--udp-port", str(guest_port), "--tcp-port", "8081",
+                                   "--target", SINK.v4(INET), "--dns", LANPEER.v4(LAN)], "guest")}
     sent: Dict[str, dict] = {}
 
     def stream(name: str) -> None:
@@ -386,7 +391,8 @@ def flap_stream(host: Host, flaps: int = 20, rate: int = 600, down_for: float = 
             sent[name] = agent(host, *args, netns=netns, timeout=bound + 60)
         except Exception as exc:  # re-raised below: a dead stream must not read as "0 leaked"
             sent[name] = {"error": exc}
-    with Capture(SINK.name, "udp dst port %d" % port, interface="eth0", max_seconds=int(bound) + 90) as sink, \
+    with Capture(SINK.name, "udp dst port %d or udp dst port %d" % (port, guest_port), interface="eth0",
+                 max_seconds=int(bound) + 90) as sink, \
             Capture(None, leak_bpf(host), interface=host_link(host), max_seconds=int(bound) + 90) as lan:
         senders = [threading.Thread(target=stream, args=(name,)) for name in streams]
         start = time.time()
