@@ -47,7 +47,7 @@ _ensure_collection_link()
 
 # Hooks: under CI=true a skipped test fails (imported by the collection's name, as ansible-test units loads it too).
 from ansible_collections.netlock.killswitch.tests.unit.strict_ci import (  # noqa: E402,F401 pylint: disable=wrong-import-position,unused-import
-    pytest_configure, pytest_runtest_makereport)
+    pytest_configure, pytest_make_collect_report, pytest_runtest_makereport)
 
 
 # --------------------------------------------------------------------------- nft in a netns

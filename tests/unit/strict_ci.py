@@ -44,6 +44,19 @@ def pytest_runtest_makereport(item, call):
         return
     if item.get_closest_marker("may_skip_in_ci") is not None:
         return
+    fail(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A whole module skipped at import (``pytest.skip(..., allow_module_level=True)``, ``importorskip``)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and strict() and collector.get_closest_marker("may_skip_in_ci") is None:
+        fail(report)
+
+
+def fail(report):
     report.outcome = "failed"
     report.longrepr = "CI=true: this check cannot run here, and in CI that is a failure, not a skip: %s" % (
         skip_reason(report.longrepr))

@@ -39,8 +39,17 @@ def test_xfail():
 '''
 
 
-def run_sample(tmp_path, ci):
-    (tmp_path / "test_sample.py").write_text(SAMPLE)
+MODULE_SKIP = '''
+import pytest
+pytest.skip("tcpdump is not installed", allow_module_level=True)
+
+def test_never_collected():
+    pass
+'''
+
+
+def run_sample(tmp_path, ci, sample=SAMPLE):
+    (tmp_path / "test_sample.py").write_text(sample)
     env = dict(os.environ, PYTHONPATH=str(HERE), CI=ci)
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "strict_ci", "-rA",
                            "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path)],
@@ -56,6 +65,13 @@ def test_ci_turns_skips_of_missing_tools_into_failures(tmp_path):
     assert "ERROR test_sample.py::test_marked" in proc.stdout
     assert "the nft command is not installed" in proc.stdout
     assert "needs root for a private network namespace" in proc.stdout
+
+
+def test_ci_fails_a_module_skipped_at_import(tmp_path):
+    proc = run_sample(tmp_path, "true", MODULE_SKIP)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "ERROR test_sample.py" in proc.stdout and "tcpdump is not installed" in proc.stdout, proc.stdout
+    assert run_sample(tmp_path, "", MODULE_SKIP).returncode == 5  # outside CI: all skipped, nothing ran
 
 
 def test_outside_ci_skips_stay_skips(tmp_path):
