@@ -35,6 +35,45 @@ $killswitchFunctions = {
     $KillswitchProfileNames = @('Domain', 'Private', 'Public')
     $KillswitchTaskName = 'netlock-killswitch-guard'
     $KillswitchEventSource = 'netlock-killswitch'
+    # One lock for the module and the guard: a guard pass never re-applies policy.json while the module changes the
+    # host. The guard waits briefly and skips its pass (the next trigger checks again); the module waits for a pass.
+    $KillswitchMutexName = 'Global\netlock-killswitch'
+    $KillswitchGuardLockSeconds = 5
+    $KillswitchModuleLockSeconds = 120
+
+    function Enter-KillswitchLock {
+        # The held mutex, or $null when it was not free in time. Its DACL lets SYSTEM (the guard) and Administrators
+        # (the module) both open it: the default one of a SYSTEM process would refuse an administrator.
+        # Mutex(bool, string, out bool, MutexSecurity) is .NET Framework's: Windows PowerShell 5.1 runs both.
+        param([int]$TimeoutSeconds)
+        $security = New-Object -TypeName System.Security.AccessControl.MutexSecurity
+        foreach ($sid in @('S-1-5-18', 'S-1-5-32-544')) {
+            $identity = New-Object -TypeName System.Security.Principal.SecurityIdentifier -ArgumentList $sid
+            $security.AddAccessRule((New-Object -TypeName System.Security.AccessControl.MutexAccessRule -ArgumentList $identity, 'FullControl', 'Allow'))
+        }
+        $created = $false
+        $mutex = [System.Threading.Mutex]::new($false, $KillswitchMutexName, [ref]$created, $security)
+        try {
+            $owned = $mutex.WaitOne([TimeSpan]::FromSeconds($TimeoutSeconds))
+        }
+        catch [System.Threading.AbandonedMutexException] {
+            # Its holder ended without releasing it: the mutex is ours, and a reconcile repairs what it left.
+            $owned = $true
+        }
+        if (-not $owned) {
+            $mutex.Dispose()
+            return $null
+        }
+        $mutex
+    }
+
+    function Exit-KillswitchLock {
+        param($Mutex)
+        if ($null -ne $Mutex) {
+            $Mutex.ReleaseMutex()
+            $Mutex.Dispose()
+        }
+    }
 
     function ConvertTo-KillswitchList {
         param($Value)
@@ -289,21 +328,34 @@ $killswitchFunctions = {
 
     function Invoke-KillswitchGuardPass {
         param([string]$StateDir)
-        $policy = Get-Content -LiteralPath (Join-Path -Path $StateDir -ChildPath 'policy.json') -Raw | ConvertFrom-Json
-        $result = Invoke-KillswitchReconcile -Document $policy.document -DisableRules @($policy.disable_rules)
-        $status = [ordered]@{
-            time = (Get-Date).ToUniversalTime().ToString('o')
-            digest = [string]$policy.document.digest
-            in_sync = ($result.actions.Count -eq 0)
-            actions = @($result.actions)
-            unresolved = @($result.unresolved)
+        $lock = Enter-KillswitchLock -TimeoutSeconds $KillswitchGuardLockSeconds
+        if ($null -eq $lock) {
+            return
         }
-        Write-KillswitchFile -Path (Join-Path -Path $StateDir -ChildPath 'status.json') -Text ($status | ConvertTo-Json -Depth 5)
-        if ($result.actions.Count -gt 0) {
-            $message = "netlock.killswitch guard: drift repaired: " + ($result.actions -join '; ')
-            [System.Diagnostics.EventLog]::WriteEntry($KillswitchEventSource, $message, [System.Diagnostics.EventLogEntryType]::Warning, 1001)
+        try {
+            $policyPath = Join-Path -Path $StateDir -ChildPath 'policy.json'
+            if (-not (Test-Path -LiteralPath $policyPath -PathType Leaf)) {
+                return  # state=absent removed it: nothing to re-assert
+            }
+            $policy = Get-Content -LiteralPath $policyPath -Raw | ConvertFrom-Json
+            $result = Invoke-KillswitchReconcile -Document $policy.document -DisableRules @($policy.disable_rules)
+            $status = [ordered]@{
+                time = (Get-Date).ToUniversalTime().ToString('o')
+                digest = [string]$policy.document.digest
+                in_sync = ($result.actions.Count -eq 0)
+                actions = @($result.actions)
+                unresolved = @($result.unresolved)
+            }
+            Write-KillswitchFile -Path (Join-Path -Path $StateDir -ChildPath 'status.json') -Text ($status | ConvertTo-Json -Depth 5)
+            if ($result.actions.Count -gt 0) {
+                $message = "netlock.killswitch guard: drift repaired: " + ($result.actions -join '; ')
+                [System.Diagnostics.EventLog]::WriteEntry($KillswitchEventSource, $message, [System.Diagnostics.EventLogEntryType]::Warning, 1001)
+            }
+            $result
         }
-        $result
+        finally {
+            Exit-KillswitchLock -Mutex $lock
+        }
     }
 }
 
@@ -607,12 +659,9 @@ function Invoke-KillswitchPresent {
         }
     }
 
-    $plan = Invoke-KillswitchReconcile -Document $Document -DisableRules $disable -CheckMode $CheckMode
-    foreach ($line in $plan.actions) {
-        $actions.Add($line)
-    }
-
-    # The guard's copy of the policy; compared by digest and disabled rules, since JSON key order is not stable.
+    # The guard's copy of the policy, written before the reconcile: a guard pass that follows (the module holds the
+    # lock, so none runs during it) re-asserts the new policy, never the old one. Compared by digest and disabled
+    # rules, since JSON key order is not stable.
     $stored = Get-KillswitchJson -Path $policyPath
     $sameStored = $null -ne $stored -and [string]$stored.document.digest -ceq [string]$Document.digest -and
     ((@(ConvertTo-KillswitchList -Value $stored.disable_rules) | Sort-Object) -join '|') -ceq (@($disable) -join '|')
@@ -623,6 +672,12 @@ function Invoke-KillswitchPresent {
             Write-KillswitchFile -Path $policyPath -Text ($policy | ConvertTo-Json -Depth 20)
         }
     }
+
+    $plan = Invoke-KillswitchReconcile -Document $Document -DisableRules $disable -CheckMode $CheckMode
+    foreach ($line in $plan.actions) {
+        $actions.Add($line)
+    }
+
     if ($GuardEnabled) {
         $script = Get-KillswitchGuardScript -StateDir $StateDir -Interval $GuardInterval
         $existing = $null
@@ -716,35 +771,51 @@ elseif ($null -ne $stored) {
     $group = [string]$stored.document.group
 }
 
-$before = Get-KillswitchLive -Group $group -StateDir $stateDir
-$module.Result.before = $before
-$module.Result.actions = @()
-$module.Result.unresolved = @()
-$module.Result.live = $before
-if ($state -eq 'present') {
-    $outcome = Invoke-KillswitchPresent -Document $document -DisableRules $module.Params.disable_rules -StateDir $stateDir `
-        -GuardEnabled $module.Params.guard_enabled -GuardInterval $module.Params.guard_interval -CheckMode $checkMode
-}
-elseif ($state -eq 'absent') {
-    $outcome = Invoke-KillswitchAbsent -Group $group -StateDir $stateDir -CheckMode $checkMode
-}
-else {
-    $outcome = @{ actions = @(); unresolved = @() }
-}
-$module.Result.actions = @($outcome.actions)
-$module.Result.unresolved = @($outcome.unresolved)
-if ($outcome.actions.Count -gt 0) {
-    $module.Result.changed = $true
-    if ($checkMode -and $state -eq 'present') {
-        $module.Result.after = Get-KillswitchPredicted -Before $before -Document $document -Plan $outcome.plan
+# present and absent (check mode too: it reads what a guard pass may be changing) hold the lock from the first read
+# to the last change; query reads only.
+$lock = $null
+if ($state -ne 'query') {
+    $lock = Enter-KillswitchLock -TimeoutSeconds $KillswitchModuleLockSeconds
+    if ($null -eq $lock) {
+        $module.FailJson(("the lock {0} was not free within {1} s (another run of this module, or a guard pass of the " +
+                "task {2}, holds it); nothing was changed: run again") -f $KillswitchMutexName, $KillswitchModuleLockSeconds,
+            $KillswitchTaskName)
     }
-    elseif ($checkMode) {
-        $module.Result.after = Get-KillswitchPredictedAbsent -Before $before
+}
+try {
+    $before = Get-KillswitchLive -Group $group -StateDir $stateDir
+    $module.Result.before = $before
+    $module.Result.actions = @()
+    $module.Result.unresolved = @()
+    $module.Result.live = $before
+    if ($state -eq 'present') {
+        $outcome = Invoke-KillswitchPresent -Document $document -DisableRules $module.Params.disable_rules -StateDir $stateDir `
+            -GuardEnabled $module.Params.guard_enabled -GuardInterval $module.Params.guard_interval -CheckMode $checkMode
+    }
+    elseif ($state -eq 'absent') {
+        $outcome = Invoke-KillswitchAbsent -Group $group -StateDir $stateDir -CheckMode $checkMode
     }
     else {
-        $module.Result.after = Get-KillswitchLive -Group $group -StateDir $stateDir
+        $outcome = @{ actions = @(); unresolved = @() }
     }
-    $module.Result.live = $module.Result.after
+    $module.Result.actions = @($outcome.actions)
+    $module.Result.unresolved = @($outcome.unresolved)
+    if ($outcome.actions.Count -gt 0) {
+        $module.Result.changed = $true
+        if ($checkMode -and $state -eq 'present') {
+            $module.Result.after = Get-KillswitchPredicted -Before $before -Document $document -Plan $outcome.plan
+        }
+        elseif ($checkMode) {
+            $module.Result.after = Get-KillswitchPredictedAbsent -Before $before
+        }
+        else {
+            $module.Result.after = Get-KillswitchLive -Group $group -StateDir $stateDir
+        }
+        $module.Result.live = $module.Result.after
+    }
+}
+finally {
+    Exit-KillswitchLock -Mutex $lock
 }
 
 $module.ExitJson()

@@ -33,6 +33,10 @@ description:
     the same functions it reconciles with, reconciles C(<state_dir>\\policy.json), writes C(<state_dir>\\status.json)
     and logs each repair to the Application event log (source C(netlock-killswitch), event 1001).
   - Task Scheduler repeats a task at most once a minute; a shorter interval runs several passes within each run.
+  - The module (O(state=present) and O(state=absent)) and each guard pass hold the named mutex
+    C(Global\netlock-killswitch) while they change the host; the module waits up to 120 s for it and fails naming it,
+    a guard pass waits 5 s and is skipped. C(policy.json) is written before the reconcile, so the guard never re-applies
+    the previous policy in the middle of an apply.
   - The third-party analysis (which enabled outbound allow rules open a path outside the tunnel) and the diff text
     are made on the controller by the action plugin of the same name.
 author:

@@ -13,7 +13,9 @@ No pwsh exists where this collection is tested, so the module is parsed with tre
   self-contained (it calls nothing defined only in the module), since guard.ps1 runs without the module;
 * the reconcile keeps a group rule only when one comparison function (in that block, so the guard uses it too) finds
   its filters (addresses, ports, protocol, ICMP types, program, interfaces) equal to the desired ones, normalized
-  alike on both sides, besides its Description, state, action and direction: a Description-only check fails.
+  alike on both sides, besides its Description, state, action and direction: a Description-only check fails;
+* the module and the guard take turns through one named mutex (a helper in that block), and the module writes
+  policy.json before it reconciles, so a guard pass never re-applies the old policy in the middle of an apply.
 """
 
 from __future__ import annotations
@@ -403,3 +405,104 @@ def test_the_normalization_reads_windows_forms_of_the_same_value():
     assert "'6' = 'tcp'; '17' = 'udp'" in body
     assert "GetAddressBytes()" in body and "[System.Net.IPAddress]::TryParse($end, [ref]$parsed)" in body
     assert "Sort-Object -Unique" in body
+
+
+# --------------------------------------------------------------------------- the module and the guard take turns
+
+LOCK_NAME = "$KillswitchMutexName = 'Global\\netlock-killswitch'"
+
+
+def guarded_calls(root, source):
+    """{command: True} for each command called inside a try block whose finally releases the lock."""
+    inside = set()
+    for node in walk(root):
+        if node.type != "try_statement":
+            continue
+        body = next(child for child in node.named_children if child.type == "statement_block")
+        final = next((child for child in node.named_children if child.type == "finally_clause"), None)
+        if final is not None and "Exit-KillswitchLock" in commands(final, source):
+            inside |= commands(body, source)
+    return inside
+
+
+def lock_problems(source):
+    """Why a guard pass could run in the middle of an apply of this module source (an empty list: it cannot)."""
+    tree = PARSER.parse(source)
+    block = next(n for n in walk(tree.root_node) if n.type == "script_block_expression")
+    in_block = functions(block, source)
+    everywhere = functions(tree.root_node, source)
+    problems = []
+    if not {"Enter-KillswitchLock", "Exit-KillswitchLock"} <= set(in_block):
+        return ["the lock helpers are not in the function block the guard runs"]
+    if LOCK_NAME not in text(block, source):
+        problems.append("the block does not name the mutex Global\\netlock-killswitch")
+    enter = text(in_block["Enter-KillswitchLock"], source)
+    if "[System.Threading.Mutex]::new($false, $KillswitchMutexName" not in enter:
+        problems.append("Enter-KillswitchLock does not open the named mutex")
+    if ".WaitOne([TimeSpan]::FromSeconds($TimeoutSeconds))" not in enter:
+        problems.append("Enter-KillswitchLock does not wait with a bound")
+    # the guard: the lock before policy.json is read, no pass without it, the pass inside try/finally
+    guard = in_block["Invoke-KillswitchGuardPass"]
+    guard_text = text(guard, source)
+    if not re.search(r"\$lock = Enter-KillswitchLock -TimeoutSeconds \$KillswitchGuardLockSeconds\s+"
+                     r"if \(\$null -eq \$lock\) \{\s+return\s+\}", guard_text):
+        problems.append("the guard pass does not take the lock first, or does not skip without it")
+    if "Invoke-KillswitchReconcile" not in guarded_calls(guard, source):
+        problems.append("the guard reconciles outside the lock")
+    elif not 0 <= guard_text.find("Enter-KillswitchLock") < guard_text.index("policy.json"):
+        problems.append("the guard reads policy.json before it takes the lock")
+    # the module: the lock before it reads or changes anything, a clear failure without it, released in finally
+    top = source.decode()[source.decode().index("\n$state = $module.Params.state"):]
+    taken = re.search(r"\$lock = Enter-KillswitchLock -TimeoutSeconds \$KillswitchModuleLockSeconds\s+"
+                      r"if \(\$null -eq \$lock\) \{\s+\$module\.FailJson\(", top)
+    if taken is None:
+        problems.append("the module does not take the lock, or does not fail without it")
+    elif top.index("Get-KillswitchLive") < taken.start():
+        problems.append("the module reads the host before it takes the lock")
+    if not {"Invoke-KillswitchPresent", "Invoke-KillswitchAbsent", "Get-KillswitchLive"} <= guarded_calls(tree.root_node, source):
+        problems.append("the module applies outside the lock")
+    # present: the guard's copy of the policy is written before the reconcile
+    present = text(everywhere["Invoke-KillswitchPresent"], source)
+    write = present.find("Write-KillswitchFile -Path $policyPath")
+    if write < 0 or write > present.index("Invoke-KillswitchReconcile"):
+        problems.append("present writes policy.json after the reconcile")
+    return problems
+
+
+def test_the_module_and_the_guard_take_turns():
+    assert lock_problems(SOURCE) == []
+
+
+def test_writing_policy_json_after_the_reconcile_is_caught():
+    """The old order: the reconcile, then policy.json; a guard pass in between re-applies the old policy."""
+    source = SOURCE.decode()
+    start = source.index("    # The guard's copy of the policy, written before the reconcile")
+    end = source.index("    $plan = Invoke-KillswitchReconcile")
+    write = source[start:end]
+    late = source[:start] + source[end:].replace("    if ($GuardEnabled) {", write + "    if ($GuardEnabled) {", 1)
+    assert late != source
+    assert "present writes policy.json after the reconcile" in lock_problems(late.encode())
+
+
+def test_a_guard_pass_without_the_lock_is_caught():
+    unguarded = re.sub(rb"\n( +)\$lock = Enter-KillswitchLock -TimeoutSeconds \$KillswitchGuardLockSeconds\s+"
+                       rb"if \(\$null -eq \$lock\) \{\s+return\s+\}", b"", SOURCE, count=1)
+    assert unguarded != SOURCE
+    assert "the guard pass does not take the lock first, or does not skip without it" in lock_problems(unguarded)
+
+
+def test_a_module_without_the_lock_is_caught():
+    unlocked = SOURCE.replace(b"finally {\n    Exit-KillswitchLock -Mutex $lock\n}", b"finally {\n}", 1)
+    assert unlocked != SOURCE
+    assert "the module applies outside the lock" in lock_problems(unlocked)
+
+
+def test_an_unbounded_wait_is_caught():
+    unbounded = SOURCE.replace(b".WaitOne([TimeSpan]::FromSeconds($TimeoutSeconds))", b".WaitOne()", 1)
+    assert unbounded != SOURCE
+    assert "Enter-KillswitchLock does not wait with a bound" in lock_problems(unbounded)
+
+
+def test_the_guard_skips_a_pass_when_policy_json_is_gone():
+    guard = text(functions(function_block())["Invoke-KillswitchGuardPass"])
+    assert re.search(r"if \(-not \(Test-Path -LiteralPath \$policyPath -PathType Leaf\)\) \{\s+return", guard)
