@@ -361,6 +361,9 @@ $killswitchFunctions = {
 
 . $killswitchFunctions
 
+# How long absent waits for a stopped guard task to end.
+$KillswitchGuardStopSeconds = 60
+
 function Get-KillswitchJson {
     param([string]$Path)
     if (Test-Path -LiteralPath $Path -PathType Leaf) {
@@ -616,13 +619,29 @@ function Install-KillswitchGuard {
 }
 
 function Remove-KillswitchGuard {
+    # Disabled (no trigger starts it again), its running instance stopped and waited for, then unregistered, all
+    # before the caller touches a rule: an instance left running would put back what absent removes. The module
+    # holds the lock here, so that instance is between passes or waiting for the lock, never mid-reconcile.
     param([bool]$CheckMode, $Actions)
-    if ($null -ne (Get-ScheduledTask -TaskName $KillswitchTaskName -ErrorAction SilentlyContinue)) {
-        $Actions.Add("unregister task $KillswitchTaskName")
-        if (-not $CheckMode) {
-            Unregister-ScheduledTask -TaskName $KillswitchTaskName -Confirm:$false
-        }
+    if ($null -eq (Get-ScheduledTask -TaskName $KillswitchTaskName -ErrorAction SilentlyContinue)) {
+        return
     }
+    $Actions.Add("unregister task $KillswitchTaskName")
+    if ($CheckMode) {
+        return
+    }
+    Disable-ScheduledTask -TaskName $KillswitchTaskName -ErrorAction Stop | Out-Null
+    Stop-ScheduledTask -TaskName $KillswitchTaskName -ErrorAction Stop
+    $deadline = (Get-Date).AddSeconds($KillswitchGuardStopSeconds)
+    while ([string](Get-ScheduledTask -TaskName $KillswitchTaskName -ErrorAction Stop).State -eq 'Running') {
+        if ((Get-Date) -gt $deadline) {
+            $stuck = ("the guard task {0} still runs {1} s after Stop-ScheduledTask; it is disabled, no rule was changed: " +
+                "end it in Task Scheduler and run again") -f $KillswitchTaskName, $KillswitchGuardStopSeconds
+            throw $stuck
+        }
+        Start-Sleep -Milliseconds 500
+    }
+    Unregister-ScheduledTask -TaskName $KillswitchTaskName -Confirm:$false -ErrorAction Stop
 }
 
 function Invoke-KillswitchPresent {
@@ -777,9 +796,10 @@ $lock = $null
 if ($state -ne 'query') {
     $lock = Enter-KillswitchLock -TimeoutSeconds $KillswitchModuleLockSeconds
     if ($null -eq $lock) {
-        $module.FailJson(("the lock {0} was not free within {1} s (another run of this module, or a guard pass of the " +
-                "task {2}, holds it); nothing was changed: run again") -f $KillswitchMutexName, $KillswitchModuleLockSeconds,
-            $KillswitchTaskName)
+        # Formatted first: in a method call a comma separates arguments.
+        $busy = ("the lock {0} was not free within {1} s (another run of this module, or a guard pass of the task {2}, " +
+            "holds it); nothing was changed: run again") -f $KillswitchMutexName, $KillswitchModuleLockSeconds, $KillswitchTaskName
+        $module.FailJson($busy)
     }
 }
 try {

@@ -48,7 +48,8 @@ ALLOWED_CMDLETS = frozenset({
     "Get-NetAdapter",
     # ScheduledTasks
     "Get-ScheduledTask", "Register-ScheduledTask", "Unregister-ScheduledTask", "New-ScheduledTaskAction",
-    "New-ScheduledTaskTrigger", "New-ScheduledTaskPrincipal", "New-ScheduledTaskSettingsSet",
+    "New-ScheduledTaskTrigger", "New-ScheduledTaskPrincipal", "New-ScheduledTaskSettingsSet", "Disable-ScheduledTask",
+    "Stop-ScheduledTask",
     # CIM (the event triggers of the guard task)
     "Get-CimClass", "New-CimInstance",
     # core
@@ -454,7 +455,7 @@ def lock_problems(source):
     # the module: the lock before it reads or changes anything, a clear failure without it, released in finally
     top = source.decode()[source.decode().index("\n$state = $module.Params.state"):]
     taken = re.search(r"\$lock = Enter-KillswitchLock -TimeoutSeconds \$KillswitchModuleLockSeconds\s+"
-                      r"if \(\$null -eq \$lock\) \{\s+\$module\.FailJson\(", top)
+                      r"if \(\$null -eq \$lock\) \{.*?\$module\.FailJson\(\$busy\)\s+\}", top, re.DOTALL)
     if taken is None:
         problems.append("the module does not take the lock, or does not fail without it")
     elif top.index("Get-KillswitchLive") < taken.start():
@@ -506,3 +507,54 @@ def test_an_unbounded_wait_is_caught():
 def test_the_guard_skips_a_pass_when_policy_json_is_gone():
     guard = text(functions(function_block())["Invoke-KillswitchGuardPass"])
     assert re.search(r"if \(-not \(Test-Path -LiteralPath \$policyPath -PathType Leaf\)\) \{\s+return", guard)
+
+
+# --------------------------------------------------------------------------- absent and a running guard
+
+def guard_removal_problems(source):
+    """Why absent could restore the host while a guard instance still runs (an empty list: it cannot)."""
+    tree = PARSER.parse(source)
+    defined = functions(tree.root_node, source)
+    removal = text(defined["Remove-KillswitchGuard"], source)
+    problems = []
+    steps = ["Disable-ScheduledTask -TaskName $KillswitchTaskName", "Stop-ScheduledTask -TaskName $KillswitchTaskName",
+             "-eq 'Running'", "Unregister-ScheduledTask -TaskName $KillswitchTaskName"]
+    positions = [removal.find(step) for step in steps]
+    if -1 in positions or positions != sorted(positions):
+        problems.append("Remove-KillswitchGuard does not disable, stop, wait for and then unregister the task: %s"
+                        % dict(zip(steps, positions)))
+    wait = re.search(r"while \((.*?)\) \{(.*?)\n    \}", removal, re.DOTALL)
+    if wait is None or "Get-ScheduledTask" not in wait.group(1) or not re.search(
+            r"if \(\(Get-Date\) -gt \$deadline\) \{.*?\bthrow\b", wait.group(2), re.DOTALL):
+        problems.append("the wait for the running instance is not bounded by a deadline that fails the module")
+    if "$KillswitchGuardStopSeconds = " not in source.decode():
+        problems.append("the wait has no bound")
+    absent = text(defined["Invoke-KillswitchAbsent"], source)
+    if not absent.find("Remove-KillswitchGuard") < absent.find("Remove-NetFirewallRule") < absent.find("Set-NetFirewallProfile"):
+        problems.append("absent touches rules or profiles before the guard is gone")
+    return problems
+
+
+def test_absent_stops_and_waits_for_a_running_guard_before_it_restores():
+    assert guard_removal_problems(SOURCE) == []
+
+
+def test_unregistering_a_running_guard_at_once_is_caught():
+    """The old removal: Unregister-ScheduledTask alone, while an instance may still run and re-assert the policy."""
+    removal = text(functions(TREE.root_node)["Remove-KillswitchGuard"])
+    old = ("function Remove-KillswitchGuard {\n    param([bool]$CheckMode, $Actions)\n"
+           "    if ($null -ne (Get-ScheduledTask -TaskName $KillswitchTaskName -ErrorAction SilentlyContinue)) {\n"
+           "        $Actions.Add(\"unregister task $KillswitchTaskName\")\n"
+           "        if (-not $CheckMode) {\n"
+           "            Unregister-ScheduledTask -TaskName $KillswitchTaskName -Confirm:$false\n        }\n    }\n}")
+    at_once = SOURCE.replace(removal.encode(), old.encode(), 1)
+    assert at_once != SOURCE and syntax_errors(PARSER.parse(at_once), at_once) == []
+    problems = guard_removal_problems(at_once)
+    assert any(p.startswith("Remove-KillswitchGuard does not disable, stop") for p in problems), problems
+
+
+def test_an_unbounded_wait_for_the_guard_is_caught():
+    endless = re.sub(rb"\n +if \(\(Get-Date\) -gt \$deadline\) \{.*?\n        \}", b"", SOURCE, count=1, flags=re.DOTALL)
+    assert endless != SOURCE and syntax_errors(PARSER.parse(endless), endless) == []
+    assert "the wait for the running instance is not bounded by a deadline that fails the module" in \
+        guard_removal_problems(endless)
