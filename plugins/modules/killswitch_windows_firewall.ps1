@@ -363,6 +363,9 @@ $killswitchFunctions = {
 
 # How long absent waits for a stopped guard task to end.
 $KillswitchGuardStopSeconds = 60
+# The state directory is the module's only with this file in it; absent removes these files and nothing else.
+$KillswitchStateMarker = '.netlock-killswitch'
+$KillswitchStateFiles = @('policy.json', 'recorded.json', 'status.json', 'guard.ps1', $KillswitchStateMarker)
 
 function Get-KillswitchJson {
     param([string]$Path)
@@ -542,10 +545,36 @@ function Get-KillswitchPredictedAbsent {
     $predicted
 }
 
+function Get-KillswitchStateDirProblem {
+    # The module writes its files, and an ACL of its own, only into a directory it made: a new or empty one, or one
+    # with its marker file. $null when the directory is fine.
+    param([string]$Path)
+    if (-not (Test-Path -LiteralPath $Path)) {
+        return $null
+    }
+    if (-not (Test-Path -LiteralPath $Path -PathType Container)) {
+        return "state_dir $Path exists and is not a directory"
+    }
+    if (Test-Path -LiteralPath (Join-Path -Path $Path -ChildPath $KillswitchStateMarker) -PathType Leaf) {
+        return $null
+    }
+    if (@(Get-ChildItem -LiteralPath $Path -Force).Count -gt 0) {
+        return ("state_dir $Path is not empty and has no $KillswitchStateMarker file, so this module did not make it; " +
+            "it changes the ACL of its state directory and removes its files there: set killswitch_windows_state_dir " +
+            "to a new or empty directory")
+    }
+    $null
+}
+
 function Set-KillswitchStateDir {
     param([string]$Path)
-    # The guard runs guard.ps1 from here as SYSTEM: only SYSTEM and Administrators may write it.
+    # The guard runs guard.ps1 from here as SYSTEM: only SYSTEM and Administrators may write it. The marker, written
+    # first, makes the directory the module's.
     New-Item -Path $Path -ItemType Directory -Force | Out-Null
+    $marker = Join-Path -Path $Path -ChildPath $KillswitchStateMarker
+    if (-not (Test-Path -LiteralPath $marker -PathType Leaf)) {
+        Write-KillswitchFile -Path $marker -Text "netlock.killswitch state directory: killswitch_windows_firewall state=absent removes it`r`n"
+    }
     $acl = New-Object -TypeName System.Security.AccessControl.DirectorySecurity
     $acl.SetAccessRuleProtection($true, $false)
     foreach ($sid in @('S-1-5-18', 'S-1-5-32-544')) {
@@ -717,11 +746,45 @@ function Invoke-KillswitchPresent {
     @{ actions = @($actions); unresolved = $plan.unresolved; plan = $plan }
 }
 
+function Remove-KillswitchStateDir {
+    # Its own files only, the marker last, then the directory if nothing else is in it: never a recursive removal.
+    # A directory without the marker is left as it is.
+    param([string]$StateDir, [bool]$CheckMode, $Actions, $Warnings)
+    if (-not (Test-Path -LiteralPath $StateDir -PathType Container)) {
+        return
+    }
+    $problem = Get-KillswitchStateDirProblem -Path $StateDir
+    if ($null -ne $problem) {
+        $Warnings.Add("$problem; nothing in it was removed")
+        return
+    }
+    foreach ($name in $KillswitchStateFiles) {
+        $file = Join-Path -Path $StateDir -ChildPath $name
+        if (Test-Path -LiteralPath $file -PathType Leaf) {
+            $Actions.Add("remove $file")
+            if (-not $CheckMode) {
+                Remove-Item -LiteralPath $file -Force
+            }
+        }
+    }
+    $others = @(Get-ChildItem -LiteralPath $StateDir -Force | Where-Object { $KillswitchStateFiles -notcontains $_.Name } |
+            ForEach-Object { [string]$_.Name })
+    if ($others.Count -gt 0) {
+        $Warnings.Add("$StateDir was kept: it holds what this module did not write ($($others -join ', '))")
+        return
+    }
+    $Actions.Add("remove $StateDir")
+    if (-not $CheckMode) {
+        Remove-Item -LiteralPath $StateDir -Force
+    }
+}
+
 function Invoke-KillswitchAbsent {
     # The guard goes first (it would put the rules back), the allow rules before the profile defaults (the host is
     # never more open than with the kill switch or without it), the recorded state last.
     param([string]$Group, [string]$StateDir, [bool]$CheckMode)
     $actions = [System.Collections.Generic.List[string]]@()
+    $warnings = [System.Collections.Generic.List[string]]@()
     Remove-KillswitchGuard -CheckMode $CheckMode -Actions $actions
     foreach ($rule in (Get-KillswitchGroupRule -Group $Group | Sort-Object -Property Name)) {
         $actions.Add("remove $($rule.Name)")
@@ -768,13 +831,8 @@ function Invoke-KillswitchAbsent {
             [System.Diagnostics.EventLog]::DeleteEventSource($KillswitchEventSource)
         }
     }
-    if (Test-Path -LiteralPath $StateDir) {
-        $actions.Add("remove $StateDir")
-        if (-not $CheckMode) {
-            Remove-Item -LiteralPath $StateDir -Recurse -Force
-        }
-    }
-    @{ actions = @($actions); unresolved = @() }
+    Remove-KillswitchStateDir -StateDir $StateDir -CheckMode $CheckMode -Actions $actions -Warnings $warnings
+    @{ actions = @($actions); unresolved = @(); warnings = @($warnings) }
 }
 
 $state = $module.Params.state
@@ -803,6 +861,12 @@ if ($state -ne 'query') {
     }
 }
 try {
+    if ($state -eq 'present') {
+        $stateDirProblem = Get-KillswitchStateDirProblem -Path $stateDir
+        if ($null -ne $stateDirProblem) {
+            $module.FailJson($stateDirProblem)
+        }
+    }
     $before = Get-KillswitchLive -Group $group -StateDir $stateDir
     $module.Result.before = $before
     $module.Result.actions = @()
@@ -820,6 +884,9 @@ try {
     }
     $module.Result.actions = @($outcome.actions)
     $module.Result.unresolved = @($outcome.unresolved)
+    foreach ($text in @($outcome.warnings | Where-Object { $_ })) {
+        $module.Warn($text)
+    }
     if ($outcome.actions.Count -gt 0) {
         $module.Result.changed = $true
         if ($checkMode -and $state -eq 'present') {

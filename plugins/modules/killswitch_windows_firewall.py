@@ -47,7 +47,8 @@ options:
       - V(query) changes nothing and returns RV(live).
       - V(present) converges the host to O(document).
       - V(absent) removes the group's rules and the guard, enables the third-party rules that were disabled, restores
-        the recorded profile defaults and removes O(state_dir).
+        the recorded profile defaults and removes the module's own files from O(state_dir), then O(state_dir) if
+        nothing else is in it (never recursively).
     type: str
     choices: [query, present, absent]
     default: present
@@ -77,6 +78,9 @@ options:
     description:
       - Where the module keeps C(recorded.json), C(policy.json), C(guard.ps1) and C(status.json); only SYSTEM and
         Administrators may write it.
+      - The module creates it with a marker file, C(.netlock-killswitch), and refuses an existing directory that is not
+        empty and has no marker. The controller refuses a drive root and well-known directories (C(C:\Windows) and
+        all under it, C(C:\Users), C(C:\ProgramData), C(C:\Program Files), C(C:\Program Files (x86))).
     type: path
     default: C:\ProgramData\netlock-killswitch
   guard_enabled:

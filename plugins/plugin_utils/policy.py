@@ -82,6 +82,11 @@ _INTERFACE_RE = re.compile(r"[^\x00-\x1f\x7f\"'\\`$;|&<>]{1,256}")
 _PROGRAM_RE = re.compile(r"(/|[A-Za-z]:\\)[^\x00-\x1f\x7f\"]{0,4095}")
 _METRICS_PATH_RE = re.compile(r"/[A-Za-z0-9_.@+/-]{0,4094}\.prom")
 _WINDOWS_DIR_RE = re.compile(r"[A-Za-z]:\\[^\x00-\x1f\x7f\"*?<>|/:]{1,200}")
+# Directories of the system and of everyone (on any drive): the module restricts its state directory's ACL to SYSTEM
+# and Administrators and absent removes it, so it must be one of the kill switch's own.  Compared lower-case, with
+# the trailing dots and blanks Windows ignores removed.
+_WINDOWS_SHARED_DIRS = frozenset(("windows", "users", "programdata", "program files", "program files (x86)"))
+_WINDOWS_SHORT_NAME_RE = re.compile(r".{1,6}~[0-9]+")  # PROGRA~3 may be ProgramData
 _TABLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -462,9 +467,27 @@ def check_settings(check: _Checker, variables: Mapping[str, Any]) -> None:
         check.fail(PREFIX + "metrics_path", metrics, "is not an absolute path ending in .prom (node_exporter's "
                    "textfile collector reads only those), nor '' to write no metrics")
     state_dir = variables.get(PREFIX + "windows_state_dir")
-    if state_dir is not None and not (isinstance(state_dir, str) and _WINDOWS_DIR_RE.fullmatch(state_dir)
-                                      and ".." not in state_dir.split("\\")):
-        check.fail(PREFIX + "windows_state_dir", state_dir, "is not an absolute Windows directory (C:\\...)")
+    if state_dir is not None:
+        reason = windows_state_dir_problem(state_dir)
+        if reason:
+            check.fail(PREFIX + "windows_state_dir", state_dir, reason)
+
+
+def windows_state_dir_problem(value: Any) -> Optional[str]:
+    """Why ``value`` cannot be the Windows state directory, or None."""
+    drive_root = isinstance(value, str) and len(value) == 3 and _WINDOWS_DIR_RE.fullmatch(value + "x")
+    if not drive_root and not (isinstance(value, str) and _WINDOWS_DIR_RE.fullmatch(value)
+                               and ".." not in value.split("\\")):
+        return "is not an absolute Windows directory (C:\\...)"
+    names = [part.rstrip(" .").lower() for part in value[3:].split("\\")]
+    names = [name for name in names if name]
+    if (not names or (names[0] in _WINDOWS_SHARED_DIRS and (len(names) == 1 or names[0] == "windows"))
+            or _WINDOWS_SHORT_NAME_RE.fullmatch(names[0])):
+        return ("is a drive root, a well-known Windows directory (Windows and all under it, Users, ProgramData, "
+                "Program Files, Program Files (x86)) or a short name that may be one; the module restricts the state "
+                "directory's ACL to SYSTEM and Administrators and removes its files there on absent: use a directory of "
+                "its own, such as %s" % DEFAULTS["windows_state_dir"])
+    return None
 
 
 def validate_settings(variables: Mapping[str, Any]) -> None:

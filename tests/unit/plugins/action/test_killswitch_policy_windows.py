@@ -181,7 +181,8 @@ def test_the_documents_warnings_are_shown(shown):
     assert any(text.startswith("Windows: killswitch_log_drops") for text in shown)
 
 
-@pytest.mark.parametrize("option,value", [("windows_state_dir", "/var/lib/netlock"), ("windows_exclusive", "maybe")])
+@pytest.mark.parametrize("option,value", [("windows_state_dir", "/var/lib/netlock"), ("windows_state_dir", "C:\\Windows"),
+                                          ("windows_exclusive", "maybe")])
 def test_the_windows_options_are_validated(option, value):
     result = run(dict(ARGS, management_ports=[5986], **{option: value}), WINRM)
     assert result["failed"] is True and "killswitch_" + option in result["msg"]

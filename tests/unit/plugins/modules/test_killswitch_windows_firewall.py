@@ -53,7 +53,7 @@ ALLOWED_CMDLETS = frozenset({
     # CIM (the event triggers of the guard task)
     "Get-CimClass", "New-CimInstance",
     # core
-    "Get-Service", "Test-Path", "New-Item", "Remove-Item", "Get-Item", "Get-Content", "ConvertFrom-Json",
+    "Get-Service", "Test-Path", "New-Item", "Remove-Item", "Get-Item", "Get-ChildItem", "Get-Content", "ConvertFrom-Json",
     "ConvertTo-Json", "Set-Acl", "New-Object", "Where-Object", "ForEach-Object", "Sort-Object", "Select-Object",
     "Group-Object", "Join-Path", "Split-Path", "Get-Date", "New-TimeSpan", "Start-Sleep", "Out-Null",
 })
@@ -308,7 +308,8 @@ def test_the_description_is_the_one_the_controller_expects():
 
 def test_absent_removes_the_guard_before_the_rules_and_restores_profiles_last():
     absent = text(functions(TREE.root_node)["Invoke-KillswitchAbsent"])
-    steps = ["Remove-KillswitchGuard", "Remove-NetFirewallRule", "Enable-NetFirewallRule", "Set-NetFirewallProfile", "Remove-Item"]
+    steps = ["Remove-KillswitchGuard", "Remove-NetFirewallRule", "Enable-NetFirewallRule", "Set-NetFirewallProfile",
+             "Remove-KillswitchStateDir"]
     positions = [absent.index(step) for step in steps]
     assert positions == sorted(positions), dict(zip(steps, positions))
 
@@ -558,3 +559,80 @@ def test_an_unbounded_wait_for_the_guard_is_caught():
     assert endless != SOURCE and syntax_errors(PARSER.parse(endless), endless) == []
     assert "the wait for the running instance is not bounded by a deadline that fails the module" in \
         guard_removal_problems(endless)
+
+
+# --------------------------------------------------------------------------- the state directory is the module's own
+
+STATE_FILES = ["policy.json", "recorded.json", "status.json", "guard.ps1", ".netlock-killswitch"]
+
+
+def state_dir_problems(source):
+    """How this module source could write into, or remove, a directory that is not its own (an empty list: it cannot)."""
+    tree = PARSER.parse(source)
+    defined = functions(tree.root_node, source)
+    code = source.decode()
+    problems = []
+    if "$KillswitchStateMarker = '.netlock-killswitch'" not in code or \
+            "$KillswitchStateFiles = @('policy.json', 'recorded.json', 'status.json', 'guard.ps1', $KillswitchStateMarker)" \
+            not in code:
+        problems.append("the marker or the list of the module's own files is not the expected one")
+    for name, node in defined.items():
+        if re.search(r"Remove-Item\b[^\n]*-Recurse", text(node, source)):
+            problems.append("%s removes recursively" % name)
+    # present: an existing non-empty directory without the marker fails the module, check mode too, before anything
+    checker = text(defined["Get-KillswitchStateDirProblem"], source) if "Get-KillswitchStateDirProblem" in defined else ""
+    if not re.search(r"if \(Test-Path -LiteralPath \(Join-Path -Path \$Path -ChildPath \$KillswitchStateMarker\) "
+                     r"-PathType Leaf\) \{\s+return \$null\s+\}\s+if \(@\(Get-ChildItem -LiteralPath \$Path -Force\)"
+                     r"\.Count -gt 0\) \{\s+return", checker):
+        problems.append("a non-empty directory without the marker is not refused")
+    top = code[code.index("\n$state = $module.Params.state"):]
+    refused = re.search(r"if \(\$state -eq 'present'\) \{\s+\$stateDirProblem = Get-KillswitchStateDirProblem -Path "
+                        r"\$stateDir\s+if \(\$null -ne \$stateDirProblem\) \{\s+\$module\.FailJson\(\$stateDirProblem\)", top)
+    if refused is None or refused.start() > top.index("Invoke-KillswitchPresent"):
+        problems.append("present does not fail on a directory that is not its own before it acts")
+    setter = text(defined["Set-KillswitchStateDir"], source)
+    if not 0 <= setter.find("Write-KillswitchFile -Path $marker") < setter.find("Set-Acl"):
+        problems.append("the module does not mark the directory it makes before it sets its ACL")
+    # absent: its own files one by one, then the directory only if nothing else is left
+    remover = text(defined["Remove-KillswitchStateDir"], source) if "Remove-KillswitchStateDir" in defined else ""
+    steps = ["$problem = Get-KillswitchStateDirProblem", "foreach ($name in $KillswitchStateFiles)",
+             "Remove-Item -LiteralPath $file -Force", "if ($others.Count -gt 0) {", "Remove-Item -LiteralPath $StateDir -Force"]
+    positions = [remover.find(step) for step in steps]
+    if -1 in positions or positions != sorted(positions):
+        problems.append("absent does not remove its own files and then only an empty directory: %s" % dict(zip(steps, positions)))
+    if "Remove-KillswitchStateDir" not in commands(defined["Invoke-KillswitchAbsent"], source):
+        problems.append("absent does not go through Remove-KillswitchStateDir")
+    return problems
+
+
+def test_the_state_directory_is_made_marked_and_removed_file_by_file():
+    assert state_dir_problems(SOURCE) == []
+
+
+def test_the_old_recursive_removal_is_caught():
+    absent = text(functions(TREE.root_node)["Invoke-KillswitchAbsent"])
+    call = "    Remove-KillswitchStateDir -StateDir $StateDir -CheckMode $CheckMode -Actions $actions -Warnings $warnings\n"
+    assert call in absent
+    old = ("    if (Test-Path -LiteralPath $StateDir) {\n        $actions.Add(\"remove $StateDir\")\n"
+           "        if (-not $CheckMode) {\n            Remove-Item -LiteralPath $StateDir -Recurse -Force\n        }\n    }\n")
+    recursive = SOURCE.replace(call.encode(), old.encode(), 1)
+    assert syntax_errors(PARSER.parse(recursive), recursive) == []
+    problems = state_dir_problems(recursive)
+    assert "Invoke-KillswitchAbsent removes recursively" in problems
+    assert "absent does not go through Remove-KillswitchStateDir" in problems
+
+
+def test_writing_into_a_foreign_directory_is_caught():
+    trusting = SOURCE.replace(b"$module.FailJson($stateDirProblem)", b"$module.Warn($stateDirProblem)", 1)
+    assert trusting != SOURCE
+    assert "present does not fail on a directory that is not its own before it acts" in state_dir_problems(trusting)
+    no_marker = re.sub(rb"\n +if \(Test-Path -LiteralPath \(Join-Path -Path \$Path -ChildPath \$KillswitchStateMarker\) "
+                       rb"-PathType Leaf\) \{\s+return \$null\s+\}", b"", SOURCE, count=1)
+    assert no_marker != SOURCE
+    assert "a non-empty directory without the marker is not refused" in state_dir_problems(no_marker)
+
+
+def test_the_own_files_are_every_file_the_module_writes():
+    """A file the module writes into the state directory and absent does not know would keep the directory."""
+    written = set(re.findall(r"-ChildPath '([^']+)'", SOURCE.decode()))
+    assert written | {".netlock-killswitch"} == set(STATE_FILES)

@@ -632,6 +632,36 @@ def test_bad_table_name(table):
     assert_problem(rejected(table=table), "killswitch_table", table, "is not a valid table name")
 
 
+WELL_KNOWN = "is a drive root, a well-known Windows directory"
+
+
+@pytest.mark.parametrize("state_dir", [
+    "C:\\", "D:\\", "C:\\\\", "C:\\.", "C:\\Windows", "c:\\windows\\", "C:\\WINDOWS. ", "C:\\Windows\\Temp\\netlock",
+    "C:\\Windows\\System32", "C:\\Users", "C:\\users\\", "C:\\ProgramData", "C:\\ProgramData\\", "C:\\Program Files",
+    "C:\\Program Files (x86)", "E:\\Program Files\\", "D:\\Windows\\x", "C:\\PROGRA~3", "C:\\.\\ProgramData",
+])
+def test_the_windows_state_dir_cannot_be_a_well_known_directory(state_dir):
+    """The module sets the state directory's ACL and removes its files there: never a shared root."""
+    assert_problem(rejected(windows_state_dir=state_dir), "killswitch_windows_state_dir", state_dir, WELL_KNOWN)
+    with pytest.raises(PolicyError) as info:
+        validate_settings({"killswitch_state": "absent", "killswitch_windows_state_dir": state_dir})
+    assert_problem(info.value, "killswitch_windows_state_dir", state_dir, WELL_KNOWN)
+
+
+@pytest.mark.parametrize("state_dir", [
+    "C:\\ProgramData\\netlock-killswitch", "D:\\killswitch", "C:\\Program Files\\netlock", "C:\\Users\\Public\\ks",
+    "C:\\ProgramData\\Windows", "C:\\netlock\\Windows",
+])
+def test_a_windows_state_dir_of_its_own_is_accepted(state_dir):
+    assert parse(windows_state_dir=state_dir) == parse()
+
+
+@pytest.mark.parametrize("state_dir", ["/var/lib/netlock", "C:", "C:relative", "C:\\a\\..\\b", "\\\\server\\share", 7])
+def test_a_windows_state_dir_that_is_not_absolute_is_refused(state_dir):
+    assert_problem(rejected(windows_state_dir=state_dir), "killswitch_windows_state_dir", state_dir,
+                   "is not an absolute Windows directory")
+
+
 def test_endpoint_entry_not_a_mapping():
     error = rejected(endpoints=["198.51.100.7:51820"])
     assert_problem(error, "killswitch_endpoints[0]", "198.51.100.7:51820", "is not a mapping")
