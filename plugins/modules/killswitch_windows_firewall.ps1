@@ -398,16 +398,33 @@ function Get-KillswitchRecord {
     [ordered]@{ profiles = $profiles; disabled_rules = @(ConvertTo-KillswitchList -Value $raw.disabled_rules) }
 }
 
+function Get-KillswitchGuardAction {
+    # The one command line the guard task runs: the module registers it, and a task running anything else is no guard.
+    param([string]$ScriptPath)
+    'powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File "{0}"' -f $ScriptPath
+}
+
 function Get-KillswitchGuardState {
+    # The task as it is: whether it exists, its state (Ready, Running, Disabled, ...), what it runs, and whether that is
+    # this state directory's guard.ps1. It guards only when it exists, is not Disabled and runs guard.ps1.
+    param([string]$StateDir)
     $task = Get-ScheduledTask -TaskName $KillswitchTaskName -ErrorAction SilentlyContinue
     if ($null -eq $task) {
-        return [ordered]@{ task = $false; interval = 0 }
+        return [ordered]@{ task = $false; state = $null; runs_guard = $false; action = $null; interval = 0 }
     }
     $interval = 0
     if ([string]$task.Description -match 'interval=(\d+)') {
         $interval = [int]$Matches[1]
     }
-    [ordered]@{ task = $true; interval = $interval }
+    $commands = @($task.Actions | ForEach-Object { ('{0} {1}' -f $_.Execute, $_.Arguments).Trim() })
+    $expected = Get-KillswitchGuardAction -ScriptPath (Join-Path -Path $StateDir -ChildPath 'guard.ps1')
+    [ordered]@{
+        task = $true
+        state = [string]$task.State
+        runs_guard = ($commands.Count -eq 1 -and $commands[0] -eq $expected)
+        action = ($commands -join '; ')
+        interval = $interval
+    }
 }
 
 function Get-KillswitchForwardingFeature {
@@ -484,7 +501,7 @@ function Get-KillswitchLive {
         interfaces = @(Get-NetAdapter -IncludeHidden -ErrorAction SilentlyContinue | ForEach-Object { [string]$_.Name } | Sort-Object -Unique)
         forwarding_features = @(Get-KillswitchForwardingFeature)
         recorded = Get-KillswitchRecord -StateDir $StateDir
-        guard = Get-KillswitchGuardState
+        guard = Get-KillswitchGuardState -StateDir $StateDir
     }
 }
 
@@ -541,7 +558,7 @@ function Get-KillswitchPredictedAbsent {
     $predicted.profiles = $profiles
     $predicted.rules = @()
     $predicted.recorded = $null
-    $predicted.guard = [ordered]@{ task = $false; interval = 0 }
+    $predicted.guard = [ordered]@{ task = $false; state = $null; runs_guard = $false; action = $null; interval = 0 }
     $predicted
 }
 
@@ -611,19 +628,23 @@ function Install-KillswitchGuard {
     param([string]$StateDir, [int]$Interval, [string]$ScriptPath, [bool]$CheckMode, $Actions)
     $minutes = [Math]::Max(1, [Math]::Ceiling($Interval / 60))
     $signature = 'netlock.killswitch guard interval={0} repeat={1}m script={2}' -f $Interval, $minutes, $ScriptPath
+    # Kept only when it guards (exists, not Disabled, runs this guard.ps1) with this interval; else registered again.
     $task = Get-ScheduledTask -TaskName $KillswitchTaskName -ErrorAction SilentlyContinue
-    if ($null -ne $task -and [string]$task.Description -ceq $signature) {
+    $guard = Get-KillswitchGuardState -StateDir $StateDir
+    if ($null -ne $task -and [string]$task.Description -ceq $signature -and $guard.state -ne 'Disabled' -and $guard.runs_guard) {
         return
     }
-    $Actions.Add("register task $KillswitchTaskName (every $Interval s, at startup, on network and firewall changes)")
+    $why = $(if (-not $guard.task) { '' } elseif ($guard.state -eq 'Disabled') { ', it was disabled' }
+        elseif (-not $guard.runs_guard) { ", it ran $($guard.action)" } else { ', its settings differed' })
+    $Actions.Add("register task $KillswitchTaskName (every $Interval s, at startup, on network and firewall changes$why)")
     if ($CheckMode) {
         return
     }
     if (-not [System.Diagnostics.EventLog]::SourceExists($KillswitchEventSource)) {
         [System.Diagnostics.EventLog]::CreateEventSource($KillswitchEventSource, 'Application')
     }
-    $argument = '-NoProfile -NonInteractive -ExecutionPolicy Bypass -File "{0}"' -f $ScriptPath
-    $action = New-ScheduledTaskAction -Execute 'powershell.exe' -Argument $argument
+    $execute, $argument = (Get-KillswitchGuardAction -ScriptPath $ScriptPath) -split ' ', 2
+    $action = New-ScheduledTaskAction -Execute $execute -Argument $argument
     $repeat = New-ScheduledTaskTrigger -Once -At (Get-Date) -RepetitionInterval (New-TimeSpan -Minutes $minutes)
     $startup = New-ScheduledTaskTrigger -AtStartup
     $eventClass = Get-CimClass -ClassName MSFT_TaskEventTrigger -Namespace 'Root/Microsoft/Windows/TaskScheduler'

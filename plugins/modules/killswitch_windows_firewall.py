@@ -200,7 +200,11 @@ live:
       description: The content of C(recorded.json) (the host's own profile defaults, the third-party rules disabled), or null.
       type: dict
     guard:
-      description: C(task), whether the guard task exists, and its C(interval) in seconds.
+      description:
+        - C(task), whether the guard task exists; C(state), its Task Scheduler state (C(Ready), C(Running),
+          C(Disabled), ...); C(action), the command line it runs; C(runs_guard), whether that is exactly
+          C(<state_dir>\guard.ps1)'s; C(interval) in seconds.
+        - O(state=present) registers the task again unless it exists, is not C(Disabled) and runs the guard.
       type: dict
 before:
   description: RV(live) before the change.

@@ -36,6 +36,9 @@ FORWARDING_WHY = ("forwarded traffic bypasses Windows Firewall: VMs, WSL2 and sa
                   "network outside the tunnel")
 DIFF_LINES = 40
 DIRECTION_NUMBERS = {1: "Inbound", 2: "Outbound"}
+# Task Scheduler's StateEnum, for a state serialized as its number.
+TASK_STATE_NUMBERS = {0: "Unknown", 1: "Disabled", 2: "Queued", 3: "Ready", 4: "Running"}
+GUARD_TASK = "netlock-killswitch-guard"
 
 
 # --------------------------------------------------------------------------- reading Windows values
@@ -247,9 +250,19 @@ def _lines(live: Optional[Mapping[str, Any]]) -> List[str]:
             lines.append("third-party %s: enabled allow outbound (%s)" % (rule.get("name"), rule.get("display_name")))
     guard = live.get("guard") or {}
     if guard:
-        task = "present" if guard.get("task") else "absent"
-        lines.append("guard task: %s, interval %s s" % (task, guard.get("interval")))
+        lines.append("guard task: %s, interval %s s" % (", ".join(["present"] + _guard_faults(guard)) if guard.get("task")
+                                                        else "absent", guard.get("interval")))
     return lines
+
+
+def _guard_faults(guard: Mapping[str, Any]) -> List[str]:
+    """Why a guard task that exists does not guard: Disabled, or its action is not the state directory's guard.ps1."""
+    faults = []
+    if _word(guard.get("state"), TASK_STATE_NUMBERS).lower() == "disabled":
+        faults.append("disabled")
+    if guard.get("runs_guard") is not True:
+        faults.append("runs %s, not guard.ps1" % (guard.get("action") or "an unknown action"))
+    return faults
 
 
 def _text(lines: Sequence[str]) -> str:
@@ -353,8 +366,8 @@ def status(live: Mapping[str, Any], document: Mapping[str, Any], host: str = "",
     """The ``killswitch_status`` fact of a Windows host, the shape ``drift.host_status`` gives a Linux one.
 
     ``table``: the profiles (enabled, default Block) and the group's rules as the document wants them (with
-    ``exclusive``, also no third-party open path); ``guard``: the scheduled task (and its interval) when the
-    guard is on.  ``file``, ``boot_unit``, ``watcher`` and ``fence`` have no Windows counterpart (Windows
+    ``exclusive``, also no third-party open path); ``guard``: the scheduled task when the guard is on: present, not
+    Disabled, running the state directory's guard.ps1, at the expected interval.  ``file``, ``boot_unit``, ``watcher`` and ``fence`` have no Windows counterpart (Windows
     Firewall persists its rules itself) and are in sync.
     """
     expected = expected_live(live, document)
@@ -370,10 +383,12 @@ def status(live: Mapping[str, Any], document: Mapping[str, Any], host: str = "",
     if guard_enabled:
         problems = []
         if not guard.get("task"):
-            problems.append("-guard task netlock-killswitch-guard: absent")
-        elif guard_interval is not None and guard.get("interval") != guard_interval:
-            problems.append("-guard task netlock-killswitch-guard: interval %s s, expected %s s"
-                            % (guard.get("interval"), guard_interval))
+            problems.append("-guard task %s: absent" % GUARD_TASK)
+        else:
+            problems += ["-guard task %s: %s" % (GUARD_TASK, fault) for fault in _guard_faults(guard)]
+            if guard_interval is not None and guard.get("interval") != guard_interval:
+                problems.append("-guard task %s: interval %s s, expected %s s" % (GUARD_TASK, guard.get("interval"),
+                                                                                 guard_interval))
         parts["guard"] = _part(not problems, problems)
     return dict(host=str(host), backend="windows", digest=str(document.get("digest") or "")[:DIGEST_SHOWN],
                 drifted=any(not p["in_sync"] for p in parts.values()), parts=parts)

@@ -243,7 +243,8 @@ def in_sync_live(document, third_party):
     state["rules"] = [dict(name=rule["name"], display_name=rule["display_name"], direction=rule["direction"], enabled=True,
                            description=render_windows.description(rule, ["WireGuard-Office"] if rule["interface_aliases"] else []))
                       for rule in document["rules"]]
-    state["guard"] = {"task": True, "interval": 30}
+    state["guard"] = {"task": True, "state": "Ready", "runs_guard": True, "interval": 30,
+                      "action": 'powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File "C:\\ks\\guard.ps1"'}
     return state
 
 

@@ -636,3 +636,56 @@ def test_the_own_files_are_every_file_the_module_writes():
     """A file the module writes into the state directory and absent does not know would keep the directory."""
     written = set(re.findall(r"-ChildPath '([^']+)'", SOURCE.decode()))
     assert written | {".netlock-killswitch"} == set(STATE_FILES)
+
+
+# --------------------------------------------------------------------------- a guard task counts only when it guards
+
+GUARD_KEYS = {"task", "state", "runs_guard", "action", "interval"}
+
+
+def guard_health_problems(source):
+    """How a disabled guard task, or one running something else, could pass for a guard (an empty list: it cannot)."""
+    defined = functions(PARSER.parse(source).root_node, source)
+    problems = []
+    state = text(defined["Get-KillswitchGuardState"], source)
+    if "Get-KillswitchGuardAction -ScriptPath (Join-Path -Path $StateDir -ChildPath 'guard.ps1')" not in state or \
+            "runs_guard = ($commands.Count -eq 1 -and $commands[0] -eq $expected)" not in state:
+        problems.append("Get-KillswitchGuardState does not compare the task's action with this guard.ps1")
+    if "state = [string]$task.State" not in state:
+        problems.append("Get-KillswitchGuardState does not report the task's state")
+    install = text(defined["Install-KillswitchGuard"], source)
+    kept = re.search(r"if \((.*?)\) \{\s+return\s+\}", install)
+    condition = kept.group(1) if kept else ""
+    for needed in ("[string]$task.Description -ceq $signature", "$guard.state -ne 'Disabled'", "$guard.runs_guard"):
+        if needed not in condition:
+            problems.append("Install-KillswitchGuard keeps the task without checking %s" % needed)
+    if "(Get-KillswitchGuardAction -ScriptPath $ScriptPath) -split ' ', 2" not in install:
+        problems.append("Install-KillswitchGuard registers an action other than the one it checks")
+    if "guard = Get-KillswitchGuardState -StateDir $StateDir" not in text(defined["Get-KillswitchLive"], source):
+        problems.append("live.guard is not the checked state")
+    return problems
+
+
+def test_the_guard_task_counts_only_when_enabled_and_running_guard_ps1():
+    assert guard_health_problems(SOURCE) == []
+
+
+def test_keeping_a_task_on_its_description_alone_is_caught():
+    """The old check: a task with the right Description was kept, disabled or pointed elsewhere."""
+    install = text(functions(TREE.root_node)["Install-KillswitchGuard"])
+    condition = re.search(r"if \((.*?)\) \{\s+return", install).group(1)
+    trusting = SOURCE.replace(condition.encode(), b"$null -ne $task -and [string]$task.Description -ceq $signature", 1)
+    assert trusting != SOURCE
+    problems = guard_health_problems(trusting)
+    assert "Install-KillswitchGuard keeps the task without checking $guard.state -ne 'Disabled'" in problems
+    assert "Install-KillswitchGuard keeps the task without checking $guard.runs_guard" in problems
+
+
+def test_live_guard_has_the_keys_windows_plan_reads():
+    state = text(functions(TREE.root_node)["Get-KillswitchGuardState"])
+    returned = [set(re.findall(r"(\w+) = ", block)) for block in re.findall(r"\[ordered\]@\{(.*?)\}", state, re.DOTALL)]
+    assert returned == [GUARD_KEYS, GUARD_KEYS]
+    predicted = text(functions(TREE.root_node)["Get-KillswitchPredictedAbsent"])
+    assert set(re.findall(r"(\w+) = ", re.search(r"\$predicted\.guard = \[ordered\]@\{(.*?)\}", predicted).group(1))) == GUARD_KEYS
+    plan = (ROOT / "plugins" / "plugin_utils" / "windows_plan.py").read_text()
+    assert all('guard.get("%s")' % key in plan for key in GUARD_KEYS)

@@ -124,6 +124,10 @@ def test_parse_addresses(values, expected):
 # --------------------------------------------------------------------------- live states
 
 
+GUARD_ACTION = 'powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File "C:\\ProgramData\\netlock-killswitch\\guard.ps1"'
+HEALTHY_GUARD = {"task": True, "state": "Ready", "runs_guard": True, "action": GUARD_ACTION, "interval": 30}
+
+
 def live_as_applied(doc=None, interfaces=("Wintun Userspace Tunnel", "Ethernet", "Wi-Fi")):
     """The live dict of a host where the module applied ``doc`` (DOCUMENT by default) and the guard runs."""
     doc = doc or DOCUMENT
@@ -135,7 +139,7 @@ def live_as_applied(doc=None, interfaces=("Wintun Userspace Tunnel", "Ethernet",
     return {"profiles": {name: {"enabled": True, "default_inbound": "Block", "default_outbound": "Block"}
                          for name in ("Domain", "Private", "Public")},
             "rules": rules, "third_party": [], "interfaces": list(interfaces), "forwarding_features": [],
-            "recorded": {"profiles": {}}, "guard": {"task": True, "interval": 30}}
+            "recorded": {"profiles": {}}, "guard": dict(HEALTHY_GUARD)}
 
 
 def test_status_has_the_linux_shape_and_is_in_sync_as_applied():
@@ -211,9 +215,41 @@ def test_the_guard_task_absent_or_with_another_interval_is_drift_only_when_the_g
     live["guard"] = {"task": False, "interval": None}
     assert _drift(live) == {"guard": "-guard task netlock-killswitch-guard: absent"}
     assert _drift(live, guard_enabled=False) == {}
-    live["guard"] = {"task": True, "interval": 60}
+    live["guard"] = dict(HEALTHY_GUARD, interval=60)
     assert _drift(live, guard_interval=30) == {"guard": "-guard task netlock-killswitch-guard: interval 60 s, expected 30 s"}
     assert _drift(live) == {}
+
+
+@pytest.mark.parametrize("state", ["Ready", "Running", "Queued", 3, 4])
+def test_a_guard_task_that_is_enabled_and_runs_guard_ps1_is_in_sync(state):
+    live = live_as_applied()
+    live["guard"]["state"] = state
+    assert _drift(live, guard_interval=30) == {}
+
+
+@pytest.mark.parametrize("state", ["Disabled", "disabled", 1])
+def test_a_disabled_guard_task_is_drift(state):
+    live = live_as_applied()
+    live["guard"]["state"] = state
+    assert _drift(live, guard_interval=30) == {"guard": "-guard task netlock-killswitch-guard: disabled"}
+    assert _drift(live, guard_enabled=False) == {}
+    assert "guard task: present, disabled, interval 30 s" in windows_plan.diff(live, None)["before"]
+
+
+def test_a_guard_task_that_runs_something_else_is_drift():
+    live = live_as_applied()
+    live["guard"].update(runs_guard=False, action="cmd.exe /c exit 0")
+    assert _drift(live) == {"guard": "-guard task netlock-killswitch-guard: runs cmd.exe /c exit 0, not guard.ps1"}
+    live["guard"].update(state="Disabled")
+    assert _drift(live)["guard"].splitlines() == ["-guard task netlock-killswitch-guard: disabled",
+                                                  "-guard task netlock-killswitch-guard: runs cmd.exe /c exit 0, not guard.ps1"]
+
+
+def test_a_guard_whose_action_was_not_reported_is_not_trusted():
+    """A live dict without runs_guard (a module that did not check the action) cannot prove the guard runs."""
+    live = live_as_applied()
+    live["guard"] = {"task": True, "interval": 30}
+    assert _drift(live) == {"guard": "-guard task netlock-killswitch-guard: runs an unknown action, not guard.ps1"}
 
 
 def test_exclusive_makes_an_enabled_open_path_drift():
@@ -234,7 +270,7 @@ def test_diff_of_a_first_apply():
     after["rules"] = [{"name": "b", "direction": "Outbound", "enabled": True, "description": "d2"},
                       {"name": "a", "direction": "Inbound", "enabled": False, "description": "d1"}]
     after["third_party"][0]["enabled"] = False
-    after["guard"] = {"task": True, "interval": 30}
+    after["guard"] = dict(HEALTHY_GUARD)
     result = windows_plan.diff(before, after)
     assert result == {
         "before": ("profile Public: enabled=True inbound=Block outbound=Allow\n"
