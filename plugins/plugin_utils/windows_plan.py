@@ -365,8 +365,9 @@ def status(live: Mapping[str, Any], document: Mapping[str, Any], host: str = "",
            guard_interval: Optional[int] = None, exclusive: bool = False) -> Dict[str, Any]:
     """The ``killswitch_status`` fact of a Windows host, the shape ``drift.host_status`` gives a Linux one.
 
-    ``table``: the profiles (enabled, default Block) and the group's rules as the document wants them (with
-    ``exclusive``, also no third-party open path); ``guard``: the scheduled task when the guard is on: present, not
+    ``table``: the profiles (enabled, default Block) and the group's rules as the document wants them, and no
+    enabled third-party rule that opens a path outside the tunnel, whatever ``exclusive`` is (it only says whether
+    the run disables them: a host where DNS or IPv6 leaks is not in sync with a kill switch); ``guard``: the scheduled task when the guard is on: present, not
     Disabled, running the state directory's guard.ps1, at the expected interval.  ``file``, ``boot_unit``, ``watcher`` and ``fence`` have no Windows counterpart (Windows
     Firewall persists its rules itself) and are in sync.
     """
@@ -374,9 +375,10 @@ def status(live: Mapping[str, Any], document: Mapping[str, Any], host: str = "",
     actual = _normalized(live, expected)
     want, have = _lines(expected), _lines(actual)
     table_lines = list(difflib.unified_diff(have, want, fromfile="live", tofile="policy", lineterm="", n=0))
-    if exclusive:
-        for path in open_paths(live.get("third_party") or (), document):
-            table_lines.append("-third-party %s: %s" % (path["name"], path["why"]))
+    remedy = ("exclusive mode disables it" if exclusive
+              else "disable it, or set killswitch_windows_exclusive: true")
+    for path in open_paths(live.get("third_party") or (), document):
+        table_lines.append("-third-party %s: %s (%s)" % (path["name"], path["why"], remedy))
     parts = {part: _part(True, []) for part in PARTS}
     parts["table"] = _part(not table_lines, table_lines)
     guard = live.get("guard") or {}

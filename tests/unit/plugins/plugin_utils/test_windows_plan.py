@@ -252,11 +252,38 @@ def test_a_guard_whose_action_was_not_reported_is_not_trusted():
     assert _drift(live) == {"guard": "-guard task netlock-killswitch-guard: runs an unknown action, not guard.ps1"}
 
 
-def test_exclusive_makes_an_enabled_open_path_drift():
+STOCK_RULES = [
+    # what a stock Windows host has enabled (names as Get-NetFirewallRule lists them)
+    third_party("CoreNet-DNS-Out-UDP", display_name="Core Networking - DNS (UDP-Out)", protocol="UDP",
+                remote_ports=["53"], program="%SystemRoot%\\system32\\svchost.exe"),
+    third_party("CoreNet-Teredo-Out", display_name="Core Networking - Teredo (UDP-Out)", protocol="UDP",
+                program="%SystemRoot%\\system32\\svchost.exe"),
+    third_party("CoreNet-IPv6-Out", display_name="Core Networking - IPv6 (IPv6-Out)", protocol="41"),
+    third_party("CoreNet-IPHTTPS-Out", display_name="Core Networking - IPHTTPS (TCP-Out)", protocol="TCP",
+                remote_ports=["IPHTTPS"], program="System"),
+]
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_an_enabled_open_path_is_drift_whatever_exclusive_is(exclusive):
+    """A stock host leaks DNS and IPv6 through these rules: in sync only once they are disabled."""
     live = live_as_applied()
-    live["third_party"] = [third_party("Firefox-out")]
+    live["third_party"] = [third_party("Firefox-out")] + STOCK_RULES
+    table = _drift(live, exclusive=exclusive)["table"].splitlines()
+    assert sorted(line.split(":")[0] for line in table) == [
+        "-third-party CoreNet-DNS-Out-UDP", "-third-party CoreNet-IPHTTPS-Out", "-third-party CoreNet-IPv6-Out",
+        "-third-party CoreNet-Teredo-Out", "-third-party Firefox-out"]
+    assert "-third-party CoreNet-DNS-Out-UDP: allows UDP port 53 to any address on any interface" in table[0]
+    remedy = "(exclusive mode disables it)" if exclusive else "(disable it, or set killswitch_windows_exclusive: true)"
+    assert all(line.endswith(remedy) for line in table)
+    assert windows_plan.status(live, DOCUMENT, exclusive=exclusive)["drifted"] is True
+
+
+def test_disabled_or_tunnel_only_third_party_rules_are_not_drift():
+    live = live_as_applied()
+    live["third_party"] = [dict(rule, enabled=False) for rule in STOCK_RULES] + [
+        third_party("WireGuard-tunnel", interface_aliases=["Wintun Userspace Tunnel"])]
     assert _drift(live) == {}
-    assert "-third-party Firefox-out: allows any protocol" in _drift(live, exclusive=True)["table"]
 
 
 # --------------------------------------------------------------------------- diff and warnings
