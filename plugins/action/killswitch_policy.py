@@ -12,7 +12,8 @@ it is refused unless ``allow_lockout`` is set.
 A Windows host (``ansible_os_family`` Windows, a winrm or psrp connection, or a PowerShell shell) gets the
 ``windows`` backend and is never sent a POSIX command: the management source is the controller's own
 address toward the host (a UDP socket connected to it, which sends nothing) and the port is the
-connection's (``ansible_port``, else 5986 or 5985 by the WinRM scheme, 22 over SSH).
+connection's (``ansible_winrm_port`` or ``ansible_psrp_port``, then ``ansible_port``, else 5986 or 5985 by the
+WinRM scheme or PSRP protocol, 22 over SSH).
 """
 
 from __future__ import annotations
@@ -116,8 +117,15 @@ def source_toward(host):
 
 
 def connection_port(task_vars, connection):
-    """The host's port the connection arrives on: ansible_port, else the connection's default."""
-    for key in ("ansible_port", "ansible_psrp_port" if connection in PSRP_CONNECTIONS else "ansible_ssh_port"):
+    """The host's port the connection arrives on, as the connection plugin reads it: its own variable
+    (ansible_winrm_port, ansible_psrp_port, ansible_ssh_port) over ansible_port, else its default."""
+    if connection in WINRM_CONNECTIONS:
+        own = "ansible_winrm_port"
+    elif connection in PSRP_CONNECTIONS:
+        own = "ansible_psrp_port"
+    else:
+        own = "ansible_ssh_port"
+    for key in (own, "ansible_port"):
         value = task_vars.get(key)
         if value not in (None, ""):
             try:

@@ -88,12 +88,28 @@ def test_allow_lockout_renders_anyway_with_a_warning():
     ({"ansible_connection": "psrp"}, 5986),
     ({"ansible_connection": "psrp", "ansible_psrp_protocol": "http"}, 5985),
     ({"ansible_connection": "psrp", "ansible_psrp_port": 5999}, 5999),
+    # the connection's own variable wins over ansible_port, as in the connection plugins
+    ({"ansible_connection": "winrm", "ansible_winrm_port": 15986}, 15986),
+    ({"ansible_connection": "winrm", "ansible_winrm_port": "15985", "ansible_port": 5986}, 15985),
+    ({"ansible_connection": "ansible.builtin.winrm", "ansible_winrm_port": 15986, "ansible_winrm_scheme": "http"}, 15986),
+    ({"ansible_connection": "psrp", "ansible_psrp_port": 15986, "ansible_port": 5986}, 15986),
+    ({"ansible_connection": "psrp", "ansible_port": 15986}, 15986),
+    ({"ansible_connection": "ssh", "ansible_ssh_port": 2200, "ansible_port": 2222}, 2200),
+    ({"ansible_connection": "winrm", "ansible_psrp_port": 15986}, 5986),
     ({"ansible_connection": "ssh"}, 22),
     ({"ansible_connection": "ssh", "ansible_port": 2222}, 2222),
     ({"ansible_connection": "ssh", "ansible_port": "not a port"}, None),
 ])
 def test_connection_port(task_vars, port):
     assert connection_port(task_vars, task_vars["ansible_connection"]) == port
+
+
+def test_the_management_port_is_ansible_winrm_port():
+    """A listener on another port: the lockout check and the inbound allow use it, not the scheme's default."""
+    cut = run(dict(ARGS, management_ports=[5986]), dict(WINRM, ansible_winrm_port=15986))
+    assert cut["failed"] is True and "port 15986 on win1" in cut["msg"]
+    ok = run(dict(ARGS, management_ports=[15986]), dict(WINRM, ansible_winrm_port=15986))
+    assert ok["management_path"] == {"source": "127.0.0.1", "port": 15986} and not ok.get("failed")
 
 
 def test_the_management_port_follows_the_winrm_scheme():
