@@ -681,7 +681,7 @@ function Remove-KillswitchGuard {
         return
     }
     Disable-ScheduledTask -TaskName $KillswitchTaskName -ErrorAction Stop | Out-Null
-    Stop-ScheduledTask -TaskName $KillswitchTaskName -ErrorAction Stop
+    Stop-ScheduledTask -TaskName $KillswitchTaskName -ErrorAction SilentlyContinue  # not running: nothing to stop; the wait below judges
     $deadline = (Get-Date).AddSeconds($KillswitchGuardStopSeconds)
     while ([string](Get-ScheduledTask -TaskName $KillswitchTaskName -ErrorAction Stop).State -eq 'Running') {
         if ((Get-Date) -gt $deadline) {
