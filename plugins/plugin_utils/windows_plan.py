@@ -367,8 +367,9 @@ def status(live: Mapping[str, Any], document: Mapping[str, Any], host: str = "",
 
     ``table``: the profiles (enabled, default Block) and the group's rules as the document wants them, and no
     enabled third-party rule that opens a path outside the tunnel, whatever ``exclusive`` is (it only says whether
-    the run disables them: a host where DNS or IPv6 leaks is not in sync with a kill switch); ``guard``: the scheduled task when the guard is on: present, not
-    Disabled, running the state directory's guard.ps1, at the expected interval.  ``file``, ``boot_unit``, ``watcher`` and ``fence`` have no Windows counterpart (Windows
+    the run disables them: a host where DNS or IPv6 leaks is not in sync with a kill switch); ``guard``: the
+    scheduled task when the guard is on: present, not Disabled, running the state directory's guard.ps1, at the
+    expected interval.  ``file``, ``boot_unit``, ``watcher`` and ``fence`` have no Windows counterpart (Windows
     Firewall persists its rules itself) and are in sync.
     """
     expected = expected_live(live, document)
