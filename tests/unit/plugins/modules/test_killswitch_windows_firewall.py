@@ -15,7 +15,13 @@ No pwsh exists where this collection is tested, so the module is parsed with tre
   its filters (addresses, ports, protocol, ICMP types, program, interfaces) equal to the desired ones, normalized
   alike on both sides, besides its Description, state, action and direction: a Description-only check fails;
 * the module and the guard take turns through one named mutex (a helper in that block), and the module writes
-  policy.json before it reconciles, so a guard pass never re-applies the old policy in the middle of an apply.
+  policy.json before it reconciles, so a guard pass never re-applies the old policy in the middle of an apply;
+* absent disables, stops and waits (bounded) for the guard task before it unregisters it and restores the host;
+* the state directory is the module's own: made with a marker, a non-empty one without it refused, and absent
+  removes only the module's files, then the directory if empty, never recursively;
+* the guard task counts only when it exists, is not Disabled and runs this guard.ps1, and live.guard says so.
+
+Each of these has a test that feeds the checker the code as it was before the fix and expects it to be caught.
 """
 
 from __future__ import annotations
