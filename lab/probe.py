@@ -237,10 +237,14 @@ def nft_table(container: str, table: str = "killswitch") -> Optional[dict]:
 # The guard's units; the watcher holds the fence (a second, owned table): stopping it removes the fence.
 GUARD_UNITS = "netlock-killswitch-guard.timer netlock-killswitch-guard.service netlock-killswitch-watch.service"
 # Stop them until all stay stopped: the timer's check starts a stopped watcher and the watcher's a stopped
-# timer, so one stop can race a check already under way.  A subshell, so it can be chained with &&.
-PAUSE_GUARD = ("(i=0; while :; do systemctl stop %s 2>/dev/null; sleep 0.3; "
+# timer, so one stop can race a check already under way.  Stop jobs are queued without waiting (a check under
+# way, say one waiting for the apply lock, held a blocking stop past the lab's 60 s exec bound) and polled;
+# a unit still running after ~10 s is killed.  A subshell, so it can be chained with &&; ~25 s at most.
+PAUSE_GUARD = ("(i=0; while :; do systemctl stop --no-block %s 2>/dev/null; sleep 0.5; "
                "systemctl is-active %s | grep -qvE '^(inactive|failed)$' || break; i=$((i+1)); "
-               "[ $i -lt 10 ] || { echo 'the guard keeps starting again' >&2; exit 1; }; done)" % (GUARD_UNITS, GUARD_UNITS))
+               "[ $i -ne 20 ] || systemctl kill -s SIGKILL %s 2>/dev/null; "
+               "[ $i -lt 45 ] || { echo 'the guard keeps starting again' >&2; exit 1; }; done)"
+               % (GUARD_UNITS, GUARD_UNITS, " ".join(u for u in GUARD_UNITS.split() if u.endswith(".service"))))
 # Start again, after the boot unit reloaded the rules, what the role enabled.
 RESUME_GUARD = ("for unit in netlock-killswitch-guard.timer netlock-killswitch-watch.service; do "
                 "! systemctl is-enabled -q $unit 2>/dev/null || systemctl start $unit || exit 1; done")
