@@ -390,8 +390,8 @@ def status(live: Mapping[str, Any], document: Mapping[str, Any], host: str = "",
         else:
             problems += ["-guard task %s: %s" % (GUARD_TASK, fault) for fault in _guard_faults(guard)]
             if guard_interval is not None and guard.get("interval") != guard_interval:
-                problems.append("-guard task %s: interval %s s, expected %s s" % (GUARD_TASK, guard.get("interval"),
-                                                                                 guard_interval))
+                problems.append("-guard task %s: interval %s s, expected %s s"
+                                % (GUARD_TASK, guard.get("interval"), guard_interval))
         parts["guard"] = _part(not problems, problems)
     return dict(host=str(host), backend="windows", digest=str(document.get("digest") or "")[:DIGEST_SHOWN],
                 drifted=any(not p["in_sync"] for p in parts.values()), parts=parts)
