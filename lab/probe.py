@@ -67,7 +67,8 @@ def canary() -> str:
 
 @dataclass
 class Capture:
-    """tcpdump for the duration of a ``with`` block, in a container or (container None) on the host.
+    """tcpdump for the duration of a ``with`` block, in a container or (container None) on the host, or in a
+    network namespace of the host (``netns``, container None).
 
     ``lines`` holds tcpdump's output: one header line per packet and, with ``-A``, its payload.
     """
@@ -77,6 +78,7 @@ class Capture:
     interface: str = "any"
     limit: int = 200000
     max_seconds: int = 300
+    netns: str = ""
     lines: List[str] = field(default_factory=list)
     _proc: Optional[subprocess.Popen] = None
     _reader: Optional[threading.Thread] = None
@@ -90,6 +92,8 @@ class Capture:
             # captures in the same container, another client's among them, keep running.
             self._pid_file = "/tmp/netlock-capture-%s.pid" % uuid.uuid4().hex[:16]
             cmd = "echo $$ > %s && %s" % (self._pid_file, cmd)
+        elif self.netns:
+            cmd = "exec ip netns exec %s sh -c %s" % (shlex.quote(self.netns), shlex.quote(cmd))
         argv = ["docker", "exec", self.container, "sh", "-c", cmd] if self.container else ["sh", "-c", cmd]
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       errors="replace")

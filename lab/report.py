@@ -48,9 +48,14 @@ def _ran(host: str, results: List[CaseResult], timelines: List[FlapTimeline]) ->
     return {r.case for r in results if r.host == host} | ({FLAP} if any(t.host == host for t in timelines) else set())
 
 
+# Cases with a lab of their own (lab.webrtc: a browser in network namespaces), not run on every client.
+STANDALONE_CASE_IDS = {"webrtc"}
+
+
 def not_run(results: List[CaseResult], timelines: List[FlapTimeline],
             firewalls: Sequence[HostFirewall] = ()) -> Dict[str, List[str]]:
     """host -> the cases some other host ran and this one did not: every case must run on every client."""
+    results = [r for r in results if r.case_id not in STANDALONE_CASE_IDS]
     hosts = _hosts(results, timelines, firewalls)
     ran = {host: _ran(host, results, timelines) for host in hosts}
     every = set().union(*ran.values()) if ran else set()
@@ -139,7 +144,9 @@ def print_report(results: List[CaseResult], timelines: List[FlapTimeline],
 
 
 def matrix(results: List[CaseResult], timelines: List[FlapTimeline], firewalls: Sequence[HostFirewall] = ()) -> Table:
-    """Every case (rows) on every host (columns): a case must pass on each, whatever its firewall."""
+    """Every case (rows) on every host (columns): a case must pass on each, whatever its firewall.  Standalone
+    cases (STANDALONE_CASE_IDS) have their own table in print_report."""
+    results = [r for r in results if r.case_id not in STANDALONE_CASE_IDS]
     hosts = _hosts(results, timelines, firewalls)
     by_host = {f.host: f for f in firewalls}
     table = Table(title="[bold]every case on every client[/]", title_justify="left")

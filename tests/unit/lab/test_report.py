@@ -189,3 +189,18 @@ def test_an_error_is_a_failure() -> None:
     assert exit_code(results, make_timelines()) == 1
     text = render_with_firewalls(results, make_timelines(), make_firewalls())
     assert "ERROR" in text and "error: RuntimeError: no boot" in text
+
+
+def test_standalone_cases_are_judged_but_not_asked_of_every_client() -> None:
+    """The WebRTC cases run in a lab of their own: a client without them is not 'not run', while a WebRTC
+    leak or a blind control still fails the report."""
+    clients = [CaseResult("ks-client1", "tunnel up", 10, 0, True), CaseResult("ks-client2", "tunnel up", 10, 0, True)]
+    webrtc_ok = CaseResult("webrtc (chromium)", "webrtc tunnel up", 4, 0, True, case_id="webrtc")
+    assert not_run(clients + [webrtc_ok], []) == {}
+    assert exit_code(clients + [webrtc_ok], []) == 0
+    leaked = CaseResult("webrtc (chromium)", "webrtc tunnel down", 4, 2, True, case_id="webrtc")
+    blind = CaseResult("webrtc (chromium)", "webrtc tunnel down", 4, 0, False, case_id="webrtc")
+    assert exit_code(clients + [webrtc_ok, leaked], []) == 1
+    assert exit_code(clients + [webrtc_ok, blind], []) == 1
+    assert exit_code([CaseResult("ks-client1", "tunnel up", 10, 0, True), webrtc_ok], []) == 0
+    assert not_run(clients + [CaseResult("ks-client1", "dns", 4, 0, True)], []) == {"ks-client2": ["dns"]}
