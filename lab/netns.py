@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 LAB_V4 = ipaddress.ip_network("198.18.0.0/15")
 LAB_V6 = ipaddress.ip_network("2001:db8::/32")
@@ -105,7 +105,8 @@ class NetnsLab:
     # ------------------------------------------------------------------- WireGuard (userspace)
 
     def wireguard_device(self, role: str, name: str, private_key: str, addresses: List[str],
-                         listen_port: Optional[int] = None, peer: Optional[dict] = None) -> None:
+                         listen_port: Optional[int] = None, peer: Optional[dict] = None,
+                         fwmark: Optional[int] = None) -> None:
         """A wireguard-go device in a namespace (its UAPI socket is host-wide: the name must be unique)."""
         for spec in addresses:
             lab_address(spec)
@@ -118,6 +119,8 @@ class NetnsLab:
             argv = ["wg", "set", name, "private-key", key_file]
             if listen_port:
                 argv += ["listen-port", str(listen_port)]
+            if fwmark:
+                argv += ["fwmark", str(fwmark)]
             if peer:
                 argv += ["peer", peer["public_key"], "allowed-ips", ",".join(peer["allowed_ips"])]
                 if peer.get("endpoint"):
@@ -160,6 +163,111 @@ class NetnsLab:
             run(["ip", "netns", "del", name], check=False)
             shutil.rmtree("/etc/netns/%s" % name, ignore_errors=True)
         time.sleep(0.1)
+
+
+PHYSICAL = ("198.18.90.2", "2001:db8:90::2")
+VPN_PUBLIC = ("198.18.91.2", "2001:db8:91::2")
+SINK = ("198.18.92.2", "2001:db8:92::2")
+TUNNEL_CLIENT = ("198.18.93.2", "2001:db8:93::2")
+GUEST = ("198.18.94.2", "2001:db8:94::2")
+ENDPOINT_PORT = 51820
+MASQUERADE = """table inet netlock_lab_nat {
+  chain postrouting { type nat hook postrouting priority 100; oifname "%s" masquerade; }
+}
+"""
+
+
+class TunnelLab(NetnsLab):
+    """A kill-switched client and what it talks to, as namespaces:
+
+        guest ─ client ─eth0── router ──v0─ vpn (WireGuard server, masquerading)
+                                      └─s0─ sink
+
+    The client reaches the sink through its tunnel (``<prefix>c0``); its physical link leads to the same
+    sink through the router, so a tunnel that goes away is a failover onto the physical link, as on a real
+    host.  The guest (``with_guest``) is routed by the client: forwarded traffic.  The detector's place is
+    the router's end of the client's link (``c0``)."""
+
+    def __init__(self, prefix: str, with_guest: bool = False) -> None:
+        super().__init__(prefix)
+        self.with_guest = with_guest
+        self.client_wg, self.server_wg = prefix + "c0", prefix + "s0"  # unique host-wide (UAPI socket)
+        self.keys: Dict[str, Dict[str, str]] = {}
+        self.client_mac = ""
+
+    def __enter__(self) -> "TunnelLab":
+        try:
+            self.add("client", "sink", *(["guest"] if self.with_guest else []))
+            self.add("router", "vpn", forwarding=True)
+            self.link("client", "eth0", ["%s/24" % PHYSICAL[0], "%s/64" % PHYSICAL[1]],
+                      "router", "c0", ["198.18.90.1/24", "2001:db8:90::1/64"])
+            self.link("vpn", "eth0", ["%s/24" % VPN_PUBLIC[0], "%s/64" % VPN_PUBLIC[1]],
+                      "router", "v0", ["198.18.91.1/24", "2001:db8:91::1/64"])
+            self.link("sink", "eth0", ["%s/24" % SINK[0], "%s/64" % SINK[1]],
+                      "router", "s0", ["198.18.92.1/24", "2001:db8:92::1/64"])
+            for role, subnet in (("client", "90"), ("vpn", "91"), ("sink", "92")):
+                self.route(role, "default", "via", "198.18.%s.1" % subnet)
+                self.route(role, "default", "via", "2001:db8:%s::1" % subnet)
+            if self.with_guest:
+                self.exec("client", "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+                self.link("guest", "eth0", ["%s/24" % GUEST[0], "%s/64" % GUEST[1]],
+                          "client", "g0", ["198.18.94.1/24", "2001:db8:94::1/64"])
+                self.route("guest", "default", "via", "198.18.94.1")
+                self.route("guest", "default", "via", "2001:db8:94::1")
+                # The router knows the guest's subnet through the client (routed, not masqueraded: the
+                # detector tells the guest's packets by their source).
+                self.route("router", "198.18.94.0/24", "via", PHYSICAL[0])
+                self.route("router", "2001:db8:94::/64", "via", PHYSICAL[1])
+            self.exec("vpn", "nft", "-f", "-", stdin=MASQUERADE % "eth0")
+            self.keys = {"client": keypair(), "server": keypair()}
+            allowed = ["198.18.93.2/32", "2001:db8:93::2/128"] + (["198.18.94.0/24", "2001:db8:94::/64"]
+                                                                 if self.with_guest else [])
+            self.wireguard_device("vpn", self.server_wg, self.keys["server"]["private"],
+                                  ["198.18.93.1/24", "2001:db8:93::1/64"], listen_port=ENDPOINT_PORT,
+                                  peer={"public_key": self.keys["client"]["public"], "allowed_ips": allowed})
+            if self.with_guest:
+                self.route("vpn", "198.18.94.0/24", "dev", self.server_wg)
+                self.route("vpn", "2001:db8:94::/64", "dev", self.server_wg)
+            self.client_mac = self.mac("client", "eth0")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def tunnel_up(self, fwmark: Optional[int] = None, name: str = "") -> None:
+        """The client's tunnel (again), routing the sink's subnets into it, once the handshake is done."""
+        name = name or self.client_wg
+        self.delete_link("client", name)
+        self.wireguard_device("client", name, self.keys["client"]["private"],
+                              ["%s/24" % TUNNEL_CLIENT[0], "%s/64" % TUNNEL_CLIENT[1]],
+                              peer={"public_key": self.keys["server"]["public"], "allowed_ips": ["0.0.0.0/0", "::/0"],
+                                    "endpoint": "%s:%d" % (VPN_PUBLIC[0], ENDPOINT_PORT)}, fwmark=fwmark)
+        # Only the sink goes into the tunnel (the rest keeps the physical default route): when the tunnel goes,
+        # its routes go with it and the sink is reached over the physical link.
+        self.route("client", "198.18.92.0/24", "dev", name)
+        self.route("client", "2001:db8:92::/64", "dev", name)
+        deadline = time.monotonic() + 15
+        while not self.handshake_done("client", name):
+            if time.monotonic() > deadline:
+                raise RuntimeError("no WireGuard handshake within 15 s on %s" % name)
+            time.sleep(0.3)
+
+    def tunnel_down(self, name: str = "") -> None:
+        self.delete_link("client", name or self.client_wg)
+
+    def leak_bpf(self, allowed: Iterable[str] = ()) -> str:
+        """BPF for what leaks from the client's physical link (lab.probe.leak_expression): anything but
+        WireGuard messages to the endpoint, on-link neighbour discovery and the ``allowed`` expressions."""
+        from lab.cases import wireguard_message_bpf  # pylint: disable=import-outside-toplevel
+        from lab.probe import leak_expression  # pylint: disable=import-outside-toplevel
+        endpoint = "dst host %s and %s" % (VPN_PUBLIC[0], wireguard_message_bpf(ENDPOINT_PORT))
+        return "ether src %s and (ip or ip6) and (%s)" % (self.client_mac, leak_expression([endpoint] + list(allowed)))
+
+    def load(self, ruleset: Optional[str], table: str = "killswitch") -> None:
+        """The client's kill switch: this ruleset (``nft -f``), or none."""
+        self.exec("client", "nft", "delete", "table", "inet", table, check=False)
+        if ruleset:
+            self.exec("client", "nft", "-f", "-", stdin=ruleset)
 
 
 def keypair() -> Dict[str, str]:

@@ -31,6 +31,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from lab.netns import ENDPOINT_PORT, PHYSICAL, SINK, VPN_PUBLIC, TunnelLab, missing_tools
+
 STUN_PORT = 3478
 MAGIC_COOKIE = 0x2112A442
 BINDING_REQUEST, BINDING_SUCCESS = 0x0001, 0x0101
@@ -253,17 +255,8 @@ def serve_page(port: int, html: str, result_path: str, seconds: float) -> None:
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-PHYSICAL = ("198.18.90.2", "2001:db8:90::2")
-VPN_PUBLIC = ("198.18.91.2", "2001:db8:91::2")
-SINK = ("198.18.92.2", "2001:db8:92::2")
-ENDPOINT_PORT = 51820
-CLIENT_WG, SERVER_WG = "nlwrc0", "nlwrs0"  # wireguard-go's UAPI socket is host-wide: unique names
 PAGE_PORT = 8088
 GATHER_MS = 10000
-MASQUERADE = """table inet netlock_webrtc_nat {
-  chain postrouting { type nat hook postrouting priority 100; oifname "eth0" masquerade; }
-}
-"""
 HOST = "webrtc (chromium)"
 
 
@@ -276,7 +269,7 @@ def unavailable() -> Optional[str]:
     return "missing: %s (make host-deps installs them)" % ", ".join(missing) if missing else None
 
 
-def kill_switch_ruleset() -> str:
+def kill_switch_ruleset(tunnel: str) -> str:
     """The kill switch the role would load on this client: our renderer, from the role's variables."""
     collections = os.path.join(ROOT, ".collections")
     if collections not in sys.path:
@@ -285,92 +278,28 @@ def kill_switch_ruleset() -> str:
     from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
     from ansible_collections.netlock.killswitch.plugins.plugin_utils.render_nftables import render
     return render(parse_policy({
-        "killswitch_tunnel_interfaces": [CLIENT_WG],
+        "killswitch_tunnel_interfaces": [tunnel],
         "killswitch_endpoints": [{"address": VPN_PUBLIC[0], "port": ENDPOINT_PORT}],
         "killswitch_management_cidrs": [],
         "killswitch_ipv6": "tunnel",
     }))
 
 
-class WebrtcLab:
-    """Client, router, VPN server (WireGuard, masquerading) and sink (the observer) as network namespaces.
-
-    The client reaches the sink through the tunnel; its physical link leads to the same sink through the
-    router, so a tunnel that goes away is a failover onto the physical link, as on a real host."""
+class WebrtcLab(TunnelLab):
+    """lab.netns.TunnelLab with the STUN/TURN observer on the sink and Chromium on the client."""
 
     def __init__(self, prefix: str = "nlwr") -> None:
-        from lab.netns import NetnsLab  # pylint: disable=import-outside-toplevel
-        self.net = NetnsLab(prefix)
-        self.keys: Dict[str, Dict[str, str]] = {}
-        self.client_mac = ""
-        self.ruleset = kill_switch_ruleset()
-
-    def __enter__(self) -> "WebrtcLab":
-        from lab.netns import keypair  # pylint: disable=import-outside-toplevel
-        net = self.net.__enter__()
-        try:
-            net.add("client", "sink")
-            net.add("router", "vpn", forwarding=True)
-            net.link("client", "eth0", ["%s/24" % PHYSICAL[0], "%s/64" % PHYSICAL[1]],
-                     "router", "c0", ["198.18.90.1/24", "2001:db8:90::1/64"])
-            net.link("vpn", "eth0", ["%s/24" % VPN_PUBLIC[0], "%s/64" % VPN_PUBLIC[1]],
-                     "router", "v0", ["198.18.91.1/24", "2001:db8:91::1/64"])
-            net.link("sink", "eth0", ["%s/24" % SINK[0], "%s/64" % SINK[1]],
-                     "router", "s0", ["198.18.92.1/24", "2001:db8:92::1/64"])
-            for role, subnet in (("client", "90"), ("vpn", "91"), ("sink", "92")):
-                net.route(role, "default", "via", "198.18.%s.1" % subnet)
-                net.route(role, "default", "via", "2001:db8:%s::1" % subnet)
-            net.exec("vpn", "nft", "-f", "-", stdin=MASQUERADE)
-            self.keys = {"client": keypair(), "server": keypair()}
-            net.wireguard_device("vpn", SERVER_WG, self.keys["server"]["private"],
-                                 ["198.18.93.1/24", "2001:db8:93::1/64"], listen_port=ENDPOINT_PORT,
-                                 peer={"public_key": self.keys["client"]["public"],
-                                       "allowed_ips": ["198.18.93.2/32", "2001:db8:93::2/128"]})
-            self.client_mac = net.mac("client", "eth0")
-        except BaseException:
-            net.__exit__(None, None, None)
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.net.__exit__(*exc)
-
-    def tunnel_up(self) -> None:
-        net = self.net
-        net.delete_link("client", CLIENT_WG)
-        net.wireguard_device("client", CLIENT_WG, self.keys["client"]["private"],
-                             ["198.18.93.2/24", "2001:db8:93::2/64"],
-                             peer={"public_key": self.keys["server"]["public"], "allowed_ips": ["0.0.0.0/0", "::/0"],
-                                   "endpoint": "%s:%d" % (VPN_PUBLIC[0], ENDPOINT_PORT)})
-        # Only the sink is routed into the tunnel (the rest keeps the physical default route): when the tunnel
-        # goes, its routes go with it and the sink is reached over the physical link.
-        net.route("client", "198.18.92.0/24", "dev", CLIENT_WG)
-        net.route("client", "2001:db8:92::/64", "dev", CLIENT_WG)
-        deadline = time.monotonic() + 15
-        while not net.handshake_done("client", CLIENT_WG):
-            if time.monotonic() > deadline:
-                raise RuntimeError("no WireGuard handshake within 15 s")
-            time.sleep(0.3)
-
-    def tunnel_down(self) -> None:
-        self.net.delete_link("client", CLIENT_WG)
+        super().__init__(prefix)
+        self.ruleset = kill_switch_ruleset(self.client_wg)
 
     def kill_switch(self, on: bool) -> None:
-        self.net.exec("client", "nft", "delete", "table", "inet", "killswitch", check=False)
-        if on:
-            self.net.exec("client", "nft", "-f", "-", stdin=self.ruleset)
-
-    def leak_bpf(self) -> str:
-        from lab.cases import wireguard_message_bpf  # pylint: disable=import-outside-toplevel
-        from lab.probe import leak_expression  # pylint: disable=import-outside-toplevel
-        allowed = ["dst host %s and %s" % (VPN_PUBLIC[0], wireguard_message_bpf(ENDPOINT_PORT))]
-        return "ether src %s and (ip or ip6) and (%s)" % (self.client_mac, leak_expression(allowed))
+        self.load(self.ruleset if on else None)
 
     def gather(self, workdir: str) -> dict:
         """One gathering by Chromium on the client: the observer's log by probe, the page's candidates, and
         every packet the wire detector (on the router's side of the client's link) counts as a leak."""
         from lab.probe import Capture  # pylint: disable=import-outside-toplevel
-        net = self.net
+        net = self
         log, result = os.path.join(workdir, "observer.jsonl"), os.path.join(workdir, "result.json")
         for path in (log, result):
             if os.path.exists(path):
@@ -407,7 +336,7 @@ class WebrtcLab:
     def _wait_listening(self, port: int) -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            probe = self.net.exec("client", sys.executable, "-c",
+            probe = self.exec("client", sys.executable, "-c",
                                   "import socket; socket.create_connection(('127.0.0.1', %d), 1).close()" % port,
                                   check=False)
             if probe.returncode == 0:
