@@ -172,13 +172,15 @@ def main(argv=None) -> int:
     parser.add_argument("--udp-port", type=int, action="append")
     parser.add_argument("--udp-count", type=int, default=3)
     parser.add_argument("--no-icmp", action="store_true")
+    parser.add_argument("--no-tcp", action="store_true", help="probe: no TCP connect (else --tcp-port or 8080)")
+    parser.add_argument("--no-udp", action="store_true", help="probe: no UDP datagram (else --udp-port or 9999)")
     parser.add_argument("--rate", type=int, default=600)
     parser.add_argument("--seconds", type=float, default=10, help="the stream's upper bound")
     parser.add_argument("--stop-file", help="the stream ends early once this file exists")
     parser.add_argument("--mix", action="store_true", help="stream: UDP, TCP and DNS to every target (mix_kinds)")
     args = parser.parse_args(argv)
-    args.tcp_port = args.tcp_port if args.tcp_port is not None else [8080]
-    args.udp_port = args.udp_port if args.udp_port is not None else [9999]
+    args.tcp_port = [] if args.no_tcp else args.tcp_port if args.tcp_port is not None else [8080]
+    args.udp_port = [] if args.no_udp else args.udp_port if args.udp_port is not None else [9999]
     json.dump(probe(args) if args.mode == "probe" else stream(args), sys.stdout)
     return 0
 

@@ -198,7 +198,9 @@ class TunnelLab(NetnsLab):
     def __enter__(self) -> "TunnelLab":
         try:
             self.add("client", "sink", *(["guest"] if self.with_guest else []))
-            self.add("router", "vpn", forwarding=True)
+            self.add("vpn", forwarding=True)
+            # The router doubles as the controller's view of the lab: its resolver is the sink (lab.labdns).
+            self.add("router", forwarding=True, resolver=SINK[0])
             self.link("client", "eth0", ["%s/24" % PHYSICAL[0], "%s/64" % PHYSICAL[1]],
                       "router", "c0", ["198.18.90.1/24", "2001:db8:90::1/64"])
             self.link("vpn", "eth0", ["%s/24" % VPN_PUBLIC[0], "%s/64" % VPN_PUBLIC[1]],
