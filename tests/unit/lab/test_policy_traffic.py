@@ -274,3 +274,64 @@ def test_the_lab_resolver_answers_its_names_only():
     other = query.replace(b"\x03vpn", b"\x03web")
     assert struct.unpack_from("!HHHH", labdns.answer(other, records)) == (7, 0x8183, 1, 0)
     assert labdns.answer(b"\x00" * 5, records) is None
+
+
+# --------------------------------------------------------------------------- a bridged guest
+
+BRIDGED_GUEST = "198.18.90.7"
+
+
+@pytest.fixture(scope="module")
+def bridged():
+    """A second lab whose client bridges a guest onto its physical link (br0 holds eth0 and the guest's
+    port, the client's own address moves to br0), as a VM host with bridged networking does."""
+    with TunnelLab("nlbr") as net:
+        net.add("bguest")
+        net.exec("client", "ip", "link", "add", "br0", "type", "bridge")
+        net.exec("client", "ip", "addr", "flush", "dev", "eth0")
+        net.exec("client", "ip", "link", "set", "eth0", "master", "br0")
+        net.exec("client", "ip", "addr", "add", "%s/24" % PHYSICAL[0], "dev", "br0")
+        net.exec("client", "ip", "link", "set", "br0", "up")
+        net.route("client", "default", "via", "198.18.90.1")
+        net.link("bguest", "eth0", ["%s/24" % BRIDGED_GUEST], "client", "vnet0", [])
+        net.exec("client", "ip", "link", "set", "vnet0", "master", "br0")
+        net.route("bguest", "default", "via", "198.18.90.1")
+        net.guest_mac = net.mac("bguest", "eth0")
+        yield net
+
+
+def br_netfilter_loaded(net: TunnelLab) -> bool:
+    return net.exec("client", "test", "-e", "/proc/sys/net/bridge/bridge-nf-call-iptables", check=False).returncode == 0
+
+
+def bridged_guest_leaks(net: TunnelLab, bridge_netfilter: bool) -> List[str]:
+    """What the bridged guest put on the physical link with the kill switch in place, after a control (no
+    kill switch) that saw each of its probes there."""
+    if br_netfilter_loaded(net):
+        net.exec("client", "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=%d" % bridge_netfilter,
+                 "net.bridge.bridge-nf-call-ip6tables=%d" % bridge_netfilter)
+    elif bridge_netfilter:
+        pytest.skip("the br_netfilter module is not loaded on this machine (dockerd loads it)")
+    rules = ruleset(net)
+    net.load(None)
+    result, seen = on_the_wire(net, "ether src %s and ip" % net.guest_mac, role="bguest", targets=SINK[:1])
+    missing = unseen(result["probes"], seen)
+    assert not missing, "the control did not see: %s" % missing
+    net.load(rules)
+    _result, leaked = on_the_wire(net, "ether src %s and ip" % net.guest_mac, role="bguest", targets=SINK[:1])
+    return leaked
+
+
+@pytest.mark.may_skip_in_ci
+def test_a_bridged_guest_is_stopped_where_bridged_traffic_meets_the_inet_hooks(bridged):
+    """With br_netfilter's bridge-nf-call-iptables on (Docker turns it on; so does this machine), bridged IPv4
+    frames pass the inet forward hook, where the kill switch drops them."""
+    leaked = bridged_guest_leaks(bridged, bridge_netfilter=True)
+    assert not leaked, "the bridged guest left on the physical link:\n%s" % "\n".join(leaked)
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: without br_netfilter bridged frames never meet the inet table; "
+                                       "stopping them needs a bridge-family table (README, Not yet done)")
+def test_a_bridged_guest_is_stopped_without_br_netfilter(bridged):
+    leaked = bridged_guest_leaks(bridged, bridge_netfilter=False)
+    assert not leaked, "the bridged guest left on the physical link:\n%s" % "\n".join(leaked)
