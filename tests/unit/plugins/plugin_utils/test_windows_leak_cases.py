@@ -67,8 +67,8 @@ RECREATED = dataclasses.replace(TUNNEL, guid="guid-wg0-2")  # the VPN client mad
 # LocalNet: the rogue LAN hands out an address in the sink's public range, so it is on-link (LocalSubnet) too.
 ROGUE_ETHERNET = dataclasses.replace(ETHERNET, addresses=ETHERNET.addresses + ("198.18.2.77/24", "2001:db8:2::77/64"))
 UP, DOWN = (ETHERNET, TUNNEL), (ETHERNET,)
-SINK_TARGETS = [SINK.v4(INET), SINK.v6(INET)]
-LAN_RESOLVERS = [LANPEER.v4(LAN), LANPEER.v6(LAN)]
+SINK_TARGETS = (SINK.v4(INET), SINK.v6(INET))
+LAN_RESOLVERS = (LANPEER.v4(LAN), LANPEER.v6(LAN))
 MODEL_SECTION = "## The evaluation model (simulated)"
 
 
