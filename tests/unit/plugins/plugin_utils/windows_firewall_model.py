@@ -17,9 +17,10 @@ against the leak-lab cases without a Windows host (``test_windows_leak_cases.py`
 * **State** (WFP, *ALE Re-authorization*: "once an ALE flow is allowed, all traffic that is part of the ALE
   flow is allowed", in both directions): a flow is authorized once, by its first packet, outbound or
   inbound; its replies then pass.  A flow is its protocol, local and remote addresses and ports (ICMP: echo
-  request and reply), not its interface.  Windows sends by the strong host model (a packet leaves only by
-  the interface that holds its source address), so a flow authorized through the tunnel cannot carry packets
-  out of another adapter: a packet whose local address is not on its interface is refused here as impossible.
+  request and reply), not its interface.  Windows sends by the strong host model by default (The Cable Guy,
+  "Strong and Weak Host Models", which the ALE page cites: a packet leaves only by the interface that holds its
+  source address), so a flow authorized through the tunnel cannot carry packets out of another adapter: a packet
+  whose local address is not on its interface is refused here as impossible.
   A policy change re-authorizes flows (same page): ``WindowsHost.change`` forgets them.
 * **Matching**: ``Any`` (or no value) matches everything; protocols by name or number; remote addresses
   as addresses, CIDRs, masks (``10.0.0.0/255.0.0.0``) and ranges (``a-b``), IPv4 and IPv6, and the keyword
