@@ -33,6 +33,7 @@ from ansible_collections.netlock.killswitch.plugins.plugin_utils import windows_
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.render_windows import WARN_FORWARD, document, like
 from ansible_collections.netlock.killswitch.tests.unit.plugins.plugin_utils.test_render_windows import WINDOWS_POLICIES
+from ansible_collections.netlock.killswitch.tests.unit.plugins.plugin_utils.test_windows_plan import applied_filters
 from ansible_collections.netlock.killswitch.tests.unit.plugins.plugin_utils.windows_firewall_model import (
     ALLOWED, BLOCKED, INBOUND, KERNEL, NOT_FILTERED, OUTBOUND, STOCK_OPEN_RULES, SVCHOST, Adapter, Packet, apply,
     probes, reply, with_defaults)
@@ -242,6 +243,8 @@ def _live(third_party: Sequence[Dict[str, Any]], doc: Dict[str, Any]) -> Dict[st
     live = {"interfaces": ["Ethernet", "wg0"], "third_party": list(third_party), "forwarding_features": [],
             "guard": {"task": True, "state": "Ready", "runs_guard": True, "interval": 30}}
     live.update(windows_plan.expected_live(live, doc))
+    for rule, wanted in zip(live["rules"], doc["rules"]):  # and their filters, as the module reports them
+        rule.update(applied_filters(wanted, [a for a in rule["description"].partition(" interfaces=")[2].split("|") if a]))
     return live
 
 
