@@ -106,6 +106,13 @@ options:
     type: list
     elements: dict
     default: []
+  app_exceptions:
+    description:
+      - Per-app exceptions outside the tunnel (nftables only), each C({service or cgroup, cidr, protocol, port}).
+        Only the processes of that systemd service or cgroup v2 reach that destination. See the role's C(killswitch_app_exceptions).
+    type: list
+    elements: dict
+    default: []
   log_drops:
     description: Log dropped packets, rate-limited.
     type: bool
