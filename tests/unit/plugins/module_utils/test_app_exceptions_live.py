@@ -344,6 +344,9 @@ def test_the_watcher_fills_the_main_and_the_fence_sets_and_follows_a_restart(lab
         wait_for(lambda: filled("killswitch") and filled("killswitch_fence"), "both cgroup sets filled", log)
         lab.probe("fenced")
         assert lab.arrived("fenced") == tags("fenced", "app", "exc"), log.read_text()
+        # Filled sets stay as they are: no refresh loop between the watcher's checks and its own netlink events.
+        quiet = lab.sh("timeout 2.5 nft monitor; true", lab.host).stdout
+        assert "element" not in quiet and "flush" not in quiet, quiet
 
         lab.restart_cgroup("app")
         lab.probe("restarted", cgroups=("app",), destinations=("exc",))
