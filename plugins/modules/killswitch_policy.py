@@ -241,6 +241,12 @@ policy:
   description: The normalized policy, with hostnames pinned to addresses.
   returned: success
   type: dict
+app_services:
+  description: The systemd services with app exceptions (O(app_exceptions)); the role gives each an C(ExecStartPre) drop-in.
+  returned: success
+  type: list
+  elements: str
+  sample: [backup.service]
 management_path:
   description:
     - The live management connection as the host sees it, over SSH; for a Windows host the controller's own

@@ -95,6 +95,7 @@ _HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 # names (\x2d) and template instances live elsewhere in the tree: those take a cgroup path.
 _SERVICE_RE = re.compile(r"[A-Za-z0-9:_.-]{1,247}\.service")
 _CGROUP_PART_RE = re.compile(r"[A-Za-z0-9:_.@+=,~-]{1,255}")
+SERVICE_SLICE = "system.slice/"  # where systemd puts a system service's cgroup
 MAX_CGROUP_PATH = 200  # it rides in an nft set comment (at most 255 bytes)
 MAX_CGROUP_LEVEL = 32
 _TRUE = frozenset(("true", "yes", "on", "y", "t", "1"))
@@ -176,6 +177,13 @@ class Policy:
     @property
     def endpoint_user(self) -> Optional[str]:
         return self.endpoint_owner.user
+
+    @property
+    def app_services(self) -> Tuple[str, ...]:
+        """The systemd services whose cgroups have app exceptions (the role gives each one an ExecStartPre that fills
+        the set with its new cgroup before it starts)."""
+        return tuple(sorted({e.cgroup[len(SERVICE_SLICE):] for e in self.app_exceptions
+                             if e.cgroup.startswith(SERVICE_SLICE) and _SERVICE_RE.fullmatch(e.cgroup[len(SERVICE_SLICE):])}))
 
     def admits_management(self, source: str, port: int) -> bool:
         """Whether the rendered rules let ``source`` open (and keep) a TCP connection to ``port``."""
@@ -390,7 +398,7 @@ def _grouped(rules: Sequence[AddressRule]) -> Tuple[AddressRule, ...]:
     return tuple(AddressRule(collapse(nets), proto, port) for (proto, port), nets in ordered)
 
 
-def cgroup_of(check: _Checker, item: str, entry: Mapping) -> Optional[str]:
+def _cgroup_of(check: _Checker, item: str, entry: Mapping) -> Optional[str]:
     """The cgroup v2 path (below the root, no leading '/') an app exception names by ``service`` or ``cgroup``."""
     service, cgroup = entry.get("service"), entry.get("cgroup")
     if (service is None) == (cgroup is None):
@@ -402,7 +410,7 @@ def cgroup_of(check: _Checker, item: str, entry: Mapping) -> Optional[str]:
             check.fail(item + ".service", service, "is not a systemd service name (letters, digits, ':_.-', ending "
                                                    "in .service; for an instance@ or escaped name give its cgroup)")
             return None
-        return "system.slice/" + service
+        return SERVICE_SLICE + service
     parts = cgroup.strip("/").split("/") if isinstance(cgroup, str) else []
     if (not parts or len(cgroup) > MAX_CGROUP_PATH or len(parts) > MAX_CGROUP_LEVEL
             or not all(_CGROUP_PART_RE.fullmatch(part) and part not in (".", "..") for part in parts)):
@@ -417,7 +425,7 @@ def _app_exceptions(check: _Checker, value: Any, ipv6: str) -> Tuple[AppExceptio
     variable = PREFIX + "app_exceptions"
     by_cgroup: Dict[str, List[AddressRule]] = {}
     for item, entry, rule in _destinations(check, variable, value, ipv6, ("service", "cgroup")):
-        cgroup = cgroup_of(check, item, entry)
+        cgroup = _cgroup_of(check, item, entry)
         if rule.port in DNS_PORTS:
             # The DNS refusal comes first in the rule list: such an exception would never match.
             check.fail(item + ".port", rule.port, "is a DNS port: DNS never leaves outside the tunnel, not for an "

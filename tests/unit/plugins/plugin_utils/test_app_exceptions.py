@@ -219,3 +219,11 @@ def test_cgroup_commands_fill_flush_and_leave_alone(tmp_path):
     # sets of other tables, or without our comment, are not ours
     assert commands(["4242424242"], comment="something else") == {}
     assert guard.cgroup_commands(document(["1"], table="other"), "killswitch", str(mount), str(nft_dir)) == {}
+
+
+def test_app_services_are_the_services_named_or_given_as_their_cgroup():
+    parsed = policy([{"service": "backup.service", "cidr": "198.18.1.2"},
+                     {"cgroup": "system.slice/sync.service", "cidr": "198.18.1.2", "protocol": "udp", "port": 4500},
+                     {"cgroup": "system.slice/system-x.slice/x@1.service", "cidr": "198.18.1.2"},
+                     {"cgroup": "user.slice/a.service", "cidr": "198.18.1.2"}])
+    assert parsed.app_services == ("backup.service", "sync.service")
