@@ -5,8 +5,9 @@ on the LAN wire and the client cannot hide from it.  A packet from the client's 
 unless the policy allows it: the client's VPN protocol (WireGuard or OpenVPN) to the endpoint, neighbour
 discovery to link-local or multicast destinations, and the LAN (not DNS) when allow_lan is on; neighbour
 discovery to any other destination always counts; so does any packet to the endpoint that is not a message of
-the client's VPN protocol.  Every case first runs its probes with the kill switch removed (the positive control), then with it in place; the control must see each
-probe (protocol, destination, port), or the case proves nothing for the unseen ones and fails.
+the client's VPN protocol.  Every case first runs its probes with the kill switch removed (the positive
+control), then with it in place; the control must see each probe (protocol, destination, port), or the case
+proves nothing for the unseen ones and fails.
 
 A case changes only its own client, except where it says otherwise: EXCLUSIVE cases change what every
 client depends on and run while no other case does; ROUTER_PROXY guards the router's proxy ND entry.
