@@ -12,7 +12,6 @@ timeout plus a few seconds, never hang; the host then restores its last confirme
 
 from __future__ import annotations
 
-import threading
 import time
 
 from ansible.errors import AnsibleError
@@ -20,6 +19,7 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
 from ansible_collections.netlock.killswitch.plugins.module_utils import rollback
+from ansible_collections.netlock.killswitch.plugins.plugin_utils import confirm
 
 display = Display()
 
@@ -80,33 +80,14 @@ class ActionModule(ActionBase):
                 self._connection.set_option(name, value)
             except (AnsibleError, KeyError, AttributeError):
                 pass  # a connection plugin without the option
-        try:
-            self._connection.reset()
-        except AttributeError:
-            display.warning("the connection plugin cannot reset; confirming over the existing connection")
-        except Exception as exc:  # a reset that fails leaves nothing to reuse
-            display.vvv("connection reset failed: %s" % exc)
+        confirm.reset_connection(self._connection, display)
 
     def _bounded(self, command, seconds):
-        """Run the confirmation in a thread and give up on it after `seconds`; None when it did not answer."""
-        answer = {}
-
+        """Run the confirmation and give up on it after `seconds`; None when it did not answer."""
         def attempt():
-            try:
-                out = self._low_level_execute_command(command, sudoable=True)
-                if out["rc"] == 0:
-                    answer["status"] = out["stdout"].strip().splitlines()[-1] if out["stdout"].strip() else ""
-            except Exception as exc:  # connection failures: the host is not reachable (yet)
-                answer["error"] = str(exc)
+            out = self._low_level_execute_command(command, sudoable=True)
+            if out["rc"] != 0:
+                return None
+            return out["stdout"].strip().splitlines()[-1] if out["stdout"].strip() else ""
 
-        worker = threading.Thread(target=attempt, daemon=True)
-        worker.start()
-        worker.join(seconds)
-        if worker.is_alive():
-            display.vvv("confirmation attempt did not answer within %ds" % seconds)
-            try:
-                self._connection.close()
-            except Exception:  # the stalled session is abandoned either way
-                pass
-            return None
-        return answer.get("status")
+        return confirm.bounded(attempt, self._connection, seconds)

@@ -20,12 +20,11 @@ state on its own.
 
 from __future__ import annotations
 
-import threading
 import time
 
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
-from ansible_collections.netlock.killswitch.plugins.plugin_utils import windows_plan
+from ansible_collections.netlock.killswitch.plugins.plugin_utils import confirm, windows_plan
 
 display = Display()
 
@@ -136,33 +135,12 @@ class ActionModule(ActionBase):
 
     def _new_connection(self):
         """Drop the current WinRM/PSRP session, so that the confirmation proves a new one can be made."""
-        try:
-            self._connection.reset()
-        except AttributeError:
-            display.warning("the connection plugin cannot reset; confirming over the existing connection")
-        except Exception as exc:  # a reset that fails leaves nothing to reuse
-            display.vvv("connection reset failed: %s" % exc)
+        confirm.reset_connection(self._connection, display)
 
     def _bounded(self, module_args, task_vars, seconds):
-        """The module in a thread, given up after ``seconds``; None when it did not answer."""
-        answer = {}
-
-        def attempt():
-            try:
-                answer["result"] = self._module(module_args, task_vars)
-            except Exception as exc:  # connection failures: the host is not reachable (yet)
-                answer["result"] = {"unreachable": True, "msg": str(exc)}
-
-        worker = threading.Thread(target=attempt, daemon=True)
-        worker.start()
-        worker.join(seconds)
-        if worker.is_alive():
-            try:
-                self._connection.close()
-            except Exception:  # the stalled session is abandoned either way
-                pass
-            return None
-        return answer.get("result")
+        """The module, given up after ``seconds``; None when it did not answer."""
+        return confirm.bounded(lambda: self._module(module_args, task_vars), self._connection, seconds,
+                               on_error=lambda exc: {"unreachable": True, "msg": str(exc)})
 
     def _module(self, module_args, task_vars):
         return self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)

@@ -59,7 +59,7 @@ from ansible_collections.netlock.killswitch.plugins.plugin_utils.render_windows 
 OUTBOUND, INBOUND = "Outbound", "Inbound"
 ALLOW, BLOCK = "Allow", "Block"
 ALLOWED, BLOCKED, NOT_FILTERED = "allowed", "blocked", "not filtered by Windows Firewall"
-ANY_WORDS = ("", "any", "*")
+ANY_WORDS = windows_plan.ANY_WORDS
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmpv4": 1, "icmpv6": 58}
 PORT_PROTOCOLS = (6, 17)
 ECHO = {1: (8, 0), 58: (128, 129)}  # ICMP echo request and reply types, by protocol
@@ -295,16 +295,8 @@ def _port_in(port: Optional[int], ports: PortSet) -> bool:
 
 # --------------------------------------------------------------------------- reading Windows values
 
-def _items(value: Any) -> List[str]:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [str(item).strip() for item in value if str(item).strip()]
-    return [part.strip() for part in str(value).split(",") if part.strip()]
-
-
-def _is_any(values: Sequence[str]) -> bool:
-    return not values or any(v.lower() in ANY_WORDS for v in values)
+# A list field as the module reports it, and its "no restriction" values: read as windows_plan reads them.
+_items, _is_any = windows_plan._items, windows_plan._is_any  # pylint: disable=protected-access
 
 
 def protocol_number(value: Any) -> Optional[int]:
