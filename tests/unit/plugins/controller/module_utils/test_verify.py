@@ -17,7 +17,6 @@ import errno
 import ipaddress
 import json
 import struct
-from dataclasses import asdict
 
 import pytest
 
@@ -32,7 +31,7 @@ BASE = dict(killswitch_tunnel_interfaces=["wg0"], killswitch_endpoints=[{"addres
 def policy_of(**variables):
     """``killswitch_policy``'s ``policy`` result for these role variables (without the prefix)."""
     merged = dict(BASE, **{"killswitch_" + k: v for k, v in variables.items()})
-    return _plain(asdict(parse_policy(merged, resolve=lambda name: [])))
+    return _plain(parse_policy(merged, resolve=lambda name: []).data())
 
 
 POLICY = policy_of()
@@ -49,7 +48,7 @@ DIGEST = vf.digest_of(POLICY)
 def test_digest_of_the_returned_policy_is_the_policys_digest(variables):
     merged = dict(BASE, **{"killswitch_" + k: v for k, v in variables.items()})
     policy = parse_policy(merged, resolve=lambda name: [])
-    plain = _plain(asdict(policy))
+    plain = _plain(policy.data())
     assert vf.digest_of(plain) == policy.digest()
     # the same after a round trip through JSON, as the module receives it
     assert vf.digest_of(json.loads(json.dumps(plain))) == policy.digest()
