@@ -530,3 +530,19 @@ def test_a_policy_that_allows_the_probe_address_fails_before_anything_runs(host)
     with pytest.raises(vf.VerifyError, match="203.0.113.5 is allowed by the policy"):
         run_verify(host, runner=runner, prober=prober, policy=policy, probe_addresses=["203.0.113.5"])
     assert runner.calls == [] and prober.sent == []
+
+
+def test_a_carrier_tunnel_is_probed_as_outside_the_tunnel(host, sysfs):
+    """Double VPN: the interface an endpoint is ``via`` is no exit, so its probes are expected refused."""
+    sysfs("wgo", "0x91", "unknown")
+    policy = policy_of(tunnel_interfaces=["wg0", "wgo"],
+                       endpoints=[{"address": "192.0.2.50", "port": 51820},
+                                  {"address": "192.0.2.60", "port": 51821, "via": "wgo"}])
+    refused = {("wgo", family, protocol): "refused" for family in (4, 6) for protocol in vf.PROTOCOLS}
+    result = run_verify(host, runner=Runner(digest=vf.digest_of(policy)), prober=Prober(outcomes=refused), policy=policy)
+    assert result["ok"] is True, result["msg"]
+    carried = [p for p in result["probes"] if p["interface"] == "wgo"]
+    assert carried and {(p["tunnel"], p["expected"]) for p in carried} == {(False, "refused")}
+    opened = Prober(outcomes={**refused, ("wgo", 4, "udp"): "sent"})
+    result = run_verify(host, runner=Runner(digest=vf.digest_of(policy)), prober=opened, policy=policy)
+    assert [p["path"] for p in result["open_paths"]] == ["wgo IPv4 UDP to 198.51.100.1:443"]
