@@ -10,7 +10,7 @@ The client runs two tunnels, both with the endpoint fwmark: the outer one (endpo
 or OpenVPN p2p with a static key generated in the test) and the inner one (wireguard-go, endpoint reached through the
 outer tunnel).  The kill switch is the nftables ruleset rendered
 from a policy whose inner endpoint is ``via`` the outer tunnel, loaded in the client's netns by the real applier
-(``nft_live.Nft``).  Detectors capture on the client's physical link (the isp's side) and inside the outer tunnel
+(``nft_live.Nft``; the iptables payload by ``iptables.Iptables`` in one variant).  Detectors capture on the client's physical link (the isp's side) and inside the outer tunnel
 (its decapsulated traffic, on the outer server's device).  Each case runs the same probes with the kill switch
 absent first (positive control: each probe must be seen where it would leak), then present, then with a broken kill
 switch (the inner endpoint flat, so the carrier is a general exit): that one must leak, or the case proves nothing.
@@ -43,9 +43,10 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
+from ansible_collections.netlock.killswitch.plugins.module_utils.iptables import Iptables
 from ansible_collections.netlock.killswitch.plugins.module_utils.nft_live import Nft
+from ansible_collections.netlock.killswitch.plugins.plugin_utils import render_iptables, render_nftables
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
-from ansible_collections.netlock.killswitch.plugins.plugin_utils.render_nftables import render
 
 MARK = 0x5158
 PHYS_CLIENT, PHYS_ISP = "198.18.1.2", "198.18.1.1"
@@ -61,7 +62,7 @@ PROBE_UDP, PROBE_TCP = 40001, 40002
 TIMEOUT = 10        # every command
 LINGER = 1.2        # seconds the detectors keep listening after the probes (the inner device's keepalives: 1 s)
 WG_ENV = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
-TOOLS = ("ip", "nft", "wg", "wireguard-go", "tcpdump", "openvpn")
+TOOLS = ("ip", "nft", "iptables-restore", "wg", "wireguard-go", "tcpdump", "openvpn")
 
 
 def wireguard_message_bpf(port: int) -> str:
@@ -123,9 +124,10 @@ def packets_of(path: str) -> List[Dict]:
 class Lab:
     """Namespaces, veths and wireguard-go processes, all named with a random tag and removed by ``close``."""
 
-    def __init__(self, workdir: Path, outer_kind: str = "wireguard"):
+    def __init__(self, workdir: Path, outer_kind: str = "wireguard", backend: str = "nftables"):
         self.tag = secrets.token_hex(2)
         self.workdir = workdir
+        self.backend = backend
         self.openvpn = outer_kind == "openvpn"   # the outer tunnel: OpenVPN (p2p, static key) or WireGuard
         self.outer_port = OPENVPN_PORT if self.openvpn else OUTER_PORT
         # what the physical link may carry: the outer tunnel's own messages to its endpoint
@@ -303,22 +305,23 @@ class Lab:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=TIMEOUT, check=False)
 
     # the kill switch, through the real applier
-    def nft(self) -> Nft:
+    def firewall(self):
         def run(argv):
             proc = subprocess.run(["ip", "netns", "exec", self.ns["client"]] + list(argv), capture_output=True,
                                   text=True, timeout=TIMEOUT, check=False)
             return proc.returncode, proc.stdout, proc.stderr
-        return Nft(run)
+        return Nft(run) if self.backend == "nftables" else Iptables(run)
 
     def kill_switch(self, nested: Optional[bool]) -> None:
         """Load the kill switch (nested: the right policy; False: the inner endpoint flat) or remove it (None)."""
-        nft = self.nft()
-        nft.delete("killswitch")
+        firewall = self.firewall()
+        firewall.delete("killswitch")
         if nested is None:
             return
-        path = self.workdir / "ruleset.nft"
+        render = render_nftables.render if self.backend == "nftables" else render_iptables.render
+        path = self.workdir / "ruleset"
         path.write_text(render(parse_policy(policy_variables(self.tag, nested, self.outer_port))))
-        error = nft.apply(str(path))
+        error = firewall.apply(str(path))
         assert error is None, error
 
 
@@ -439,13 +442,15 @@ def describe(packets: List[Dict]) -> List[str]:
             for p in packets]
 
 
-@pytest.fixture(scope="module", params=["wireguard", "openvpn"])
+@pytest.fixture(scope="module", params=[("wireguard", "nftables"), ("openvpn", "nftables"), ("wireguard", "iptables")],
+                ids=["wireguard-nftables", "openvpn-nftables", "wireguard-iptables"])
 def lab(request, tmp_path_factory):
-    """The lab with the outer tunnel WireGuard (a two-hop WireGuard chain) or OpenVPN (WireGuard inside OpenVPN)."""
+    """The outer tunnel WireGuard (a two-hop WireGuard chain) or OpenVPN (WireGuard inside OpenVPN); the kill switch
+    rendered for nftables or iptables and loaded by that backend's applier."""
     reason = lab_unavailable_reason()
     if reason:
         pytest.skip(reason)  # under CI=true this is a failure (tests/unit/strict_ci.py)
-    built = Lab(tmp_path_factory.mktemp("double-vpn"), request.param)
+    built = Lab(tmp_path_factory.mktemp("double-vpn"), *request.param)
     try:
         built.build()
         assert built.handshaken("wo") and built.handshaken("wi"), "the tunnels did not come up"
