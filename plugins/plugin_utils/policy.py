@@ -368,7 +368,7 @@ def interfaces_overlap(first: str, second: str) -> bool:
 
 def _check_carriers(check: _Checker, carried: Sequence[Tuple[str, str]], tunnels: Sequence[str]) -> None:
     """A carrier must not also match an exit tunnel, and some tunnel must remain an exit."""
-    carriers = {via for _, via in carried}
+    carriers = {via for _variable, via in carried}
     exits = [name for name in tunnels if name not in carriers]
     for variable, via in carried:
         clash = [name for name in exits if interfaces_overlap(via, name)]

@@ -8,16 +8,16 @@
 
 The client runs two tunnels, both with the endpoint fwmark: the outer one (endpoint on the physical link; wireguard-go,
 or OpenVPN p2p with a static key generated in the test) and the inner one (wireguard-go, endpoint reached through the
-outer tunnel).  The kill switch is the nftables ruleset rendered
-from a policy whose inner endpoint is ``via`` the outer tunnel, loaded in the client's netns by the real applier
-(``nft_live.Nft``; the iptables payload by ``iptables.Iptables`` in one variant).  Detectors capture on the client's physical link (the isp's side) and inside the outer tunnel
-(its decapsulated traffic, on the outer server's device).  Each case runs the same probes with the kill switch
+outer tunnel).  The kill switch is the nftables ruleset (or iptables payload) rendered from a policy whose inner
+endpoint is ``via`` the outer tunnel, loaded in the client's netns by the real applier (``nft_live.Nft``,
+``iptables.Iptables``).  Detectors capture on the client's physical link (the isp's side) and inside the outer
+tunnel (its decapsulated traffic, on the outer server's device).  Each case runs the same probes with the kill switch
 absent first (positive control: each probe must be seen where it would leak), then present, then with a broken kill
 switch (the inner endpoint flat, so the carrier is a general exit): that one must leak, or the case proves nothing.
 
-    a  both up: a probe arrives at the sink from the inner server's address; the wire carries only WireGuard.
+    a  both up: a probe arrives at the sink from the inner server's address; each wire carries only tunnel messages.
     b  inner deleted, outer up: nothing enters the outer tunnel but inner-endpoint WireGuard messages.
-    c  outer deleted, inner up: nothing on the physical link but outer-endpoint WireGuard messages (the inner
+    c  outer deleted, inner up: nothing on the physical link but the outer endpoint's messages (the inner
        device keeps sending keepalives to its endpoint, now routed there: they must not leave).
     d  both deleted: nothing on the physical link at all (the broken ruleset cannot leak more here: no mutation).
 
