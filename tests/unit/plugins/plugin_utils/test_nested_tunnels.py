@@ -52,7 +52,7 @@ def test_via_makes_a_carrier_and_leaves_the_other_tunnels_exits():
                                                              {"address": INNER, "port": 51821}]).digest()
 
 
-def test_two_hop_chain_has_one_exit():
+def test_three_tunnel_chain_has_one_exit():
     policy = nested(killswitch_tunnel_interfaces=["wg-a", "wg-b", "wg-c"],
                     killswitch_endpoints=[{"address": OUTER, "port": 51820},
                                           {"address": INNER, "port": 51821, "via": "wg-a"},
