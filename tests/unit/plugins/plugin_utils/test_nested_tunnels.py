@@ -6,8 +6,11 @@ renderers.  The traffic proof is tests/unit/plugins/module_utils/test_double_vpn
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from ansible_collections.netlock.killswitch.plugins.module_utils import verify
 from ansible_collections.netlock.killswitch.plugins.plugin_utils import backends, render_iptables, render_nftables
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import PolicyError, interfaces_overlap, parse_policy
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.rules import OUTPUT, in_order, rule_list
@@ -151,3 +154,24 @@ def test_windows_refuses_via_naming_variable_host_and_backend():
     assert [str(p) for p in error.value.problems] == [
         "killswitch_endpoints: {'via': 'wg-outer'} names a carrier tunnel, which the windows backend does not enforce "
         "(nested tunnels need nftables or iptables), on win1"]
+
+
+def test_ipv6_nested_endpoint_renders_for_nftables_and_ip6tables(nft_accepts_or_none):
+    policy = nested(killswitch_ipv6="tunnel",
+                    killswitch_endpoints=[{"address": OUTER, "port": 51820},
+                                          {"address": "2001:db8:4::2", "port": 51821, "via": "wg-outer"}])
+    text = render_nftables.render(policy)
+    assert 'oifname "wg-outer" meta mark 0x00005158 ip6 daddr @endpoint_carried_udp_51821_v6 udp dport 51821 accept' in text
+    assert 'oifname "wg-outer" meta l4proto' not in text and 'oifname "wg-outer" accept' not in text
+    if nft_accepts_or_none:
+        nft_accepts_or_none(text)
+    assert "-o wg-outer -d 2001:db8:4::2/128 -p udp -m mark --mark 0x5158 --dport 51821 -j ACCEPT" in \
+        render_iptables.render(policy)
+
+
+def test_the_returned_policy_keeps_its_digest_for_killswitch_verify():
+    """killswitch_verify recomputes the digest from killswitch_policy's ``policy`` result (Policy.data())."""
+    policy = nested()
+    data = json.loads(json.dumps(policy.data(), default=str))
+    assert data["endpoints"][1]["via"] == "wg-outer" and "via" not in data["endpoints"][0]
+    assert verify.digest_of(data) == policy.digest()
