@@ -60,7 +60,7 @@ OPENVPN_PORT = 1194
 OPENVPN_CRYPTO = ["--cipher", "AES-256-CBC", "--auth", "SHA256"]
 PROBE_UDP, PROBE_TCP = 40001, 40002
 TIMEOUT = 10        # every command
-LINGER = 1.2        # seconds the detectors keep listening after the probes (the inner device's keepalives: 1 s)
+LINGER = 1.0        # seconds the detectors keep listening after the probes (the inner device's keepalives: 1 s)
 WG_ENV = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
 TOOLS = ("ip", "nft", "iptables-restore", "wg", "wireguard-go", "tcpdump", "openvpn")
 
@@ -442,15 +442,17 @@ def describe(packets: List[Dict]) -> List[str]:
             for p in packets]
 
 
-@pytest.fixture(scope="module", params=[("wireguard", "nftables"), ("openvpn", "nftables"), ("wireguard", "iptables")],
+# One lab per test, torn down by the test itself: ansible-test runs each test in a fork of its own, where a
+# module-scoped fixture would be built again and never torn down.
+@pytest.fixture(name="lab", params=[("wireguard", "nftables"), ("openvpn", "nftables"), ("wireguard", "iptables")],
                 ids=["wireguard-nftables", "openvpn-nftables", "wireguard-iptables"])
-def lab(request, tmp_path_factory):
+def lab_fixture(request, tmp_path):
     """The outer tunnel WireGuard (a two-hop WireGuard chain) or OpenVPN (WireGuard inside OpenVPN); the kill switch
     rendered for nftables or iptables and loaded by that backend's applier."""
     reason = lab_unavailable_reason()
     if reason:
         pytest.skip(reason)  # under CI=true this is a failure (tests/unit/strict_ci.py)
-    built = Lab(tmp_path_factory.mktemp("double-vpn"), *request.param)
+    built = Lab(tmp_path, *request.param)
     try:
         built.build()
         assert built.handshaken("wo") and built.handshaken("wi"), "the tunnels did not come up"
@@ -459,9 +461,9 @@ def lab(request, tmp_path_factory):
         built.close()
 
 
-# The cases share one lab; each sets the tunnels it needs.
+# The cases, run in order on one lab by the test at the end; each sets the tunnels it needs.
 
-def test_a_both_up_traffic_exits_the_inner_server(lab):
+def case_a_both_up_traffic_exits_the_inner_server(lab):
     lab.tunnels(outer=True, inner=True)
     seen = measure(lab, "a", kill_switch=True, outer_up=True)
     udp = seen["probes"]["udp to the sink"]
@@ -471,7 +473,7 @@ def test_a_both_up_traffic_exits_the_inner_server(lab):
     assert seen["outer tunnel"] == [], "leaked into the outer tunnel: %s" % describe(seen["outer tunnel"])
 
 
-def test_a_control_plain_udp_to_the_inner_endpoint_enters_the_outer_tunnel_without_the_kill_switch(lab):
+def case_a_control_plain_udp_to_the_inner_endpoint_enters_the_outer_tunnel_without_the_kill_switch(lab):
     """The unmarked process's datagram is refused above because of the kill switch, not the lab."""
     lab.tunnels(outer=True, inner=True)
     seen = measure(lab, "A", kill_switch=None, outer_up=True)
@@ -511,19 +513,35 @@ SINK_PROBES = ("udp to the sink", "tcp to the sink", "icmp to the sink")
 OTHER = "plain udp to the inner endpoint (no mark)"
 
 
-def test_b_inner_down_nothing_enters_the_outer_tunnel_but_inner_endpoint_wireguard(lab):
+def case_b_inner_down_nothing_enters_the_outer_tunnel_but_inner_endpoint_wireguard(lab):
     lab.tunnels(outer=True, inner=False)
     leak_case(lab, "b", "outer tunnel", True, SINK_PROBES + (OTHER,))
 
 
-def test_c_outer_down_inner_up_the_inner_endpoint_is_not_reached_on_the_physical_link(lab):
+def case_c_outer_down_inner_up_the_inner_endpoint_is_not_reached_on_the_physical_link(lab):
     """The inner device keeps sending (keepalives, the probes it carries) to its endpoint, now routed to the
     physical link: only the outer endpoint's WireGuard may leave there."""
     lab.tunnels(outer=False, inner=True)
     leak_case(lab, "c", "phys", False, (OTHER,), inner_wireguard=True)
 
 
-def test_c_both_down_nothing_on_the_physical_link(lab):
+def case_d_both_down_nothing_on_the_physical_link(lab):
     lab.tunnels(outer=False, inner=False)
     # the broken ruleset differs only for the inner endpoint, which nothing sends to now: no mutation check here
     leak_case(lab, "d", "phys", False, SINK_PROBES + (OTHER,), broken_leaks=False)
+
+
+CASES = (case_a_both_up_traffic_exits_the_inner_server,
+         case_a_control_plain_udp_to_the_inner_endpoint_enters_the_outer_tunnel_without_the_kill_switch,
+         case_b_inner_down_nothing_enters_the_outer_tunnel_but_inner_endpoint_wireguard,
+         case_c_outer_down_inner_up_the_inner_endpoint_is_not_reached_on_the_physical_link,
+         case_d_both_down_nothing_on_the_physical_link)
+
+
+def test_double_vpn(lab):
+    """Every case (the module docstring), in order: the first one that fails names itself."""
+    for case in CASES:
+        try:
+            case(lab)
+        except AssertionError as error:
+            raise AssertionError("%s: %s" % (case.__name__, error)) from error
