@@ -12,7 +12,7 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_FORCE_COLOR ?= 0
 export PY_COLORS ?= 0
-HOST_PACKAGES := nftables debootstrap docker.io iproute2 util-linux tcpdump python3-venv shellcheck git openssh-client chromium wireguard-go wireguard-tools iputils-ping
+HOST_PACKAGES := nftables debootstrap docker.io iproute2 util-linux tcpdump python3-venv shellcheck git openssh-client chromium wireguard-go wireguard-tools iputils-ping openvpn
 # Lab networks: name, IPv4 subnet, IPv6 subnet (checked by tools/labnet.py before creation).
 DEFAULT_NET := ks-default --subnet 198.18.20.0/24 --subnet6 2001:db8:20::/64
 TEMPLATE_NET := ks-template --subnet 198.18.60.0/24 --subnet6 2001:db8:60::/64

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError
 from ansible.plugins.action import ActionBase
@@ -222,7 +222,7 @@ class ActionModule(ActionBase):
             ruleset=payload,
             digest=policy.digest(),
             table=policy.table,
-            policy=_plain(asdict(policy)),
+            policy=_plain(policy.data()),
             app_services=list(policy.app_services),
         )
         if policy.warnings:

@@ -440,7 +440,10 @@ def verify(run: status.Runner, prober: Optional[Prober], nft: str, systemctl: st
     probes: List[Dict[str, Any]] = []
     warnings = []
     if traffic and prober is not None:
-        chosen = probe_interfaces(sys_class_net, policy["tunnel_interfaces"], interfaces)
+        # a carrier (an endpoint's via) is no exit: probed as an interface outside the tunnel
+        carriers = {rule.get("via") for rule in policy.get("endpoints") or []}
+        exits = [name for name in policy["tunnel_interfaces"] if name not in carriers]
+        chosen = probe_interfaces(sys_class_net, exits, interfaces)
         probes, traffic_checks = traffic_probes(prober, policy, addresses, chosen)
         checks += traffic_checks
         if not any(p["expected"] == EXPECT_REFUSED and p["outcome"] != UNROUTABLE and not p["tunnel"] for p in probes):

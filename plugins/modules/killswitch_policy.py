@@ -37,6 +37,8 @@ options:
     description:
       - VPN servers reachable outside the tunnel, each C({address, port, protocol}).
       - C(address) is an IP, a CIDR or a hostname; C(protocol) is C(udp) (default) or C(tcp).
+      - C(via) (optional) names the tunnel interface a nested tunnel's endpoint is reached through (double VPN); that
+        interface then carries only traffic to the endpoints naming it, and is no exit.
     type: list
     elements: dict
     required: true

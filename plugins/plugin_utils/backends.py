@@ -52,6 +52,7 @@ class Backend:
     interface_problem: Callable[[str], Optional[str]] = linux_interface_problem
     program_path: Optional[Pattern] = None   # what an endpoint_program must look like, when it takes one
     cgroups: bool = False               # matches a socket's cgroup v2 through a set the host fills (app exceptions)
+    carriers: bool = True               # enforces an endpoint's via (the carrier tunnel of a nested one)
 
     def problems(self, policy: Policy) -> List[Problem]:
         found = []
@@ -79,6 +80,9 @@ class Backend:
                                  "match that %s resolves when it loads would fail the boot load)" % (self.name, self.name)
                                  if self.name != "windows" else
                                  "cannot be enforced by the windows backend (no cgroups; use killswitch_extra_outbound)"))
+        if not self.carriers:
+            found += [Problem(PREFIX + "endpoints", {"via": via}, "names a carrier tunnel, which the %s backend does not "
+                              "enforce (nested tunnels need nftables or iptables)" % self.name) for via in policy.carriers]
         if len(policy.table) > self.max_table:
             found.append(Problem(PREFIX + "table", policy.table, "is longer than %d characters, the most the %s "
                                  "backend allows" % (self.max_table, self.name)))
@@ -97,7 +101,7 @@ BACKENDS = {
     # Windows Firewall: allow rules in one group (netlock.killswitch <table>) under default-block profiles; it
     # matches programs, not marks or users, and takes interface aliases with '*' anywhere.
     "windows": Backend("windows", frozenset(("program",)), render_windows.render, 32, frozenset(), ".json",
-                       interface_problem=render_windows.interface_problem, program_path=WINDOWS_PROGRAM),
+                       interface_problem=render_windows.interface_problem, program_path=WINDOWS_PROGRAM, carriers=False),
 }
 # The backends of Linux hosts (killswitch_firewall, killswitch_status and the guard take only these).
 LINUX_BACKENDS = ("nftables", "iptables")

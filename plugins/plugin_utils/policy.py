@@ -127,6 +127,7 @@ class AddressRule:
     networks: Tuple[Network, ...]
     protocol: str
     port: Optional[int] = None
+    via: Optional[str] = None   # endpoints only: the carrier tunnel it is reached through (a nested tunnel's server)
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,17 @@ class Policy:
         return tuple(sorted({e.cgroup[len(SERVICE_SLICE):] for e in self.app_exceptions
                              if e.cgroup.startswith(SERVICE_SLICE) and _SERVICE_RE.fullmatch(e.cgroup[len(SERVICE_SLICE):])}))
 
+    @property
+    def carriers(self) -> Tuple[str, ...]:
+        """Tunnel interfaces an endpoint is ``via``: they carry only those endpoints' traffic, never a general exit."""
+        return tuple(sorted({rule.via for rule in self.endpoints if rule.via is not None}))
+
+    @property
+    def exit_interfaces(self) -> Tuple[str, ...]:
+        """The tunnel interfaces traffic may leave through: every one but the carriers."""
+        carriers = self.carriers
+        return tuple(name for name in self.tunnel_interfaces if name not in carriers)
+
     def admits_management(self, source: str, port: int) -> bool:
         """Whether the rendered rules let ``source`` open (and keep) a TCP connection to ``port``."""
         address = ipaddress.ip_address(source)
@@ -192,13 +204,22 @@ class Policy:
             address = address.ipv4_mapped
         return port in self.management_ports and any(address in net for net in self.management_networks)
 
+    def data(self) -> Dict[str, Any]:
+        """The policy as plain data (``asdict``); an unset ``via`` is left out, so that a policy without nested
+        tunnels keeps its shape and its fingerprint."""
+        data = asdict(self)
+        for rule in data["endpoints"] + data["extra_outbound"] + [e["rule"] for e in data["app_exceptions"]]:
+            if rule["via"] is None:
+                del rule["via"]
+        return data
+
     def digest(self) -> str:
         """Stable fingerprint of everything that shapes the ruleset.
 
         Computed once per policy (frozen, so it cannot change): each render and the action ask for it."""
         cached = self.__dict__.get("_digest")
         if cached is None:
-            data = asdict(self)
+            data = self.data()
             data.pop("warnings")
             cached = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
             object.__setattr__(self, "_digest", cached)
@@ -329,15 +350,58 @@ def _entries(check: _Checker, variable: str, value: Any, keys: Sequence[str],
         yield item, entry
 
 
-def _endpoints(check: _Checker, value: Any, ipv6: str, resolve: Optional[Resolver]) -> Tuple[AddressRule, ...]:
-    grouped: Dict[Tuple[str, int], List[Network]] = {}
-    for item, entry in _entries(check, PREFIX + "endpoints", value, ("address", "port", "protocol"), allow_empty=False):
+def _endpoints(check: _Checker, value: Any, ipv6: str, resolve: Optional[Resolver],
+               tunnels: Sequence[str] = ()) -> Tuple[AddressRule, ...]:
+    grouped: Dict[Tuple[str, int, str], List[Network]] = {}
+    carried: List[Tuple[str, str]] = []
+    keys = ("address", "port", "protocol", "via")
+    for item, entry in _entries(check, PREFIX + "endpoints", value, keys, allow_empty=False):
         protocol = check.choice(item + ".protocol", _or_default(entry.get("protocol"), "udp"), ENDPOINT_PROTOCOLS)
         port = check.port(item + ".port", entry.get("port"))
         networks = _endpoint_networks(check, item + ".address", entry.get("address"), ipv6, resolve)
+        via = _via(check, item + ".via", entry.get("via"), tunnels)
+        if via:
+            carried.append((item + ".via", via))
         if port is not None and networks:
-            grouped.setdefault((protocol, port), []).extend(networks)
-    return tuple(AddressRule(collapse(nets), proto, port) for (proto, port), nets in sorted(grouped.items()))
+            grouped.setdefault((protocol, port, via), []).extend(networks)
+    _check_carriers(check, carried, tunnels)
+    return tuple(AddressRule(collapse(nets), proto, port, via or None) for (proto, port, via), nets in sorted(grouped.items()))
+
+
+def _via(check: _Checker, variable: str, value: Any, tunnels: Sequence[str]) -> str:
+    """The carrier tunnel an endpoint names, or '' (reached on the physical interfaces)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or value not in tunnels:
+        check.fail(variable, value, "is not one of %stunnel_interfaces (%s)" % (PREFIX, ", ".join(tunnels)))
+        return ""
+    return value
+
+
+def interfaces_overlap(first: str, second: str) -> bool:
+    """Whether some interface name matches both names or trailing-'*' wildcards."""
+    def prefix(name: str) -> str:
+        return name[:-1] if name.endswith("*") else name
+    if first.endswith("*") and second.endswith("*"):
+        return prefix(first).startswith(prefix(second)) or prefix(second).startswith(prefix(first))
+    if first.endswith("*") or second.endswith("*"):
+        wildcard, name = (first, second) if first.endswith("*") else (second, first)
+        return name.startswith(prefix(wildcard))
+    return first == second
+
+
+def _check_carriers(check: _Checker, carried: Sequence[Tuple[str, str]], tunnels: Sequence[str]) -> None:
+    """A carrier must not also match an exit tunnel, and some tunnel must remain an exit."""
+    carriers = {via for _variable, via in carried}
+    exits = [name for name in tunnels if name not in carriers]
+    for variable, via in carried:
+        clash = [name for name in exits if interfaces_overlap(via, name)]
+        if clash:
+            check.fail(variable, via, "also matches the exit tunnel %s: a carrier tunnel must not match an interface "
+                       "general traffic leaves through" % ", ".join(clash))
+    if carriers and not exits:
+        check.fail(PREFIX + "tunnel_interfaces", list(tunnels), "has no exit tunnel left: every one is the via of an "
+                   "endpoint (a carrier of nested endpoint traffic only)")
 
 
 def _endpoint_networks(check: _Checker, variable: str, value: Any, ipv6: str, resolve: Optional[Resolver]) -> List[Network]:
@@ -454,7 +518,7 @@ def parse_policy(variables: Mapping[str, Any], resolve: Optional[Resolver] = Non
     forward = check.choice(*var("forward"), choices=FORWARD_MODES)
     allow_lan = check.boolean(*var("allow_lan"))
     tunnels = _interfaces(check, *var("tunnel_interfaces"))
-    endpoints = _endpoints(check, var("endpoints")[1], ipv6, resolve)
+    endpoints = _endpoints(check, var("endpoints")[1], ipv6, resolve, tunnels)
 
     mark_name, mark = var("endpoint_mark")
     endpoint_mark = None if mark is None else check.integer(mark_name, mark, 1, MAX_MARK)

@@ -6,9 +6,11 @@
 The threat-model order is written down here once, per direction, and every renderer prints this list
 and nothing else (first match wins):
 
-output   loopback, endpoints (scoped to address, protocol, port and owner), management replies,
+output   loopback, endpoints (scoped to address, protocol, port and owner; a nested tunnel's endpoint also to
+         its carrier tunnel), management replies,
          DHCP and neighbour discovery (on-link destinations only), DNS refused outside the tunnel,
-         tunnel interfaces, LAN, extra exceptions (addresses, then per-app: cgroup and address), reject
+         tunnel interfaces (the exits: never a carrier), LAN, extra exceptions (addresses, then per-app: cgroup and
+         address), reject
 input    loopback, replies to allowed flows, management, DHCP and neighbour discovery, drop
 forward  DNS refused outside the tunnel, tunnel interfaces, LAN, drop
 
@@ -86,14 +88,15 @@ def _address_rules(direction: str, group: str, prefix: str, rules: Sequence[Addr
     """One rule per destination group (protocol and port) and family."""
     out = []
     for rule in rules:
-        name = "%s_%s_%s" % (prefix, rule.protocol, rule.port if rule.port is not None else "all")
+        carried = "_carried" if rule.via else ""  # a nested endpoint, out through its carrier tunnel only
+        name = "%s%s_%s_%s" % (prefix, carried, rule.protocol, rule.port if rule.port is not None else "all")
         protocols = () if rule.protocol == "any" else (rule.protocol,)
         ports = (rule.port,) if rule.port is not None else ()
         for family in (4, 6):
             networks = _by_family(rule.networks, family)
             if networks:
-                out.append(Rule(direction, group, ACCEPT, name, family, destinations=networks, protocols=protocols,
-                                destination_ports=ports, owner=owner, cgroup=cgroup))
+                out.append(Rule(direction, group, ACCEPT, name, family, out_interface=rule.via, destinations=networks,
+                                protocols=protocols, destination_ports=ports, owner=owner, cgroup=cgroup))
     return out
 
 
@@ -104,12 +107,12 @@ def _app_exceptions(policy: Policy) -> List[Rule]:
 
 def _tunnels(policy: Policy, direction: str, verdict: str = ACCEPT, incoming: bool = False,
              **match) -> List[Rule]:
-    """One rule per tunnel interface; with IPv6 blocked, IPv4 only."""
+    """One rule per exit tunnel interface (carriers are none); with IPv6 blocked, IPv4 only."""
     family = 4 if policy.ipv6 == "block" else None
     side = "in_interface" if incoming else "out_interface"
     group = match.pop("group", "tunnel")  # once: popped inside the loop, only the first rule got the group
     return [Rule(direction, group, verdict, "tunnel", family, **{side: name}, **match)
-            for name in policy.tunnel_interfaces]
+            for name in policy.exit_interfaces]
 
 
 def _dns(policy: Policy, direction: str) -> List[Rule]:
@@ -123,7 +126,7 @@ def _dns(policy: Policy, direction: str) -> List[Rule]:
         networks = _by_family(resolvers, family)
         if networks:
             rules += [Rule(direction, "dns", ACCEPT, "dns", family, out_interface=name, destinations=networks, **match)
-                      for name in policy.tunnel_interfaces]
+                      for name in policy.exit_interfaces]
     rules += _log(policy, direction, "dns", "dns", **match)
     rules += [Rule(direction, "dns", REJECT, "dns", protocols=(protocol,), destination_ports=DNS_PORTS)
               for protocol in ("tcp", "udp")]

@@ -27,7 +27,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -101,7 +100,7 @@ def root_netns_fixture(netns_reason, unshare_binary):
 def rendered(backend="nftables", **variables):
     """(policy as killswitch_policy returns it, payload) for the test policy with these role variables changed."""
     policy = parse_policy(dict(VARIABLES, **{"killswitch_" + k: v for k, v in variables.items()}), resolve=lambda n: [])
-    return _plain(asdict(policy)), render_for(policy, backend)
+    return _plain(policy.data()), render_for(policy, backend)
 
 
 def verify_in_netns(tmp_path, script, policy, path=None, **kwargs):

@@ -17,7 +17,6 @@ import errno
 import ipaddress
 import json
 import struct
-from dataclasses import asdict
 
 import pytest
 
@@ -32,7 +31,7 @@ BASE = dict(killswitch_tunnel_interfaces=["wg0"], killswitch_endpoints=[{"addres
 def policy_of(**variables):
     """``killswitch_policy``'s ``policy`` result for these role variables (without the prefix)."""
     merged = dict(BASE, **{"killswitch_" + k: v for k, v in variables.items()})
-    return _plain(asdict(parse_policy(merged, resolve=lambda name: [])))
+    return _plain(parse_policy(merged, resolve=lambda name: []).data())
 
 
 POLICY = policy_of()
@@ -49,7 +48,7 @@ DIGEST = vf.digest_of(POLICY)
 def test_digest_of_the_returned_policy_is_the_policys_digest(variables):
     merged = dict(BASE, **{"killswitch_" + k: v for k, v in variables.items()})
     policy = parse_policy(merged, resolve=lambda name: [])
-    plain = _plain(asdict(policy))
+    plain = _plain(policy.data())
     assert vf.digest_of(plain) == policy.digest()
     # the same after a round trip through JSON, as the module receives it
     assert vf.digest_of(json.loads(json.dumps(plain))) == policy.digest()
@@ -531,3 +530,19 @@ def test_a_policy_that_allows_the_probe_address_fails_before_anything_runs(host)
     with pytest.raises(vf.VerifyError, match="203.0.113.5 is allowed by the policy"):
         run_verify(host, runner=runner, prober=prober, policy=policy, probe_addresses=["203.0.113.5"])
     assert runner.calls == [] and prober.sent == []
+
+
+def test_a_carrier_tunnel_is_probed_as_outside_the_tunnel(host, sysfs):
+    """Double VPN: the interface an endpoint is ``via`` is no exit, so its probes are expected refused."""
+    sysfs("wgo", "0x91", "unknown")
+    policy = policy_of(tunnel_interfaces=["wg0", "wgo"],
+                       endpoints=[{"address": "192.0.2.50", "port": 51820},
+                                  {"address": "192.0.2.60", "port": 51821, "via": "wgo"}])
+    refused = {("wgo", family, protocol): "refused" for family in (4, 6) for protocol in vf.PROTOCOLS}
+    result = run_verify(host, runner=Runner(digest=vf.digest_of(policy)), prober=Prober(outcomes=refused), policy=policy)
+    assert result["ok"] is True, result["msg"]
+    carried = [p for p in result["probes"] if p["interface"] == "wgo"]
+    assert carried and {(p["tunnel"], p["expected"]) for p in carried} == {(False, "refused")}
+    opened = Prober(outcomes={**refused, ("wgo", 4, "udp"): "sent"})
+    result = run_verify(host, runner=Runner(digest=vf.digest_of(policy)), prober=opened, policy=policy)
+    assert [p["path"] for p in result["open_paths"]] == ["wgo IPv4 UDP to 198.51.100.1:443"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import json
-from dataclasses import asdict
 
 import pytest
 import yaml
@@ -24,8 +23,8 @@ from ansible_collections.netlock.killswitch.plugins.modules import killswitch_ve
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
 from ansible_collections.netlock.killswitch.tests.unit.plugins.modules.utils import patch_module_args
 
-POLICY = _plain(asdict(parse_policy({"killswitch_tunnel_interfaces": ["wg0"], "killswitch_management_cidrs": [],
-                                     "killswitch_endpoints": [{"address": "192.0.2.50", "port": 51820}]})))
+POLICY = _plain(parse_policy({"killswitch_tunnel_interfaces": ["wg0"], "killswitch_management_cidrs": [],
+                              "killswitch_endpoints": [{"address": "192.0.2.50", "port": 51820}]}).data())
 DIGEST = verify_utils.digest_of(POLICY)
 TABLE = 'table inet %s {\n\tcomment "netlock.killswitch %s"\n}\n'
 
