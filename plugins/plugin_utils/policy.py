@@ -205,12 +205,14 @@ class Policy:
         return port in self.management_ports and any(address in net for net in self.management_networks)
 
     def data(self) -> Dict[str, Any]:
-        """The policy as plain data (``asdict``); an unset ``via`` is left out, so that a policy without nested
-        tunnels keeps its shape and its fingerprint."""
+        """The policy as plain data (``asdict``); an unset ``via`` and no ``app_exceptions`` are left out, so that a
+        policy without nested tunnels or per-app exceptions keeps its shape and its fingerprint."""
         data = asdict(self)
-        for rule in data["endpoints"] + data["extra_outbound"] + [e["rule"] for e in data["app_exceptions"]]:
+        for rule in [*data["endpoints"], *data["extra_outbound"], *(e["rule"] for e in data["app_exceptions"])]:
             if rule["via"] is None:
                 del rule["via"]
+        if not data["app_exceptions"]:
+            del data["app_exceptions"]
         return data
 
     def digest(self) -> str:
