@@ -15,7 +15,8 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 from lab import firewall
 from lab.probe import docker, sh, wait_booted, wait_for
 from lab.topology import (CLIENTS, DEFAULT_IMAGE, ENDPOINT, FWMARK, GUEST_V4, HOSTS, IMAGE_ENV, INET, LABEL, LAN,
-                          LANPEER, NETWORKS, ROUTER, SINK, TUNNEL_V4, TUNNEL_V6, VPN, WG_PORT, Host, Net)
+                          LANPEER, NETWORKS, OPENVPN_MARK, OPENVPN_SERVERS, ROUTER, SINK, VPN, WG_PORT, WIREGUARD,
+                          Host, Net, Vpn)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT = "/usr/local/bin/netlock-agent.py"
@@ -135,11 +136,20 @@ def wait_tunnel(hosts: Iterable[Host], address: str, timeout: float = 30) -> Non
             raise RuntimeError("%s: no traffic through the tunnel to %s" % (host.name, address))
 
 
+def wireguard_clients() -> list:
+    return [c for c in CLIENTS if c.vpn.kind == "wireguard"]
+
+
+def openvpn_clients() -> list:
+    return [c for c in CLIENTS if c.vpn.kind == "openvpn"]
+
+
 def setup_vpn(client_keys: dict) -> None:
-    config = wg_server_config(VPN, CLIENTS, client_keys)
+    config = wg_server_config(VPN, wireguard_clients(), client_keys)
+    tunnels = (WIREGUARD,) + OPENVPN_SERVERS
     nat = ("table inet lab_nat {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n"
-           "  ip saddr %s oifname \"eth0\" masquerade\n  ip6 saddr %s oifname \"eth0\" masquerade\n }\n}\n"
-           % (TUNNEL_V4, TUNNEL_V6))
+           "  ip saddr { %s } oifname \"eth0\" masquerade\n  ip6 saddr { %s } oifname \"eth0\" masquerade\n }\n}\n"
+           % (", ".join(t.tunnel_v4 for t in tunnels), ", ".join(t.tunnel_v6 for t in tunnels)))
     run_script(VPN.name, routes_via_router(INET) + wg_quick_unit(config) + """
 printf '%%s\\n' 'table inet lab_nat' 'delete table inet lab_nat' > /etc/lab-nat.nft
 cat >> /etc/lab-nat.nft <<'NFT'
@@ -189,6 +199,104 @@ systemctl is-active -q wg-quick@wg0 || systemctl start wg-quick@wg0
 """ % config
 
 
+# --- OpenVPN: a lab CA on the VPN server (ECDSA P-256, quick to make), one server per transport ------------
+
+PKI = "/etc/openvpn/lab-pki"
+OPENVPN_CONFIG = "/etc/openvpn/client/lab.conf"
+
+
+def openvpn_pki(clients: Sequence[Host]) -> None:
+    """The CA, the server's certificate and one per client, made once on the VPN server with openssl."""
+    issue = """
+[ -s {name}.crt ] || {{
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {name}.key -out {name}.csr \\
+    -subj /CN={name} 2>/dev/null
+  printf 'basicConstraints=CA:FALSE\\nkeyUsage=digitalSignature,keyAgreement\\nextendedKeyUsage={usage}\\n' > {name}.ext
+  openssl x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 -sha256 \\
+    -extfile {name}.ext -out {name}.crt 2>/dev/null
+}}
+"""
+    script = """
+mkdir -p {pki} && cd {pki} && umask 077
+[ -s ca.crt ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key \\
+  -out ca.crt -days 30 -sha256 -subj /CN=netlock-lab-ca 2>/dev/null
+""".format(pki=PKI) + issue.format(name="server", usage="serverAuth")
+    script += "".join(issue.format(name=c.name, usage="clientAuth") for c in clients)
+    run_script(VPN.name, script, "making the OpenVPN lab CA and certificates")
+
+
+def openvpn_server_config(server: Vpn) -> str:
+    """One OpenVPN server: a full tunnel for IPv4 and IPv6 pushed to each client, no tls-auth (so that every
+    packet starts with the opcode byte lab.cases.openvpn_message_bpf reads)."""
+    network = server.tunnel_v4.split("/")[0]
+    return "\n".join([
+        "dev ovpn-%s" % server.protocol, "dev-type tun",
+        "proto %s" % ("udp4" if server.protocol == "udp" else "tcp4-server"),
+        "port %d" % server.port, "topology subnet", "server %s 255.255.255.0" % network,
+        "server-ipv6 %s" % server.tunnel_v6, 'push "redirect-gateway def1 ipv6"', "keepalive 1 10",
+        "ca %s/ca.crt" % PKI, "cert %s/server.crt" % PKI, "key %s/server.key" % PKI, "dh none", "verb 3", ""])
+
+
+def setup_openvpn_servers() -> None:
+    for server in OPENVPN_SERVERS:
+        path = "/etc/openvpn/server/lab-%s.conf" % server.protocol
+        run_script(VPN.name, "mkdir -p /etc/openvpn/server\ncat > %s <<'CONF'\n%sCONF\n"
+                   % (path, openvpn_server_config(server)), "writing the OpenVPN %s server's configuration" % server.protocol)
+        service(VPN.name, "lab-openvpn-%s" % server.protocol, "openvpn --config %s" % path)
+
+
+def openvpn_client_config(host: Host, server: Vpn) -> str:
+    """The client's configuration with its credentials inline; `mark` puts the fwmark on its own sockets."""
+    pem = run_script(VPN.name, "cd %s && for f in ca.crt %s.crt %s.key; do echo \"--- $f\"; cat $f; done"
+                     % (PKI, host.name, host.name), "reading %s's OpenVPN credentials" % host.name)
+    parts = dict(chunk.split("\n", 1) for chunk in pem.split("--- ")[1:])
+    return "\n".join([
+        "client", "dev %s" % server.interface, "dev-type tun",
+        "proto %s" % ("udp4" if server.protocol == "udp" else "tcp4-client"),
+        "remote %s %d" % (ENDPOINT[0], server.port), "nobind", "mark %d" % OPENVPN_MARK, "remote-cert-tls server",
+        "connect-retry 1 1", "verb 3",
+        "<ca>\n%s</ca>" % parts["ca.crt"], "<cert>\n%s</cert>" % parts[host.name + ".crt"],
+        "<key>\n%s</key>" % parts[host.name + ".key"], ""])
+
+
+def openvpn_unit(config: str, unit: str) -> str:
+    """The OpenVPN client as a systemd service enabled at boot; a changed configuration restarts it."""
+    return """
+umask 077
+mkdir -p /etc/openvpn/client
+cat > {path}.new <<'CONF'
+{config}CONF
+if cmp -s {path}.new {path}; then
+  rm -f {path}.new
+else
+  mv -f {path}.new {path}
+  ! systemctl is-active -q {unit} || systemctl stop {unit}
+fi
+umask 022
+cat > /etc/systemd/system/{unit}.service <<'UNIT'
+[Unit]
+Description=lab OpenVPN client
+After=network.target
+
+[Service]
+ExecStart=/usr/sbin/openvpn --config {path}
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+systemctl daemon-reload
+systemctl enable -q {unit}
+systemctl is-active -q {unit} || systemctl start {unit}
+""".format(path=OPENVPN_CONFIG, config=config, unit=unit)
+
+
+def setup_openvpn_client(host: Host, server: Optional[Vpn] = None) -> None:
+    """Start the client's OpenVPN service, or switch it to another transport's server."""
+    server = server or host.vpn
+    run_script(host.name, openvpn_unit(openvpn_client_config(host, server), server.unit),
+               "starting %s's OpenVPN client (%s)" % (host.name, server.protocol))
+
+
 def setup_sink() -> None:
     run_script(SINK.name, routes_via_router(INET), "routing the sink")
     service(SINK.name, "lab-tcp", "socat TCP6-LISTEN:8080,fork,reuseaddr,ipv6only=0 SYSTEM:'echo pong'")
@@ -225,8 +333,11 @@ nft -f /etc/lab-nat.nft
 
 
 def setup_client(host: Host, server_key: str) -> None:
-    config = wg_client_config(host, server_key, ENDPOINT)
     setup_client_network(host)
+    if host.vpn.kind == "openvpn":
+        setup_openvpn_client(host)
+        return
+    config = wg_client_config(host, server_key, ENDPOINT)
     run_script(host.name, wg_quick_unit(config), "starting %s's WireGuard client" % host.name)
 
 
@@ -244,15 +355,19 @@ def up(step: Optional[Step] = None) -> None:
     step("sink and LAN resolver")
     setup_sink()
     setup_lanpeer()
-    step("WireGuard server with NAT and DNS")
-    client_keys = {c.name: wg_key(c.name) for c in CLIENTS}
+    step("WireGuard and OpenVPN servers with NAT and DNS")
+    client_keys = {c.name: wg_key(c.name) for c in wireguard_clients()}
     server_key = wg_key(VPN.name)
     setup_vpn(client_keys)
+    if openvpn_clients():
+        openvpn_pki(openvpn_clients())
+        setup_openvpn_servers()
     for host in CLIENTS:
-        step("WireGuard client %s" % host.name)
+        step("%s client %s" % ("OpenVPN" if host.vpn.kind == "openvpn" else "WireGuard", host.name))
         setup_client(host, server_key)
     step("tunnels up")
-    wait_tunnel(CLIENTS, VPN.tunnel[0])
+    for host in CLIENTS:
+        wait_tunnel([host], host.vpn.gateway)
 
 
 def down(label: str = LABEL, networks: Iterable[Net] = NETWORKS) -> None:

@@ -2,11 +2,12 @@
 
 The detector captures on the host side of the client's veth, so it sees exactly what the client put
 on the LAN wire and the client cannot hide from it.  A packet from the client's MAC counts as a leak
-unless the policy allows it: WireGuard to the endpoint, neighbour discovery to link-local or multicast
-destinations, and the LAN (not DNS) when allow_lan is on; neighbour discovery to any other destination
-always counts; so does any packet to the endpoint that is not a WireGuard message.  Every case first runs its
-probes with the kill switch removed (the positive control), then with it in place; the control must see each
-probe (protocol, destination, port), or the case proves nothing for the unseen ones and fails.
+unless the policy allows it: the client's VPN protocol (WireGuard or OpenVPN) to the endpoint, neighbour
+discovery to link-local or multicast destinations, and the LAN (not DNS) when allow_lan is on; neighbour
+discovery to any other destination always counts; so does any packet to the endpoint that is not a message of
+the client's VPN protocol.  Every case first runs its probes with the kill switch removed (the positive
+control), then with it in place; the control must see each probe (protocol, destination, port), or the case
+proves nothing for the unseen ones and fails.
 
 A case changes only its own client, except where it says otherwise: EXCLUSIVE cases change what every
 client depends on and run while no other case does; ROUTER_PROXY guards the router's proxy ND entry.
@@ -21,13 +22,15 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from typing import Callable, Dict, List, Optional
 
 from lab import firewall
-from lab.build import AGENT, ROOT, setup_client_network
+from lab.build import AGENT, ROOT, setup_client_network, setup_openvpn_client
 from lab.probe import Capture, canary, docker, leak_expression, sh, unseen, wait_booted, wait_for
 from lab.results import CaseResult, FlapTimeline, HostFirewall
-from lab.topology import CLIENTS, ENDPOINT, FWMARK, INET, INVENTORY_DIR, LAN, LANPEER, ROUTER, SINK, VPN, Host
+from lab.topology import (CLIENTS, ENDPOINT, FWMARK, INET, INVENTORY_DIR, LAN, LANPEER, OPENVPN_TCP, ROUTER, SINK, VPN,
+                          WIREGUARD, Host, Vpn)
 
 SINK_TARGETS = [SINK.v4(INET), SINK.v6(INET)]
 INVENTORY = os.path.join(ROOT, INVENTORY_DIR)
@@ -46,9 +49,9 @@ def host_link(host: Host) -> str:
     raise RuntimeError("%s: no host interface with index %s" % (host.name, index))
 
 
-def leak_bpf_for(mac: str, allow_lan: bool = False) -> str:
+def leak_bpf_for(mac: str, allow_lan: bool = False, vpn: Vpn = WIREGUARD, openvpn_tcp_source: int = 0) -> str:
     """BPF for every packet from this MAC that the policy does not allow (lab.probe.leak_expression)."""
-    allowed = ["dst host %s and %s" % (ENDPOINT[0], wireguard_message_bpf(ENDPOINT[1]))]
+    allowed = ["dst host %s and %s" % (ENDPOINT[0], endpoint_message_bpf(vpn, openvpn_tcp_source))]
     if allow_lan:
         allowed.append("(dst net %s or dst net %s) and not port 53 and not port 853" % (LAN.v4, LAN.v6))
     return "ether src %s and (ip or ip6) and (%s)" % (mac, leak_expression(allowed))
@@ -62,8 +65,57 @@ def wireguard_message_bpf(port: int) -> str:
             % port)
 
 
+# OpenVPN opcodes (the byte's high 5 bits; the low 3 are the key id) a client sends: P_CONTROL_SOFT_RESET_V1,
+# P_CONTROL_V1, P_ACK_V1, P_CONTROL_HARD_RESET_CLIENT_V2 and _V3.  P_DATA_V1 (6) is left out: 2.6 peers send
+# P_DATA_V2 (9), whose first three bytes a probe's payload would have to match as well.
+OPENVPN_CONTROL_OPCODES = (3, 4, 5, 7, 10)
+OPENVPN_DATA_V2 = 9
+OPENVPN_ACKS_MAX = 8  # the control packets' ACK array length (the byte after the 8-byte session id)
+
+
+def openvpn_signature_bpf(byte: Callable[[int], str]) -> str:
+    """OpenVPN's packet header without tls-auth/tls-crypt, byte(k) being the k-th byte of the packet: P_DATA_V2
+    with a peer id below 256 (the lab server's few clients), or a control opcode followed by the 8-byte session
+    id and an ACK array length of at most 8."""
+    control = " or ".join("%s >> 3 = %d" % (byte(0), opcode) for opcode in OPENVPN_CONTROL_OPCODES)
+    return "((%s >> 3 = %d and %s = 0 and %s = 0) or ((%s) and %s <= %d))" % (
+        byte(0), OPENVPN_DATA_V2, byte(1), byte(2), control, byte(9), OPENVPN_ACKS_MAX)
+
+
+def openvpn_message_bpf(port: int, protocol: str = "udp", tcp_source: int = 0) -> str:
+    """An OpenVPN packet to the endpoint port (openvpn_signature_bpf).  Over TCP each packet is prefixed by its
+    2-byte length and the connection has segments without payload (SYN, ACK, FIN): only the connection from
+    tcp_source (openvpn's own, lab.cases.openvpn_tcp_source) passes, its payload segments only with the signature.
+    Length tests come first: a load past the end of the packet would make BPF drop it, leak or not."""
+    if protocol == "udp":
+        return "udp dst port %d and udp[4:2] >= 18 and %s" % (
+            port, openvpn_signature_bpf(lambda k: "udp[%d]" % (8 + k)))
+    payload = "(ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2))"
+    return "tcp dst port %d and tcp src port %d and (%s = 0 or (%s >= 12 and %s))" % (
+        port, tcp_source, payload, payload,
+        openvpn_signature_bpf(lambda k: "tcp[((tcp[12] & 0xf0) >> 2) + %d]" % (2 + k)))
+
+
+def endpoint_message_bpf(vpn: Vpn, openvpn_tcp_source: int = 0) -> str:
+    """The packets the VPN client itself sends to its endpoint port."""
+    if vpn.kind == "openvpn":
+        return openvpn_message_bpf(vpn.port, vpn.protocol, openvpn_tcp_source)
+    return wireguard_message_bpf(vpn.port)
+
+
+def openvpn_tcp_source(host: Host) -> int:
+    """The local port of openvpn's TCP connection to the endpoint (0: none, every TCP segment to it counts)."""
+    listed = sh(host.name, "ss -tnpH state established dst %s dport = :%d" % (ENDPOINT[0], host.vpn.port)).stdout
+    for line in listed.splitlines():
+        if '"openvpn"' in line:
+            return int(line.split()[2].rsplit(":", 1)[1])
+    return 0
+
+
 def leak_bpf(host: Host, allow_lan: bool = False) -> str:
-    return leak_bpf_for(sh(host.name, "cat /sys/class/net/eth0/address").stdout.strip(), allow_lan)
+    tcp_source = openvpn_tcp_source(host) if host.vpn.kind == "openvpn" and host.vpn.protocol == "tcp" else 0
+    mac = sh(host.name, "cat /sys/class/net/eth0/address").stdout.strip()
+    return leak_bpf_for(mac, allow_lan, host.vpn, tcp_source)
 
 
 def agent(host: Host, *args: str, netns: str = "", user: Optional[int] = None, timeout: float = 120) -> dict:
@@ -131,17 +183,24 @@ ip link del wg0 2>/dev/null || true
 
 
 def tunnel_down(host: Host, how: str) -> None:
-    command = {"kill": "pkill -9 -x wireguard-go", "link": "ip link del wg0",
-               "stop": "systemctl stop wg-quick@wg0"}[how]
+    vpn = host.vpn
+    command = {"kill": "pkill -9 -x %s" % vpn.process, "link": "ip link del %s" % vpn.interface,
+               "stop": "systemctl stop %s" % vpn.unit}[how]
     sh(host.name, command)
-    if not wait_for(lambda: sh(host.name, "ip link show wg0").returncode != 0, 10, 0.05):
-        raise RuntimeError("%s: wg0 is still there after '%s'" % (host.name, command))
+    if not wait_for(lambda: sh(host.name, "ip link show %s" % vpn.interface).returncode != 0, 10, 0.05):
+        raise RuntimeError("%s: %s is still there after '%s'" % (host.name, vpn.interface, command))
+
+
+def tunnel_works(host: Host) -> bool:
+    return sh(host.name, "ping -n -c 1 -W 1 %s" % host.vpn.gateway).returncode == 0
 
 
 def tunnel_up(host: Host, wait: bool = True) -> None:
-    sh(host.name, "systemctl stop wg-quick@wg0; %s systemctl reset-failed wg-quick@wg0; systemctl start wg-quick@wg0"
-       % CLEAN_RULES, timeout=60)
-    if wait and not wait_for(lambda: sh(host.name, "ping -n -c 1 -W 1 %s" % VPN.tunnel[0]).returncode == 0, 30):
+    unit = host.vpn.unit
+    clean = CLEAN_RULES if host.vpn.kind == "wireguard" else ""
+    sh(host.name, "systemctl stop %s; %s systemctl reset-failed %s; systemctl start %s" % (unit, clean, unit, unit),
+       timeout=60)
+    if wait and not wait_for(lambda: tunnel_works(host), 30):
         raise RuntimeError("%s: the tunnel did not come back" % host.name)
 
 
@@ -201,7 +260,7 @@ def endpoint_unreachable(host: Host) -> CaseResult:
         sh(ROUTER.name, "nft delete table inet lab_block")
         tunnel_up(host)
         for other in CLIENTS:
-            if not wait_for(lambda c=other: sh(c.name, "ping -n -c 1 -W 1 %s" % VPN.tunnel[0]).returncode == 0, 30):
+            if not wait_for(lambda c=other: tunnel_works(c), 30):
                 raise RuntimeError("%s: the tunnel did not come back after the VPN server was reachable again"
                                    % other.name)
 
@@ -223,35 +282,39 @@ def tunnel_vision(host: Host) -> CaseResult:
         sh(host.name, routes % ("del", "del"))
 
 
-def server_ip(host: Host) -> CaseResult:
+def server_ip(host: Host, case: str = "ServerIP") -> CaseResult:
     """An unprivileged process sends to the endpoint address and ports without the mark.
 
-    The endpoint is routed outside the tunnel, as clients that pin a host route to their server do.
+    The endpoint is routed outside the tunnel, as clients that pin a host route to their server do (OpenVPN
+    does: its own route then stays).
     """
     route = "ip route %%s %s/32 via %s dev eth0" % (VPN.v4(INET), ROUTER.v4(LAN))
+    pinned = bool(sh(host.name, "ip route show exact %s/32" % VPN.v4(INET)).stdout.strip())
     sh(host.name, route % "replace")
     mac = sh(host.name, "cat /sys/class/net/eth0/address").stdout.strip()
-    # Every packet to the endpoint counts unless it is a WireGuard message (the VPN client's own), not only
+    # Every packet to the endpoint counts unless it is a message of the VPN client's own protocol, not only
     # those that carry the canary: a ping or a SYN carries none.
-    bpf = "ether src %s and dst host %s and not (%s)" % (mac, VPN.v4(INET), wireguard_message_bpf(ENDPOINT[1]))
+    tcp_source = openvpn_tcp_source(host) if host.vpn.kind == "openvpn" and host.vpn.protocol == "tcp" else 0
+    bpf = "ether src %s and dst host %s and not (%s)" % (mac, VPN.v4(INET), endpoint_message_bpf(host.vpn, tcp_source))
+    port = str(host.vpn.port)
 
     def attempt() -> tuple:
         with Capture(None, bpf, interface=host_link(host)) as capture:
             outcome = agent(host, "probe", "--canary", canary(), "--target", ENDPOINT[0], "--tcp-port",
-                            str(ENDPOINT[1]), "--tcp-port", "8080", "--udp-port", str(ENDPOINT[1]), "--udp-count", "5",
-                            user=65534)
+                            port, "--tcp-port", "8080", "--udp-port", port, "--udp-count", "5", user=65534)
         return outcome, capture.packets
     try:
         with firewall.killswitch_off(host):
             control_outcome, control = attempt()
         outcome, leaked = attempt()
     finally:
-        sh(host.name, route % "del")
+        if not pinned:
+            sh(host.name, route % "del")
     missing = unseen(control_outcome["probes"], control)
     details = leaked[:20] + ["control: %d packets seen, %d of %d probes%s" % (
         len(control), len(control_outcome["probes"]) - len(missing), len(control_outcome["probes"]),
         "; NOT SEEN: " + ", ".join(missing) if missing else "")]
-    return CaseResult(host.name, "ServerIP", outcome["sent"], len(leaked), not missing, details=details)
+    return CaseResult(host.name, case, outcome["sent"], len(leaked), not missing, details=details)
 
 
 def forwarded(host: Host) -> CaseResult:
@@ -309,7 +372,7 @@ def reboot_without_vpn(host: Host) -> CaseResult:
     """Reboot with the VPN client disabled: the boot unit loads the kill switch as it was, nothing leaks."""
     client_firewall = firewall.intended(host)
     before = firewall.killswitch_rules(host, client_firewall)
-    sh(host.name, "systemctl disable -q wg-quick@wg0")
+    sh(host.name, "systemctl disable -q %s" % host.vpn.unit)
     try:
         docker("restart", "-t", "10", host.name, timeout=120)
         wait_booted(host.name)
@@ -321,12 +384,35 @@ def reboot_without_vpn(host: Host) -> CaseResult:
             result.leaked = max(result.leaked, 1)
         return result
     finally:
-        sh(host.name, "systemctl enable -q wg-quick@wg0")
+        sh(host.name, "systemctl enable -q %s" % host.vpn.unit)
         tunnel_up(host)
 
 
+def over_openvpn_tcp(host: Host) -> List[CaseResult]:
+    """The OpenVPN client switched to its TCP server for tunnel up and ServerIP, then back to UDP."""
+    setup_openvpn_client(host, OPENVPN_TCP)
+    tcp_host = replace(host, vpn=OPENVPN_TCP)
+    try:
+        if not wait_for(lambda: tunnel_works(tcp_host), 30):
+            raise RuntimeError("%s: no tunnel over TCP" % host.name)
+        return [through_tunnel(tcp_host, "tunnel up (OpenVPN over TCP)"),
+                server_ip(tcp_host, "ServerIP (OpenVPN over TCP)")]
+    finally:
+        setup_openvpn_client(host)
+        if not wait_for(lambda: tunnel_works(host), 30):
+            raise RuntimeError("%s: the UDP tunnel did not come back" % host.name)
+
+
+def tunnel_up_case(host: Host) -> List[CaseResult]:
+    """Tunnel up on the client's VPN; an OpenVPN client proves it over its TCP transport as well."""
+    results = [through_tunnel(host)]
+    if host.vpn.kind == "openvpn":
+        results += over_openvpn_tcp(host)
+    return results
+
+
 CASES: Dict[str, Callable[[Host], object]] = {
-    "tunnel-up": through_tunnel,
+    "tunnel-up": tunnel_up_case,
     "killed-kill9": killed("kill"),
     "killed-link-deleted": killed("link"),
     "endpoint-unreachable": endpoint_unreachable,

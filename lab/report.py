@@ -45,7 +45,10 @@ def _total_leaked(results: List[CaseResult], timelines: List[FlapTimeline]) -> i
 
 
 def _ran(host: str, results: List[CaseResult], timelines: List[FlapTimeline]) -> set:
-    return {r.case for r in results if r.host == host} | ({FLAP} if any(t.host == host for t in timelines) else set())
+    """The cases the host ran, by their lab.cases.CASES entry when known: an entry may give a client results that
+    others have no counterpart for (OpenVPN over TCP under "tunnel-up")."""
+    return ({r.case_id or r.case for r in results if r.host == host}
+            | ({FLAP} if any(t.host == host for t in timelines) else set()))
 
 
 # Cases with a lab of their own (lab.webrtc: a browser in network namespaces), not run on every client.
@@ -159,15 +162,20 @@ def matrix(results: List[CaseResult], timelines: List[FlapTimeline], firewalls: 
         cells.setdefault((r.case, r.host), []).append("ERROR" if r.error else "PASS" if r.passed else "FAIL")
     for t in timelines:
         cells.setdefault((FLAP, t.host), []).append("FAIL" if t.leaked else "PASS")
+    # A result of a CASES entry that other hosts ran without giving it (OpenVPN over TCP) is "n/a" there.
+    entry = {r.case: r.case_id for r in results if r.case_id}
+    ran = {host: _ran(host, results, timelines) for host in hosts}
     for case in sorted({case for case, _host in cells}):
-        verdicts = [sorted(set(cells.get((case, host), ["not run"]))) for host in hosts]
-        label = escape(case) + (" [red](differs)[/]" if len({tuple(v) for v in verdicts}) > 1 else "")
+        verdicts = [sorted(set(cells.get((case, host), ["n/a" if entry.get(case) in ran[host] else "not run"])))
+                    for host in hosts]
+        label = escape(case) + (" [red](differs)[/]" if len({tuple(v) for v in verdicts if v != ["n/a"]}) > 1 else "")
         table.add_row(label, *(" ".join(_style(v) for v in vs) for vs in verdicts))
     return table
 
 
 def _style(verdict: str) -> str:
-    return {"PASS": "[green]PASS[/]", "FAIL": "[bold red]FAIL[/]", "ERROR": "[bold red]ERROR[/]"}.get(
+    return {"PASS": "[green]PASS[/]", "FAIL": "[bold red]FAIL[/]", "ERROR": "[bold red]ERROR[/]",
+            "n/a": "[dim]n/a[/]"}.get(
         verdict, "[bold red]%s[/]" % verdict.upper())
 
 

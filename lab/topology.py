@@ -1,10 +1,11 @@
 """The leak lab: who is where.  Every address is in 198.18.0.0/15 or 2001:db8::/32.
 
-    clients (kill switch) --- ks-lan --- router --- ks-inet --- vpn (WireGuard server, NAT, DNS)
+    clients (kill switch) --- ks-lan --- router --- ks-inet --- vpn (WireGuard and OpenVPN server, NAT, DNS)
     lanpeer (DNS resolver)                                  \\-- sink (records every packet)
 
-Three clients, one per Linux firewall the kill switch drives; each client's backend and iptables
-variant are set in inventories/lab/host_vars/ (see lab/firewall.py).
+Three WireGuard clients, one per Linux firewall the kill switch drives, and an OpenVPN client (ks-client4,
+nftables); each client's backend and iptables variant are set in inventories/lab/host_vars/ (see
+lab/firewall.py).  The drift lab (lab/instance.py) copies the WireGuard clients only.
 
 Docker gives the host the .1 address of each internal network, so lab hosts avoid .1.
 """
@@ -36,6 +37,33 @@ TUNNEL_V6 = "2001:db8:100::/64"
 GUEST_V4 = "198.18.50.0/24"  # a network namespace behind each client, for forwarded traffic
 WG_PORT = 51820
 FWMARK = 51820  # wg-quick's default mark for a full tunnel
+OPENVPN_PORT = 1194  # one server per transport on the VPN server, both on this port (UDP and TCP)
+OPENVPN_MARK = 1194  # the client's `mark` directive: the fwmark on its own sockets
+
+
+@dataclass(frozen=True)
+class Vpn:
+    """The VPN client a lab client runs, as the cases need it: how to take it down and bring it back, what its
+    endpoint packets look like (lab.cases.endpoint_bpf), where to ping through the tunnel."""
+
+    kind: str  # "wireguard" or "openvpn"
+    interface: str
+    unit: str  # the systemd unit that runs it, enabled at boot
+    process: str  # the process `kill -9` ends
+    port: int  # on the VPN server's ks-inet address
+    protocol: str  # "udp" or "tcp"
+    gateway: str  # the server's IPv4 address inside the tunnel
+    tunnel_v4: str  # the tunnel network (the server NATs it)
+    tunnel_v6: str
+
+
+WIREGUARD = Vpn("wireguard", "wg0", "wg-quick@wg0", "wireguard-go", WG_PORT, "udp", "198.18.100.1",
+                TUNNEL_V4, TUNNEL_V6)
+OPENVPN_UDP = Vpn("openvpn", "tun0", "lab-openvpn", "openvpn", OPENVPN_PORT, "udp", "198.18.101.1",
+                  "198.18.101.0/24", "2001:db8:101::/64")
+OPENVPN_TCP = Vpn("openvpn", "tun0", "lab-openvpn", "openvpn", OPENVPN_PORT, "tcp", "198.18.102.1",
+                  "198.18.102.0/24", "2001:db8:102::/64")
+OPENVPN_SERVERS = (OPENVPN_UDP, OPENVPN_TCP)
 
 
 @dataclass(frozen=True)
@@ -45,6 +73,7 @@ class Host:
     role: str
     tunnel: tuple = ()  # (ipv4, ipv6) inside the tunnel, for clients
     sysctls: tuple = field(default=())
+    vpn: Vpn = WIREGUARD  # the VPN client, for clients
 
     def v4(self, net: Net = LAN) -> str:
         return self.addresses[net.name][0]
@@ -67,7 +96,8 @@ CLIENTS = tuple(
          tunnel=("198.18.100.%d" % (10 + i), "2001:db8:100::%d" % (10 + i)),
          sysctls=FORWARDING + ("net.ipv4.conf.all.src_valid_mark=1",))
     for i in (1, 2, 3)
-)
+) + (Host("ks-client4", {LAN.name: ("198.18.1.14", "2001:db8:1::14")}, "client",
+          sysctls=FORWARDING + ("net.ipv4.conf.all.src_valid_mark=1",), vpn=OPENVPN_UDP),)
 HOSTS: List[Host] = [ROUTER, VPN, SINK, LANPEER, *CLIENTS]
 ENDPOINT = (VPN.v4(INET), WG_PORT)
 
@@ -78,7 +108,8 @@ INVENTORY_DIR = "inventories/lab"  # the lab's Ansible inventory, relative to th
 # (lab/instance.py).  Every lab module takes its names from here, so they all follow.
 if os.environ.get("NETLOCK_LAB", "leak") != "leak":
     from lab import instance as _instance
-    _NETS, _HOSTS, _INSTANCE = _instance.move(os.environ["NETLOCK_LAB"], NETWORKS, HOSTS)
+    _NETS, _HOSTS, _INSTANCE = _instance.move(os.environ["NETLOCK_LAB"], NETWORKS,
+                                              [h for h in HOSTS if h.vpn.kind == "wireguard"])
     LAN, INET = _NETS
     NETWORKS = (LAN, INET)
     ROUTER, VPN, SINK, LANPEER, *_CLIENTS = _HOSTS

@@ -22,6 +22,7 @@ PACKAGES=(
     systemd systemd-sysv dbus python3 python3-apt nftables iproute2 iputils-ping
     wireguard-go wireguard-tools tcpdump netcat-openbsd dnsmasq socat procps
     ca-certificates sudo openssh-client kmod openssh-server python3-venv git
+    openvpn  # the OpenVPN client and server of the leak lab (ks-client4)
     iptables  # both variants, iptables-nft and iptables-legacy, for the leak lab's iptables clients
 )
 # Units that cannot work (or only add noise) inside a container.

@@ -223,6 +223,7 @@ class ActionModule(ActionBase):
             digest=policy.digest(),
             table=policy.table,
             policy=_plain(asdict(policy)),
+            app_services=list(policy.app_services),
         )
         if policy.warnings:
             result.setdefault("warnings", []).extend(policy.warnings)

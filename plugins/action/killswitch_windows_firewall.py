@@ -10,24 +10,40 @@ the --diff text, the warnings and the ``killswitch_status`` that ``playbooks/dri
 
 Order: the module with ``state=query`` (changes nothing), then with the requested state and the rules to
 disable, in check mode when the task is.
+
+Safe apply (``rollback_timeout``, the role's ``killswitch_safe_apply_timeout``): the module arms a rollback
+task before it changes anything and says so in ``rollback``.  This plugin then drops its connection and runs
+the module with ``state=confirm`` over a new one, each attempt bounded, until the rollback is due; when no
+attempt got through, the task fails naming ``killswitch_safe_apply_timeout`` and the host restores its previous
+state on its own.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+
 from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
 from ansible_collections.netlock.killswitch.plugins.plugin_utils import windows_plan
 
+display = Display()
+
 MODULE = "netlock.killswitch.killswitch_windows_firewall"
+ATTEMPT_SECONDS = 30  # one confirmation attempt: a new WinRM/PSRP session, the module started, its answer
+MARGIN_SECONDS = 2  # no attempt starts this close to the time the rollback task fires
+CONFIRMED = "confirmed"
 # The module's options (plugins/modules/killswitch_windows_firewall.py documents them, the unit test holds the
 # PowerShell spec to that documentation); exclusive is turned into disable_rules here.
 ARGUMENT_SPEC = dict(
-    state=dict(type="str", choices=["query", "present", "absent"], default="present"),
+    state=dict(type="str", choices=["query", "present", "absent", "confirm"], default="present"),
     document=dict(type="dict"),
     disable_rules=dict(type="list", elements="str", default=[]),
     exclusive=dict(type="bool", default=False),
     state_dir=dict(type="path", default="C:\\ProgramData\\netlock-killswitch"),
     guard_enabled=dict(type="bool", default=True),
     guard_interval=dict(type="int", default=30),
+    rollback_timeout=dict(type="int", default=0),
 )
 
 
@@ -47,6 +63,9 @@ class ActionModule(ActionBase):
         if args["document"] is not None:
             module_args["document"] = args["document"]
 
+        if state == "confirm":
+            return dict(result, **self._module(dict(state="confirm", state_dir=args["state_dir"]), task_vars))
+
         query = self._module(dict(module_args, state="query"), task_vars)
         if query.get("failed"):
             return dict(result, **query)
@@ -65,15 +84,85 @@ class ActionModule(ActionBase):
                             "killswitch_windows_exclusive: true disables it"
                             % (host, path["name"], path.get("display_name") or path["name"], path.get("why") or "")
                             for path in open_paths]
+        if state == "present":
+            module_args["rollback_timeout"] = args["rollback_timeout"]
+        started = time.monotonic()
         applied = self._module(dict(module_args, state=state, disable_rules=sorted(disable) if state == "present" else []),
                                task_vars)
-        if applied.get("failed"):
+        if applied.get("failed") or applied.get("unreachable"):
+            if state == "present" and args["rollback_timeout"] > 0 and not self._task.check_mode:
+                applied["msg"] = ("%s (if the rollback was armed before this, the host restores its previous state "
+                                  "within killswitch_safe_apply_timeout, %d s)" % (applied.get("msg") or "", args["rollback_timeout"]))
             return dict(result, **applied)
         after = applied.get("after") if applied.get("changed") else None
         outcome = self._finish(result, applied, live, after or applied.get("live") or live, args, host, warnings)
         if state == "present":
             outcome["third_party_open"] = open_paths
+        armed = applied.get("rollback")
+        if armed and armed.get("status") == "pending" and not self._task.check_mode:
+            deadline = started + int(armed.get("timeout") or args["rollback_timeout"]) - MARGIN_SECONDS
+            status = self._confirm(args["state_dir"], task_vars, deadline)
+            outcome["rollback"] = dict(armed, status=status, confirmed=status == CONFIRMED)
+            if status != CONFIRMED:
+                outcome.update(failed=True, msg=self._not_confirmed(host, status, armed))
         return outcome
+
+    @staticmethod
+    def _not_confirmed(host, status, armed):
+        timeout = armed.get("timeout")
+        if status.startswith("rolled back") or status.startswith("rollback failed"):
+            return ("%s: the rollback task %s ran before the apply was confirmed (%s): the host is back to its previous "
+                    "firewall state; raise killswitch_safe_apply_timeout (%s s) if the host was reachable"
+                    % (host, armed.get("task"), status, timeout))
+        return ("%s: the apply could not be confirmed over a new connection within killswitch_safe_apply_timeout "
+                "(%s s; %s): the host restores its previous firewall state on its own (task %s); check "
+                "killswitch_management_cidrs and killswitch_management_ports" % (host, timeout, status, armed.get("task")))
+
+    def _confirm(self, state_dir, task_vars, deadline):
+        """Confirm over new connections until one answers or the rollback is due; returns the status."""
+        status = "unreachable"
+        while time.monotonic() < deadline:
+            self._new_connection()
+            answer = self._bounded(dict(state="confirm", state_dir=state_dir), task_vars,
+                                   max(1, min(ATTEMPT_SECONDS, deadline - time.monotonic())))
+            if answer is None:
+                status = "no answer within %d s" % ATTEMPT_SECONDS
+            elif answer.get("failed") or answer.get("unreachable"):
+                status = "unreachable: %s" % (answer.get("msg") or "no connection")
+            else:
+                return str((answer.get("rollback") or {}).get("status") or "none")
+            time.sleep(1)
+        return status
+
+    def _new_connection(self):
+        """Drop the current WinRM/PSRP session, so that the confirmation proves a new one can be made."""
+        try:
+            self._connection.reset()
+        except AttributeError:
+            display.warning("the connection plugin cannot reset; confirming over the existing connection")
+        except Exception as exc:  # a reset that fails leaves nothing to reuse
+            display.vvv("connection reset failed: %s" % exc)
+
+    def _bounded(self, module_args, task_vars, seconds):
+        """The module in a thread, given up after ``seconds``; None when it did not answer."""
+        answer = {}
+
+        def attempt():
+            try:
+                answer["result"] = self._module(module_args, task_vars)
+            except Exception as exc:  # connection failures: the host is not reachable (yet)
+                answer["result"] = {"unreachable": True, "msg": str(exc)}
+
+        worker = threading.Thread(target=attempt, daemon=True)
+        worker.start()
+        worker.join(seconds)
+        if worker.is_alive():
+            try:
+                self._connection.close()
+            except Exception:  # the stalled session is abandoned either way
+                pass
+            return None
+        return answer.get("result")
 
     def _module(self, module_args, task_vars):
         return self._execute_module(module_name=MODULE, module_args=module_args, task_vars=task_vars)
@@ -94,4 +183,7 @@ class ActionModule(ActionBase):
             # The live state this run found: in check mode drift found, in a real run drift repaired (docs/design/drift.md).
             outcome["status"] = windows_plan.status(before, document, host=host, guard_enabled=args["guard_enabled"],
                                                     guard_interval=args["guard_interval"], exclusive=args["exclusive"])
+        if args["state"] == "query":
+            # playbooks/rollout.yml's post-check: in force (a document) or gone (none).
+            outcome["postcheck"] = windows_plan.postcheck(after, outcome.get("status"))
         return outcome

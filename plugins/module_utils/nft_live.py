@@ -6,6 +6,9 @@
 What the kernel holds is the truth, so the desired side is also read back from the kernel: the
 file is loaded into a private network namespace (``unshare --net``) and listed there.  No Python
 nftables bindings are needed on the host.
+
+The members of a set of cgroup ids (a per-app exception's, ``typeof socket cgroupv2``) are host state that the
+guard keeps filled while the cgroup exists: both sides are compared without them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,13 @@ from ansible_collections.netlock.killswitch.plugins.module_utils.firewall import
 
 _COUNTER_TEXT = re.compile(r"counter packets \d+ bytes \d+")
 _VOLATILE_KEYS = ("handle", "metainfo")
+CGROUP_SET_TYPE = "cgroupsv2"
+# In ``nft list`` text: the elements of a set whose key is a socket's cgroup (they may span lines, never hold '}').
+_CGROUP_ELEMENTS = re.compile(r"(\tset [^\n]*\{\n\t\ttypeof socket cgroupv2 [^\n]*\n(?:\t\t(?!elements = )[^\n]*\n)*)"
+                              r"\t\telements = \{[^}]*\}\n")
+# The same for the guard's shell listing (same result as plain_text, line by line).
+_CGROUP_ELEMENTS_AWK = ("awk '/^\\tset /{cg=0} /^\\t\\ttypeof socket cgroupv2 /{cg=1} cg && /^\\t\\telements = /{skip=1} "
+                        "skip{if(/}$/)skip=0; next} {print}'")
 
 
 def normalize(document: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -27,6 +37,8 @@ def normalize(document: Dict[str, Any]) -> List[Dict[str, Any]]:
     for item in document.get("nftables", []):
         if "metainfo" in item:
             continue
+        if item.get("set", {}).get("type") == CGROUP_SET_TYPE:
+            item = {"set": {k: v for k, v in item["set"].items() if k != "elem"}}
         items.append(_strip(item))
     return items
 
@@ -42,8 +54,8 @@ def _strip(value: Any) -> Any:
 
 
 def plain_text(listing: str) -> str:
-    """``nft list table`` text without counter values, for a readable diff."""
-    return _COUNTER_TEXT.sub("counter", listing)
+    """``nft list table`` text without counter values nor cgroup set members, for a readable diff."""
+    return _CGROUP_ELEMENTS.sub(r"\1", _COUNTER_TEXT.sub("counter", listing))
 
 
 class Nft(Firewall):
@@ -90,8 +102,8 @@ class Nft(Firewall):
         return [self.nft, "-f", path]
 
     def list_command(self, table: str) -> str:
-        return "%s list table inet %s 2>/dev/null | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/'" % (
-            shlex.quote(self.nft), shlex.quote(table))
+        return "%s list table inet %s 2>/dev/null | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/' | %s" % (
+            shlex.quote(self.nft), shlex.quote(table), _CGROUP_ELEMENTS_AWK)
 
     def previous_payload(self, table: str, live: Optional[Tuple[Any, str]]) -> str:
         """Restores the listed table atomically, or removes the table if there was none."""

@@ -106,6 +106,13 @@ options:
     type: list
     elements: dict
     default: []
+  app_exceptions:
+    description:
+      - Per-app exceptions outside the tunnel (nftables only), each C({service or cgroup, cidr, protocol, port}).
+        Only the processes of that systemd service or cgroup v2 reach that destination. See the role's C(killswitch_app_exceptions).
+    type: list
+    elements: dict
+    default: []
   log_drops:
     description: Log dropped packets, rate-limited.
     type: bool
@@ -234,6 +241,12 @@ policy:
   description: The normalized policy, with hostnames pinned to addresses.
   returned: success
   type: dict
+app_services:
+  description: The systemd services with app exceptions (O(app_exceptions)); the role gives each an C(ExecStartPre) drop-in.
+  returned: success
+  type: list
+  elements: str
+  sample: [backup.service]
 management_path:
   description:
     - The live management connection as the host sees it, over SSH; for a Windows host the controller's own

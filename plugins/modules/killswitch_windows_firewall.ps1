@@ -12,7 +12,7 @@
 
 $spec = @{
     options = @{
-        state = @{ type = 'str'; choices = @('query', 'present', 'absent'); default = 'present' }
+        state = @{ type = 'str'; choices = @('query', 'present', 'absent', 'confirm'); default = 'present' }
         document = @{ type = 'dict' }
         disable_rules = @{ type = 'list'; elements = 'str'; default = @() }
         # The action plugin turns it into disable_rules; the module only accepts it.
@@ -20,6 +20,7 @@ $spec = @{
         state_dir = @{ type = 'path'; default = 'C:\ProgramData\netlock-killswitch' }
         guard_enabled = @{ type = 'bool'; default = $true }
         guard_interval = @{ type = 'int'; default = 30 }
+        rollback_timeout = @{ type = 'int'; default = 0 }
     }
     required_if = @(
         , @('state', 'present', @('document'))
@@ -357,6 +358,178 @@ $killswitchFunctions = {
             Exit-KillswitchLock -Mutex $lock
         }
     }
+
+    # Safe apply (docs/windows.md): before an apply changes anything, the module writes a snapshot of what the apply
+    # may change to rollback.json and registers the one-shot task below, which restores it at now+timeout unless the
+    # controller confirms over a new connection (state=confirm removes the task and the snapshot).
+    $KillswitchRollbackTaskName = 'netlock-killswitch-rollback'
+    # The state files the guard and absent read: the rollback puts them back as they were, or removes them.
+    $KillswitchRollbackFiles = @('policy.json', 'recorded.json')
+
+    function Get-KillswitchRuleRecord {
+        # A rule with its filters, in the form New-NetFirewallRule takes back: what a snapshot restores, and what the
+        # module returns in live.rules for the controller to compare (windows_plan.status).
+        param($Rule)
+        $address = $Rule | Get-NetFirewallAddressFilter
+        $port = $Rule | Get-NetFirewallPortFilter
+        $application = $Rule | Get-NetFirewallApplicationFilter
+        $interface = $Rule | Get-NetFirewallInterfaceFilter
+        $program = @(ConvertTo-KillswitchList -Value $application.Program)
+        [ordered]@{
+            name = [string]$Rule.Name
+            display_name = [string]$Rule.DisplayName
+            description = [string]$Rule.Description
+            group = [string]$Rule.Group
+            direction = [string]$Rule.Direction
+            action = [string]$Rule.Action
+            enabled = ([string]$Rule.Enabled -eq 'True')
+            protocol = $(if ($port.Protocol) { [string]$port.Protocol } else { 'Any' })
+            local_ports = @(ConvertTo-KillswitchList -Value $port.LocalPort)
+            remote_ports = @(ConvertTo-KillswitchList -Value $port.RemotePort)
+            icmp_types = @(ConvertTo-KillswitchList -Value $port.IcmpType)
+            local_addresses = @(ConvertTo-KillswitchList -Value $address.LocalAddress)
+            remote_addresses = @(ConvertTo-KillswitchList -Value $address.RemoteAddress)
+            program = $(if ($program.Count -gt 0) { $program[0] } else { $null })
+            interface_aliases = @(ConvertTo-KillswitchList -Value $interface.InterfaceAlias)
+        }
+    }
+
+    function Restore-KillswitchRule {
+        param($Record)
+        $params = @{
+            Name = [string]$Record.name
+            DisplayName = [string]$Record.display_name
+            Description = [string]$Record.description
+            Group = [string]$Record.group
+            Direction = [string]$Record.direction
+            Action = [string]$Record.action
+            Protocol = [string]$Record.protocol
+            Enabled = $(if ($Record.enabled) { 'True' } else { 'False' })
+            ErrorAction = 'Stop'
+        }
+        $lists = @{
+            LocalPort = 'local_ports'
+            RemotePort = 'remote_ports'
+            IcmpType = 'icmp_types'
+            LocalAddress = 'local_addresses'
+            RemoteAddress = 'remote_addresses'
+            InterfaceAlias = 'interface_aliases'
+        }
+        foreach ($param in $lists.Keys) {
+            $values = @(ConvertTo-KillswitchList -Value $Record.($lists[$param]))
+            if ($values.Count -gt 0) {
+                $params[$param] = $values
+            }
+        }
+        if ($Record.program) {
+            $params.Program = [string]$Record.program
+        }
+        New-NetFirewallRule @params | Out-Null
+    }
+
+    function Get-KillswitchSnapshot {
+        # What an apply may change, as it is before the apply: the profiles, every rule of the groups it touches, the
+        # third-party rules it will disable that are enabled now, and the state files the guard reads.
+        param([string[]]$Groups, [string[]]$DisableRules, [string]$StateDir)
+        $rules = foreach ($group in $Groups) {
+            foreach ($rule in (Get-KillswitchGroupRule -Group $group)) {
+                Get-KillswitchRuleRecord -Rule $rule
+            }
+        }
+        $enabled = foreach ($name in $DisableRules) {
+            $other = Get-NetFirewallRule -Name $name -ErrorAction SilentlyContinue
+            if ($null -ne $other -and [string]$other.Enabled -eq 'True') {
+                $name
+            }
+        }
+        $files = [ordered]@{}
+        foreach ($name in $KillswitchRollbackFiles) {
+            $path = Join-Path -Path $StateDir -ChildPath $name
+            $files[$name] = $(if (Test-Path -LiteralPath $path -PathType Leaf) { [System.IO.File]::ReadAllText($path) } else { $null })
+        }
+        [ordered]@{
+            status = 'pending'
+            time = (Get-Date).ToUniversalTime().ToString('o')
+            groups = @($Groups)
+            profiles = Get-KillswitchProfileState
+            rules = @($rules)
+            enabled_rules = @($enabled)
+            files = $files
+        }
+    }
+
+    function Invoke-KillswitchRollback {
+        # Run by the rollback task. Under the lock (the module, a confirmation or a guard pass may hold it) and only
+        # while the snapshot is pending: a confirmation that took the lock first removed it. Order: the state files
+        # first, so the guard (which cannot run while this holds the lock) re-asserts the previous policy afterwards,
+        # never the unconfirmed one, and finishes the restore if it stops half way; then the groups' rules (removed,
+        # then the previous ones made again), the third-party rules the apply disabled, the profiles last.
+        param([string]$StateDir)
+        # Bounded: a module run holds the lock at most until its own bound, a guard pass briefly.
+        $lock = $null
+        $tries = 0
+        while ($null -eq $lock -and $tries -lt 5) {
+            $lock = Enter-KillswitchLock -TimeoutSeconds $KillswitchModuleLockSeconds
+            $tries++
+        }
+        if ($null -eq $lock) {
+            throw ('the lock {0} was not free for {1} s: nothing was rolled back' -f $KillswitchMutexName, (5 * $KillswitchModuleLockSeconds))
+        }
+        $snapshotPath = Join-Path -Path $StateDir -ChildPath 'rollback.json'
+        try {
+            if (-not (Test-Path -LiteralPath $snapshotPath -PathType Leaf)) {
+                return  # confirmed, or removed by state=absent
+            }
+            $snapshot = Get-Content -LiteralPath $snapshotPath -Raw | ConvertFrom-Json
+            if ([string]$snapshot.status -ne 'pending') {
+                return
+            }
+            try {
+                foreach ($name in $KillswitchRollbackFiles) {
+                    $file = Join-Path -Path $StateDir -ChildPath $name
+                    $text = $snapshot.files.$name
+                    if ($null -eq $text) {
+                        if (Test-Path -LiteralPath $file -PathType Leaf) {
+                            Remove-Item -LiteralPath $file -Force
+                        }
+                    }
+                    else {
+                        Write-KillswitchFile -Path $file -Text ([string]$text)
+                    }
+                }
+                foreach ($group in @(ConvertTo-KillswitchList -Value $snapshot.groups)) {
+                    foreach ($rule in (Get-KillswitchGroupRule -Group $group)) {
+                        Remove-NetFirewallRule -Name $rule.Name -ErrorAction Stop
+                    }
+                }
+                foreach ($record in @($snapshot.rules | Where-Object { $null -ne $_ })) {
+                    Restore-KillswitchRule -Record $record
+                }
+                foreach ($name in @(ConvertTo-KillswitchList -Value $snapshot.enabled_rules)) {
+                    Enable-NetFirewallRule -Name $name -ErrorAction Stop
+                }
+                foreach ($name in $KillswitchProfileNames) {
+                    $was = $snapshot.profiles.$name
+                    if ($null -ne $was) {
+                        Set-NetFirewallProfile -Name $name -Enabled $(if ($was.enabled) { 'True' } else { 'False' }) `
+                            -DefaultInboundAction ([string]$was.default_inbound) -DefaultOutboundAction ([string]$was.default_outbound) -ErrorAction Stop
+                    }
+                }
+                $outcome = 'rolled back'
+            }
+            catch {
+                $outcome = 'rollback failed: {0}' -f $_.Exception.Message
+            }
+            $done = [ordered]@{ status = $outcome; time = (Get-Date).ToUniversalTime().ToString('o') }
+            Write-KillswitchFile -Path $snapshotPath -Text ($done | ConvertTo-Json)
+            $message = 'netlock.killswitch: the controller did not confirm the apply in time: ' + $outcome
+            [System.Diagnostics.EventLog]::WriteEntry($KillswitchEventSource, $message, [System.Diagnostics.EventLogEntryType]::Error, 1002)
+            Unregister-ScheduledTask -TaskName $KillswitchRollbackTaskName -Confirm:$false -ErrorAction SilentlyContinue
+        }
+        finally {
+            Exit-KillswitchLock -Mutex $lock
+        }
+    }
 }
 
 . $killswitchFunctions
@@ -365,7 +538,7 @@ $killswitchFunctions = {
 $KillswitchGuardStopSeconds = 60
 # The state directory is the module's only with this file in it; absent removes these files and nothing else.
 $KillswitchStateMarker = '.netlock-killswitch'
-$KillswitchStateFiles = @('policy.json', 'recorded.json', 'status.json', 'guard.ps1', $KillswitchStateMarker)
+$KillswitchStateFiles = @('policy.json', 'recorded.json', 'status.json', 'guard.ps1', 'rollback.json', 'rollback.ps1', $KillswitchStateMarker)
 
 function Get-KillswitchJson {
     param([string]$Path)
@@ -485,14 +658,9 @@ function Get-KillswitchThirdParty {
 
 function Get-KillswitchLive {
     param([string]$Group, [string]$StateDir)
+    # With their filters: the controller judges a rule edited in place, its Description kept, as the module does.
     $rules = foreach ($rule in (Get-KillswitchGroupRule -Group $Group | Sort-Object -Property Name)) {
-        [ordered]@{
-            name = [string]$rule.Name
-            display_name = [string]$rule.DisplayName
-            direction = [string]$rule.Direction
-            enabled = ([string]$rule.Enabled -eq 'True')
-            description = [string]$rule.Description
-        }
+        Get-KillswitchRuleRecord -Rule $rule
     }
     [ordered]@{
         profiles = Get-KillswitchProfileState
@@ -694,6 +862,98 @@ function Remove-KillswitchGuard {
     Unregister-ScheduledTask -TaskName $KillswitchTaskName -Confirm:$false -ErrorAction Stop
 }
 
+function Get-KillswitchRollbackScript {
+    param([string]$StateDir)
+    $lines = @(
+        '# netlock.killswitch rollback: written by the killswitch_windows_firewall module; do not edit.'
+        '# Restores rollback.json (the state before an unconfirmed apply) unless the controller confirmed.'
+        '$ErrorActionPreference = ''Stop'''
+        $killswitchFunctions.ToString()
+        ('$stateDir = ''{0}''' -f $StateDir.Replace("'", "''"))
+        'Invoke-KillswitchRollback -StateDir $stateDir'
+    )
+    ($lines -join "`r`n") + "`r`n"
+}
+
+function Register-KillswitchRollback {
+    # Before anything changes: the snapshot, then the one-shot task that restores it at now+timeout. A snapshot still
+    # pending (an earlier apply was never confirmed) is kept, so a rollback lands on the last confirmed state; the
+    # groups and third-party rules of this apply are added to it.
+    param([string]$StateDir, [int]$Timeout, [string[]]$Groups, [string[]]$DisableRules, $Actions)
+    $snapshotPath = Join-Path -Path $StateDir -ChildPath 'rollback.json'
+    $scriptPath = Join-Path -Path $StateDir -ChildPath 'rollback.ps1'
+    $snapshot = Get-KillswitchSnapshot -Groups $Groups -DisableRules $DisableRules -StateDir $StateDir
+    $pending = Get-KillswitchJson -Path $snapshotPath
+    if ($null -ne $pending -and [string]$pending.status -eq 'pending') {
+        $snapshot.time = [string]$pending.time
+        $snapshot.profiles = $pending.profiles
+        $snapshot.rules = @($pending.rules | Where-Object { $null -ne $_ })
+        $snapshot.files = $pending.files
+        $snapshot.groups = @(@(ConvertTo-KillswitchList -Value $pending.groups) + $Groups | Sort-Object -Unique)
+        $snapshot.enabled_rules = @(@(ConvertTo-KillswitchList -Value $pending.enabled_rules) + @($snapshot.enabled_rules) |
+                Where-Object { $_ } | Sort-Object -Unique)
+    }
+    $at = (Get-Date).AddSeconds($Timeout)
+    Set-KillswitchStateDir -Path $StateDir
+    Write-KillswitchFile -Path $snapshotPath -Text ($snapshot | ConvertTo-Json -Depth 10)
+    Write-KillswitchFile -Path $scriptPath -Text (Get-KillswitchRollbackScript -StateDir $StateDir)
+    if (-not [System.Diagnostics.EventLog]::SourceExists($KillswitchEventSource)) {
+        [System.Diagnostics.EventLog]::CreateEventSource($KillswitchEventSource, 'Application')
+    }
+    $execute, $argument = (Get-KillswitchGuardAction -ScriptPath $scriptPath) -split ' ', 2
+    $action = New-ScheduledTaskAction -Execute $execute -Argument $argument
+    $trigger = New-ScheduledTaskTrigger -Once -At $at
+    $principal = New-ScheduledTaskPrincipal -UserId 'SYSTEM' -LogonType ServiceAccount -RunLevel Highest
+    # StartWhenAvailable: a host that was off at the time rolls back when it is up again.
+    $settings = New-ScheduledTaskSettingsSet -StartWhenAvailable -AllowStartIfOnBatteries -DontStopIfGoingOnBatteries `
+        -ExecutionTimeLimit (New-TimeSpan -Minutes 10)
+    $description = 'netlock.killswitch rollback: restores {0} unless the controller confirms' -f $snapshotPath
+    Register-ScheduledTask -TaskName $KillswitchRollbackTaskName -Description $description -Action $action -Trigger $trigger `
+        -Principal $principal -Settings $settings -Force | Out-Null
+    $Actions.Add("arm task $KillswitchRollbackTaskName (restores $snapshotPath in $Timeout s unless confirmed)")
+    [ordered]@{
+        timeout = $Timeout
+        task = $KillswitchRollbackTaskName
+        snapshot = $snapshotPath
+        at = $at.ToUniversalTime().ToString('o')
+        since = [string]$snapshot.time
+        status = 'pending'
+    }
+}
+
+function Remove-KillswitchRollback {
+    # The rollback task (disabled first, so no trigger starts it) and its files. Under the lock: an instance already
+    # started waits for the lock and then finds no snapshot.
+    param([string]$StateDir, [bool]$CheckMode, $Actions)
+    if ($null -ne (Get-ScheduledTask -TaskName $KillswitchRollbackTaskName -ErrorAction SilentlyContinue)) {
+        $Actions.Add("unregister task $KillswitchRollbackTaskName")
+        if (-not $CheckMode) {
+            Disable-ScheduledTask -TaskName $KillswitchRollbackTaskName -ErrorAction Stop | Out-Null
+            Unregister-ScheduledTask -TaskName $KillswitchRollbackTaskName -Confirm:$false -ErrorAction Stop
+        }
+    }
+    foreach ($name in @('rollback.json', 'rollback.ps1')) {
+        $file = Join-Path -Path $StateDir -ChildPath $name
+        if (Test-Path -LiteralPath $file -PathType Leaf) {
+            $Actions.Add("remove $file")
+            if (-not $CheckMode) {
+                Remove-Item -LiteralPath $file -Force
+            }
+        }
+    }
+}
+
+function Invoke-KillswitchConfirm {
+    # What the controller runs over a new connection after an armed apply: a pending snapshot becomes 'confirmed'
+    # (task and snapshot removed); a rollback that already ran is reported as it ended.
+    param([string]$StateDir, [bool]$CheckMode)
+    $actions = [System.Collections.Generic.List[string]]@()
+    $snapshot = Get-KillswitchJson -Path (Join-Path -Path $StateDir -ChildPath 'rollback.json')
+    $status = $(if ($null -eq $snapshot) { 'none' } elseif ([string]$snapshot.status -eq 'pending') { 'confirmed' } else { [string]$snapshot.status })
+    Remove-KillswitchRollback -StateDir $StateDir -CheckMode $CheckMode -Actions $actions
+    @{ actions = @($actions); unresolved = @(); rollback = [ordered]@{ status = $status } }
+}
+
 function Invoke-KillswitchPresent {
     param($Document, [string[]]$DisableRules, [string]$StateDir, [bool]$GuardEnabled, [int]$GuardInterval, [bool]$CheckMode)
     $recordedPath = Join-Path -Path $StateDir -ChildPath 'recorded.json'
@@ -806,6 +1066,8 @@ function Invoke-KillswitchAbsent {
     param([string]$Group, [string]$StateDir, [bool]$CheckMode)
     $actions = [System.Collections.Generic.List[string]]@()
     $warnings = [System.Collections.Generic.List[string]]@()
+    # A rollback firing later would put rules back, as the guard would.
+    Remove-KillswitchRollback -StateDir $StateDir -CheckMode $CheckMode -Actions $actions
     Remove-KillswitchGuard -CheckMode $CheckMode -Actions $actions
     foreach ($rule in (Get-KillswitchGroupRule -Group $Group | Sort-Object -Property Name)) {
         $actions.Add("remove $($rule.Name)")
@@ -882,44 +1144,83 @@ if ($state -ne 'query') {
     }
 }
 try {
-    if ($state -eq 'present') {
-        $stateDirProblem = Get-KillswitchStateDirProblem -Path $stateDir
-        if ($null -ne $stateDirProblem) {
-            $module.FailJson($stateDirProblem)
-        }
-    }
-    $before = Get-KillswitchLive -Group $group -StateDir $stateDir
-    $module.Result.before = $before
-    $module.Result.actions = @()
-    $module.Result.unresolved = @()
-    $module.Result.live = $before
-    if ($state -eq 'present') {
-        $outcome = Invoke-KillswitchPresent -Document $document -DisableRules $module.Params.disable_rules -StateDir $stateDir `
-            -GuardEnabled $module.Params.guard_enabled -GuardInterval $module.Params.guard_interval -CheckMode $checkMode
-    }
-    elseif ($state -eq 'absent') {
-        $outcome = Invoke-KillswitchAbsent -Group $group -StateDir $stateDir -CheckMode $checkMode
+    if ($state -eq 'confirm') {
+        # Only the confirmation, nothing read that could delay it: the rollback is due at a fixed time.
+        $outcome = Invoke-KillswitchConfirm -StateDir $stateDir -CheckMode $checkMode
+        $module.Result.actions = @($outcome.actions)
+        $module.Result.unresolved = @()
+        $module.Result.rollback = $outcome.rollback
+        $module.Result.changed = ($outcome.actions.Count -gt 0)
     }
     else {
-        $outcome = @{ actions = @(); unresolved = @() }
-    }
-    $module.Result.actions = @($outcome.actions)
-    $module.Result.unresolved = @($outcome.unresolved)
-    foreach ($text in @($outcome.warnings | Where-Object { $_ })) {
-        $module.Warn($text)
-    }
-    if ($outcome.actions.Count -gt 0) {
-        $module.Result.changed = $true
-        if ($checkMode -and $state -eq 'present') {
-            $module.Result.after = Get-KillswitchPredicted -Before $before -Document $document -Plan $outcome.plan
+        if ($state -eq 'present') {
+            $stateDirProblem = Get-KillswitchStateDirProblem -Path $stateDir
+            if ($null -ne $stateDirProblem) {
+                $module.FailJson($stateDirProblem)
+            }
         }
-        elseif ($checkMode) {
-            $module.Result.after = Get-KillswitchPredictedAbsent -Before $before
+        $before = Get-KillswitchLive -Group $group -StateDir $stateDir
+        $module.Result.before = $before
+        $module.Result.actions = @()
+        $module.Result.unresolved = @()
+        $module.Result.live = $before
+        if ($state -eq 'present') {
+            $presentArgs = @{
+                Document = $document
+                DisableRules = $module.Params.disable_rules
+                StateDir = $stateDir
+                GuardEnabled = $module.Params.guard_enabled
+                GuardInterval = $module.Params.guard_interval
+            }
+            $armActions = [System.Collections.Generic.List[string]]@()
+            $pendingSnapshot = Get-KillswitchJson -Path (Join-Path -Path $stateDir -ChildPath 'rollback.json')
+            $pending = $null -ne $pendingSnapshot -and [string]$pendingSnapshot.status -eq 'pending'
+            if ($module.Params.rollback_timeout -gt 0 -and -not $checkMode) {
+                # Armed before anything changes, and only when the apply changes something (the plan, in check mode, says)
+                # or an earlier apply still awaits its confirmation. Check mode arms nothing.
+                $preview = Invoke-KillswitchPresent @presentArgs -CheckMode $true
+                if ($preview.actions.Count -gt 0 -or $pending) {
+                    # The group policy.json had too: a new killswitch_table leaves the old group's rules to restore.
+                    $groups = @([string]$document.group)
+                    if ($null -ne $stored) {
+                        $groups = @($groups + [string]$stored.document.group | Where-Object { $_ } | Sort-Object -Unique)
+                    }
+                    $disable = @(ConvertTo-KillswitchList -Value $module.Params.disable_rules | Sort-Object -Unique)
+                    $module.Result.rollback = Register-KillswitchRollback -StateDir $stateDir -Timeout $module.Params.rollback_timeout `
+                        -Groups $groups -DisableRules $disable -Actions $armActions
+                }
+            }
+            elseif ($module.Params.rollback_timeout -le 0) {
+                # 0 disables the safe apply: a rollback an earlier apply left armed is disarmed, as on Linux.
+                Remove-KillswitchRollback -StateDir $stateDir -CheckMode $checkMode -Actions $armActions
+            }
+            $outcome = Invoke-KillswitchPresent @presentArgs -CheckMode $checkMode
+            $outcome.actions = @($armActions) + @($outcome.actions)
+        }
+        elseif ($state -eq 'absent') {
+            $outcome = Invoke-KillswitchAbsent -Group $group -StateDir $stateDir -CheckMode $checkMode
         }
         else {
-            $module.Result.after = Get-KillswitchLive -Group $group -StateDir $stateDir
+            $outcome = @{ actions = @(); unresolved = @() }
         }
-        $module.Result.live = $module.Result.after
+        $module.Result.actions = @($outcome.actions)
+        $module.Result.unresolved = @($outcome.unresolved)
+        foreach ($text in @($outcome.warnings | Where-Object { $_ })) {
+            $module.Warn($text)
+        }
+        if ($outcome.actions.Count -gt 0) {
+            $module.Result.changed = $true
+            if ($checkMode -and $state -eq 'present') {
+                $module.Result.after = Get-KillswitchPredicted -Before $before -Document $document -Plan $outcome.plan
+            }
+            elseif ($checkMode) {
+                $module.Result.after = Get-KillswitchPredictedAbsent -Before $before
+            }
+            else {
+                $module.Result.after = Get-KillswitchLive -Group $group -StateDir $stateDir
+            }
+            $module.Result.live = $module.Result.after
+        }
     }
 }
 finally {

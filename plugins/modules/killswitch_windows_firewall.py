@@ -21,7 +21,8 @@ description:
     then the group's rules that are no longer wanted removed, then the third-party rules in O(disable_rules) disabled.
   - A rule of the group is replaced when its live description is not exactly
     C(netlock.killswitch digest=<rule digest> interfaces=<resolved aliases joined with |>), when it is enabled while it
-    should not be (or the other way round), or when its action or direction changed.
+    should not be (or the other way round), when its action or direction changed, or when one of its filters
+    (addresses, ports, protocol, ICMP types, program, interfaces) differs from the desired rule's.
   - Interface alias patterns (C(Wintun*)) are resolved with C(Get-NetAdapter -Name <pattern> -IncludeHidden) when a
     rule is made, since Windows Firewall binds a rule to the adapters that exist then. A rule whose patterns match no
     adapter is created disabled (fail closed, since enabled without an interface it would allow every interface) and its
@@ -33,6 +34,7 @@ description:
     the same functions it reconciles with, reconciles C(<state_dir>\\policy.json), writes C(<state_dir>\\status.json)
     and logs each repair to the Application event log (source C(netlock-killswitch), event 1001).
   - Task Scheduler repeats a task at most once a minute; a shorter interval runs several passes within each run.
+  - With O(rollback_timeout), the apply is armed first and rolled back by the host unless confirmed (see the option).
   - The module (O(state=present) and O(state=absent)) and each guard pass hold the named mutex
     C(Global\netlock-killswitch) while they change the host; the module waits up to 120 s for it and fails naming it,
     a guard pass waits 5 s and is skipped. C(policy.json) is written before the reconcile, so the guard never re-applies
@@ -46,11 +48,14 @@ options:
     description:
       - V(query) changes nothing and returns RV(live).
       - V(present) converges the host to O(document).
-      - V(absent) removes the group's rules and the guard, enables the third-party rules that were disabled, restores
-        the recorded profile defaults and removes the module's own files from O(state_dir), then O(state_dir) if
-        nothing else is in it (never recursively).
+      - V(absent) removes a pending rollback task, the group's rules and the guard, enables the third-party rules that
+        were disabled, restores the recorded profile defaults and removes the module's own files from O(state_dir),
+        then O(state_dir) if nothing else is in it (never recursively).
+      - V(confirm) confirms an apply armed with O(rollback_timeout) (the action plugin sends it over a new connection);
+        the rollback task and its snapshot are removed. RV(rollback.status) is V(confirmed), or how a rollback that
+        already ran ended (V(rolled back)), or V(none) when nothing was armed.
     type: str
-    choices: [query, present, absent]
+    choices: [query, present, absent, confirm]
     default: present
   document:
     description:
@@ -93,6 +98,20 @@ options:
       - Seconds between two guard passes.
     type: int
     default: 30
+  rollback_timeout:
+    description:
+      - Safe apply (C(killswitch_safe_apply_timeout)). With a value over 0 and O(state=present), before it changes
+        anything the module writes a snapshot of what the apply may change (the profiles, the rules of the group and of
+        the group in C(policy.json), the third-party rules it disables, C(policy.json) and C(recorded.json)) to
+        C(<state_dir>\rollback.json) and registers the one-shot task C(netlock-killswitch-rollback), run as SYSTEM
+        this many seconds later, which restores that snapshot unless the apply was confirmed (O(state=confirm)).
+      - The action plugin resets the connection and confirms over a new one; when it cannot, the task fails naming
+        C(killswitch_safe_apply_timeout) and the host rolls back on its own.
+      - Armed only when the apply changes something, or an earlier apply is still unconfirmed (its snapshot is kept,
+        so a rollback lands on the last confirmed state). V(0) disables it and disarms a pending rollback. Check mode
+        arms nothing.
+    type: int
+    default: 0
 attributes:
   action:
     description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
@@ -177,7 +196,10 @@ live:
       type: dict
       sample: {"Public": {"enabled": true, "default_inbound": "Block", "default_outbound": "Block"}}
     rules:
-      description: The group's rules, by name, with C(name), C(display_name), C(direction), C(enabled) and C(description).
+      description:
+        - The group's rules, by name, with C(name), C(display_name), C(description), C(group), C(direction), C(action),
+          C(enabled) and their filters, C(protocol), C(local_ports), C(remote_ports), C(icmp_types), C(local_addresses),
+          C(remote_addresses), C(program) (null for any) and C(interface_aliases).
       type: list
       elements: dict
     third_party:
@@ -214,6 +236,20 @@ after:
   description: RV(live) after the change; in check mode, as predicted.
   returned: changed
   type: dict
+rollback:
+  description:
+    - The armed rollback (O(state=present) with O(rollback_timeout)) with C(timeout), C(task), C(snapshot), C(at) (when
+      it fires, UTC) and C(status); the action plugin sets C(status) to C(confirmed) once it confirmed, and C(confirmed).
+    - With O(state=confirm), C(status) only.
+  returned: when armed, and with O(state=confirm)
+  type: dict
+  sample: {"timeout": 60, "task": "netlock-killswitch-rollback", "status": "confirmed", "confirmed": true}
+  contains:
+    status:
+      description:
+        - "V(pending) as armed; V(confirmed); V(rolled back) or C(rollback failed: <error>) when the rollback task ran
+          first; V(none) when nothing was armed; C(unreachable: <error>) when no new connection got through."
+      type: str
 third_party_open:
   description:
     - Added by the action plugin. The third-party rules that open an outbound path outside the tunnel, each with
@@ -221,10 +257,18 @@ third_party_open:
   returned: O(state=present)
   type: list
   elements: dict
+postcheck:
+  description:
+    - Added by the action plugin with O(state=query), for C(playbooks/rollout.yml). C(ok) is whether the kill switch
+      is in force as O(document) wants it (RV(status) not drifted), or, without O(document), whether it is gone (no
+      rule of the group, no guard task); C(problems) says what is not.
+  returned: O(state=query)
+  type: dict
+  sample: {"ok": false, "problems": ["table: -profile Public: enabled=True inbound=Block outbound=Allow"]}
 status:
   description:
     - Added by the action plugin. This host's C(killswitch_status) (the shape of C(docs/design/drift.md)), for
       C(playbooks/drift.yml).
-  returned: O(state=present)
+  returned: O(state=present), and O(state=query) with O(document)
   type: dict
 """

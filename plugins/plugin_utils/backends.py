@@ -51,6 +51,7 @@ class Backend:
     plus_wildcard: bool = False         # a trailing '+' in an interface name is its wildcard (iptables)
     interface_problem: Callable[[str], Optional[str]] = linux_interface_problem
     program_path: Optional[Pattern] = None   # what an endpoint_program must look like, when it takes one
+    cgroups: bool = False               # matches a socket's cgroup v2 through a set the host fills (app exceptions)
 
     def problems(self, policy: Policy) -> List[Problem]:
         found = []
@@ -72,6 +73,12 @@ class Backend:
                 problem = "ends in '+', which iptables reads as a wildcard ('wg+' would match wg0)"
             if problem:
                 found.append(Problem(PREFIX + "tunnel_interfaces", name, "%s (%s backend)" % (problem, self.name)))
+        if policy.app_exceptions and not self.cgroups:
+            found.append(Problem(PREFIX + "app_exceptions", sorted({e.cgroup for e in policy.app_exceptions}),
+                                 "cannot be enforced by the %s backend (per-app exceptions need nftables: a cgroup "
+                                 "match that %s resolves when it loads would fail the boot load)" % (self.name, self.name)
+                                 if self.name != "windows" else
+                                 "cannot be enforced by the windows backend (no cgroups; use killswitch_extra_outbound)"))
         if len(policy.table) > self.max_table:
             found.append(Problem(PREFIX + "table", policy.table, "is longer than %d characters, the most the %s "
                                  "backend allows" % (self.max_table, self.name)))
@@ -82,7 +89,8 @@ class Backend:
 
 
 BACKENDS = {
-    "nftables": Backend("nftables", frozenset(("mark", "user")), render_nftables.render, 32, NFT_KEYWORDS, ".nft"),
+    "nftables": Backend("nftables", frozenset(("mark", "user")), render_nftables.render, 32, NFT_KEYWORDS, ".nft",
+                        cgroups=True),
     # iptables chain names hold at most 28 characters; ours are the table name plus "-out" and the like.
     "iptables": Backend("iptables", frozenset(("mark", "user")), render_iptables.render,
                         28 - len(render_iptables.LONGEST_SUFFIX), frozenset(), ".sh", plus_wildcard=True),

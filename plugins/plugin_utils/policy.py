@@ -63,6 +63,7 @@ DEFAULTS: Dict[str, Any] = {
     "ipv6": "block",
     "forward": "tunnel",
     "extra_outbound": [],
+    "app_exceptions": [],
     "log_drops": False,
     "safe_apply_timeout": 60,
     "guard_enabled": True,
@@ -90,6 +91,13 @@ _WINDOWS_SHORT_NAME_RE = re.compile(r".{1,6}~[0-9]+")  # PROGRA~3 may be Program
 _TABLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+# Per-app exceptions (split tunnel): a systemd service, or a cgroup v2 path below the cgroup root.  Escaped unit
+# names (\x2d) and template instances live elsewhere in the tree: those take a cgroup path.
+_SERVICE_RE = re.compile(r"[A-Za-z0-9:_.-]{1,247}\.service")
+_CGROUP_PART_RE = re.compile(r"[A-Za-z0-9:_.@+=,~-]{1,255}")
+SERVICE_SLICE = "system.slice/"  # where systemd puts a system service's cgroup
+MAX_CGROUP_PATH = 200  # it rides in an nft set comment (at most 255 bytes)
+MAX_CGROUP_LEVEL = 32
 _TRUE = frozenset(("true", "yes", "on", "y", "t", "1"))
 _FALSE = frozenset(("false", "no", "off", "n", "f", "0"))
 
@@ -136,6 +144,14 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class AppException:
+    """Destinations that the processes of one cgroup v2 (path below the root, and its children) reach outside the tunnel."""
+
+    cgroup: str
+    rule: AddressRule
+
+
+@dataclass(frozen=True)
 class Policy:
     tunnel_interfaces: Tuple[str, ...]
     endpoints: Tuple[AddressRule, ...]
@@ -149,6 +165,7 @@ class Policy:
     ipv6: str = "block"
     forward: str = "tunnel"
     extra_outbound: Tuple[AddressRule, ...] = ()
+    app_exceptions: Tuple[AppException, ...] = ()
     log_drops: bool = False
     table: str = "killswitch"
     warnings: Tuple[str, ...] = field(default=(), compare=False)
@@ -160,6 +177,13 @@ class Policy:
     @property
     def endpoint_user(self) -> Optional[str]:
         return self.endpoint_owner.user
+
+    @property
+    def app_services(self) -> Tuple[str, ...]:
+        """The systemd services whose cgroups have app exceptions (the role gives each one an ExecStartPre that fills
+        the set with its new cgroup before it starts)."""
+        return tuple(sorted({e.cgroup[len(SERVICE_SLICE):] for e in self.app_exceptions
+                             if e.cgroup.startswith(SERVICE_SLICE) and _SERVICE_RE.fullmatch(e.cgroup[len(SERVICE_SLICE):])}))
 
     def admits_management(self, source: str, port: int) -> bool:
         """Whether the rendered rules let ``source`` open (and keep) a TCP connection to ``port``."""
@@ -345,8 +369,13 @@ def _endpoint_networks(check: _Checker, variable: str, value: Any, ipv6: str, re
 
 
 def _extra_outbound(check: _Checker, value: Any, ipv6: str) -> Tuple[AddressRule, ...]:
-    grouped: Dict[Tuple[str, Optional[int]], List[Network]] = {}
-    for item, entry in _entries(check, PREFIX + "extra_outbound", value, ("cidr", "port", "protocol")):
+    return _grouped([rule for _item, _entry, rule in _destinations(check, PREFIX + "extra_outbound", value, ipv6, ())])
+
+
+def _destinations(check: _Checker, variable: str, value: Any, ipv6: str,
+                  more_keys: Sequence[str]) -> Iterator[Tuple[str, Mapping, AddressRule]]:
+    """(item, entry, single-destination rule) for each valid {cidr, protocol, port} entry of a list variable."""
+    for item, entry in _entries(check, variable, value, ("cidr", "port", "protocol") + tuple(more_keys)):
         protocol = check.choice(item + ".protocol", _or_default(entry.get("protocol"), "any"), EXTRA_PROTOCOLS)
         port = entry.get("port")
         if port is not None:
@@ -357,9 +386,56 @@ def _extra_outbound(check: _Checker, value: Any, ipv6: str) -> Tuple[AddressRule
         if network is not None and network.version == 6 and ipv6 == "block":
             check.fail(item + ".cidr", entry.get("cidr"), "is IPv6, and killswitch_ipv6 is 'block' (set it to 'tunnel')")
         elif network is not None:
-            grouped.setdefault((protocol, port), []).append(network)
+            yield item, entry, AddressRule((network,), protocol, port)
+
+
+def _grouped(rules: Sequence[AddressRule]) -> Tuple[AddressRule, ...]:
+    """One rule per (protocol, port), its networks merged."""
+    grouped: Dict[Tuple[str, Optional[int]], List[Network]] = {}
+    for rule in rules:
+        grouped.setdefault((rule.protocol, rule.port), []).extend(rule.networks)
     ordered = sorted(grouped.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))
     return tuple(AddressRule(collapse(nets), proto, port) for (proto, port), nets in ordered)
+
+
+def _cgroup_of(check: _Checker, item: str, entry: Mapping) -> Optional[str]:
+    """The cgroup v2 path (below the root, no leading '/') an app exception names by ``service`` or ``cgroup``."""
+    service, cgroup = entry.get("service"), entry.get("cgroup")
+    if (service is None) == (cgroup is None):
+        check.fail(item, dict(entry), "needs exactly one of service (a systemd unit, backup.service) or cgroup "
+                                      "(a cgroup v2 path, system.slice/backup.service)")
+        return None
+    if service is not None:
+        if not (isinstance(service, str) and _SERVICE_RE.fullmatch(service)):
+            check.fail(item + ".service", service, "is not a systemd service name (letters, digits, ':_.-', ending "
+                                                   "in .service; for an instance@ or escaped name give its cgroup)")
+            return None
+        return SERVICE_SLICE + service
+    parts = cgroup.strip("/").split("/") if isinstance(cgroup, str) else []
+    if (not parts or len(cgroup) > MAX_CGROUP_PATH or len(parts) > MAX_CGROUP_LEVEL
+            or not all(_CGROUP_PART_RE.fullmatch(part) and part not in (".", "..") for part in parts)):
+        check.fail(item + ".cgroup", cgroup, "is not a cgroup v2 path below the root (names of letters, digits and "
+                                             "':_.@+=,~-' separated by '/', no '.' or '..', at most %d characters "
+                                             "and %d levels)" % (MAX_CGROUP_PATH, MAX_CGROUP_LEVEL))
+        return None
+    return "/".join(parts)
+
+
+def _app_exceptions(check: _Checker, value: Any, ipv6: str) -> Tuple[AppException, ...]:
+    variable = PREFIX + "app_exceptions"
+    by_cgroup: Dict[str, List[AddressRule]] = {}
+    for item, entry, rule in _destinations(check, variable, value, ipv6, ("service", "cgroup")):
+        cgroup = _cgroup_of(check, item, entry)
+        if rule.port in DNS_PORTS:
+            # The DNS refusal comes first in the rule list: such an exception would never match.
+            check.fail(item + ".port", rule.port, "is a DNS port: DNS never leaves outside the tunnel, not for an "
+                                                  "app either (%sdns_servers are reached through it)" % PREFIX)
+        elif cgroup is not None:
+            by_cgroup.setdefault(cgroup, []).append(rule)
+            if rule.networks[0].prefixlen == 0:
+                check.warnings.append("%s: %s may reach every %s address outside the tunnel (%s)"
+                                      % (item, cgroup, "IPv%d" % rule.networks[0].version, rule.networks[0]))
+    return tuple(AppException(cgroup, rule) for cgroup in sorted(by_cgroup) for rule in _grouped(by_cgroup[cgroup]))
 
 
 def parse_policy(variables: Mapping[str, Any], resolve: Optional[Resolver] = None) -> Policy:
@@ -427,10 +503,15 @@ def parse_policy(variables: Mapping[str, Any], resolve: Optional[Resolver] = Non
         ipv6=ipv6,
         forward=forward,
         extra_outbound=_extra_outbound(check, var("extra_outbound")[1], ipv6),
+        app_exceptions=_app_exceptions(check, var("app_exceptions")[1], ipv6),
         log_drops=check.boolean(*var("log_drops")),
         table=_table(check, *var("table")),
     )
     check_settings(check, variables)
+    guard_name, guard = var("guard_enabled")
+    if policy.app_exceptions and str(guard).strip().lower() in _FALSE:
+        check.fail(guard_name, guard, "is off, and %sapp_exceptions need the guard: it fills their cgroup sets"
+                   % PREFIX)
     if check.problems:
         raise PolicyError(check.problems)
     return replace(policy, warnings=tuple(check.warnings))

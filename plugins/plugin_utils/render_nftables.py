@@ -4,10 +4,14 @@
 """Print the rule list (``rules.py``) as one nftables ``inet`` table, replaced atomically by one ``nft -f``.
 
 Addresses go into named interval sets, one per rule name and family; each base chain drops by default.
+A per-app exception matches the sending socket's cgroup through a set of cgroup ids that is empty in this file
+(``nft`` resolves a cgroup path when it loads, and fails when the cgroup does not exist yet): the host fills it
+while the cgroup exists (``CGROUP_SET_PREFIX``, the comment names the path; see docs/design/app-exceptions.md).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import Network, Policy
@@ -18,6 +22,8 @@ HEADER = "# Managed by netlock.killswitch: generated from the role variables, do
 SET_TYPES = {4: ("ip", "ipv4_addr", "v4"), 6: ("ip6", "ipv6_addr", "v6")}
 L4_ICMP = {4: "icmp", 6: "ipv6-icmp"}
 FENCE_SUFFIX = "_fence"
+CGROUP_SET_PREFIX = "cgroup_"
+CGROUP_COMMENT = "cgroup "
 
 
 class _Table:
@@ -29,6 +35,17 @@ class _Table:
         self.owner = owner
         self.sets: Dict[str, Tuple[str, Tuple[Network, ...]]] = {}
         self.chains: List[Tuple[str, List[str]]] = []
+        self.cgroup_sets: Dict[str, str] = {}  # set name: cgroup path
+
+    def cgroup_set(self, path: str) -> str:
+        """Declare the (host-filled) set of one cgroup's ids; return the match."""
+        base = CGROUP_SET_PREFIX + re.sub(r"[^A-Za-z0-9]+", "_", path)[:48]
+        set_name, index = base, 1
+        while self.cgroup_sets.get(set_name, path) != path:
+            index += 1
+            set_name = "%s_%d" % (base, index)
+        self.cgroup_sets[set_name] = path
+        return "socket cgroupv2 level %d @%s" % (path.count("/") + 1, set_name)
 
     def address_set(self, name: str, family: int, networks: Sequence[Network], field: str) -> str:
         """Declare a named interval set (reused when the same name holds the same members); return the match."""
@@ -57,6 +74,9 @@ class _Table:
             kind, members = self.sets[name]
             out.append("\tset %s {\n\t\ttype %s\n\t\tflags interval\n" % (name, kind))
             out.append("\t\telements = { %s }\n\t}\n" % ",\n\t\t\t     ".join(str(m) for m in members))
+        for name, path in sorted(self.cgroup_sets.items()):
+            out.append('\tset %s {\n\t\ttypeof socket cgroupv2 level %d\n\t\tcomment "%s%s"\n\t}\n'
+                       % (name, path.count("/") + 1, CGROUP_COMMENT, path))
         for hook, rules in self.chains:
             out.append("\n\tchain %s {\n" % hook)
             out.append("\t\ttype filter hook %s priority filter; policy drop;\n" % hook)
@@ -110,6 +130,8 @@ def _interface(key: str, name: Optional[str]) -> List[str]:
 
 def rule_text(table: _Table, rule: Rule) -> str:
     parts = _interface("iifname", rule.in_interface) + _interface("oifname", rule.out_interface) + _owner(rule)
+    if rule.cgroup is not None:
+        parts.append(table.cgroup_set(rule.cgroup))
     if rule.sources:
         parts.append(table.address_set(rule.name, rule.family, rule.sources, "saddr"))
     if rule.destinations:

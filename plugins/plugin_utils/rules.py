@@ -8,7 +8,7 @@ and nothing else (first match wins):
 
 output   loopback, endpoints (scoped to address, protocol, port and owner), management replies,
          DHCP and neighbour discovery (on-link destinations only), DNS refused outside the tunnel,
-         tunnel interfaces, LAN, extra exceptions, reject
+         tunnel interfaces, LAN, extra exceptions (addresses, then per-app: cgroup and address), reject
 input    loopback, replies to allowed flows, management, DHCP and neighbour discovery, drop
 forward  DNS refused outside the tunnel, tunnel interfaces, LAN, drop
 
@@ -70,6 +70,7 @@ class Rule:
     states: Tuple[str, ...] = ()      # conntrack states: "established", "related", "invalid"
     reply: bool = False               # conntrack direction: reply packets of the flow only
     log_prefix: str = ""              # for verdict LOG: the rule logs (rate-limited) and matching goes on
+    cgroup: Optional[str] = None      # the sending socket's cgroup v2 (path below the root) or one of its children
 
 
 def _families(policy: Policy) -> Tuple[int, ...]:
@@ -81,7 +82,7 @@ def _by_family(networks: Sequence[Network], family: int) -> Tuple[Network, ...]:
 
 
 def _address_rules(direction: str, group: str, prefix: str, rules: Sequence[AddressRule],
-                   owner: Owner = Owner()) -> List[Rule]:
+                   owner: Owner = Owner(), cgroup: Optional[str] = None) -> List[Rule]:
     """One rule per destination group (protocol and port) and family."""
     out = []
     for rule in rules:
@@ -92,8 +93,13 @@ def _address_rules(direction: str, group: str, prefix: str, rules: Sequence[Addr
             networks = _by_family(rule.networks, family)
             if networks:
                 out.append(Rule(direction, group, ACCEPT, name, family, destinations=networks, protocols=protocols,
-                                destination_ports=ports, owner=owner))
+                                destination_ports=ports, owner=owner, cgroup=cgroup))
     return out
+
+
+def _app_exceptions(policy: Policy) -> List[Rule]:
+    return [rule for index, exception in enumerate(policy.app_exceptions)
+            for rule in _address_rules(OUTPUT, "extra", "app%d" % index, (exception.rule,), cgroup=exception.cgroup)]
 
 
 def _tunnels(policy: Policy, direction: str, verdict: str = ACCEPT, incoming: bool = False,
@@ -211,6 +217,7 @@ def output_rules(policy: Policy) -> List[Rule]:
         + _tunnels(policy, OUTPUT)
         + _lan(policy, OUTPUT)
         + _address_rules(OUTPUT, "extra", "extra", policy.extra_outbound)
+        + _app_exceptions(policy)
         + _refuse(policy, OUTPUT)
     )
 

@@ -311,15 +311,83 @@ def warnings(live: Mapping[str, Any], document: Optional[Mapping[str, Any]] = No
 
 # --------------------------------------------------------------------------- status
 
+# A group rule's filters as the module reports them in live.rules (Get-KillswitchRuleRecord), the kind of value,
+# and the document rule's key it must equal (None: no restriction; "aliases": the resolved interface aliases).
+FILTERS = (("remote_addresses", "address", "remote_addresses"), ("local_addresses", "address", None),
+           ("local_ports", "port", "local_ports"), ("remote_ports", "port", "remote_ports"),
+           ("protocol", "protocol", "protocol"), ("icmp_types", "icmp", "icmp_types"),
+           ("program", "program", "program"), ("interface_aliases", "alias", "aliases"))
+FILTER_PROTOCOLS = {"1": "icmpv4", "6": "tcp", "17": "udp", "58": "icmpv6"}
+
+
+def _address_form(item: str) -> str:
+    """One address the way ConvertTo-KillswitchFilterSet writes it: canonical ends, a mask as a prefix length, no
+    full-length prefix."""
+    network, _sep, prefix = item.partition("/")
+    ends = []
+    for end in network.split("-"):
+        try:
+            ends.append(str(ipaddress.ip_address(end)))
+        except ValueError:
+            ends.append(end)
+    item = "-".join(ends)
+    if "." in prefix:
+        try:
+            prefix = str(bin(int(ipaddress.ip_address(prefix))).count("1"))
+        except ValueError:
+            pass
+    full = "128" if ":" in item else "32"
+    return "%s/%s" % (item, prefix) if prefix and prefix != full else item
+
+
+def filter_set(value: Any, kind: str) -> str:
+    """A filter's values as one sorted, lower-case text: the Python twin of the module's ConvertTo-KillswitchFilterSet,
+    so that the controller and the module (and the guard) call the same rule in sync. "Any" and [] are the same."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    items = set()
+    for raw in values:
+        if raw is None or str(raw).strip() == "" or str(raw).strip().lower() == "any":
+            continue
+        item = str(raw).strip().lower()
+        if kind == "icmp" and item.endswith(":*"):
+            item = item[:-2]
+        elif kind == "protocol":
+            item = FILTER_PROTOCOLS.get(item, item)
+        elif kind == "address":
+            item = _address_form(item)
+        items.add(item)
+    return "|".join(sorted(items))
+
+
+def _filter_lines(live_rule: Mapping[str, Any], want: Mapping[str, Any]) -> List[str]:
+    """How a group rule's filters differ from the document's rule, one line each; a rule whose filters were not
+    reported cannot be judged and is drift."""
+    missing = [name for name, _kind, _key in FILTERS if name not in live_rule]
+    if missing:
+        return ["-rule %s: filters not reported (%s): not judged in sync" % (live_rule.get("name"), ", ".join(missing))]
+    lines = []
+    for name, kind, key in FILTERS:
+        wanted = want["aliases"] if key == "aliases" else (want["rule"].get(key) if key else None)
+        have, should = filter_set(live_rule.get(name), kind), filter_set(wanted, kind)
+        if have != should:
+            lines.append("-rule %s: %s %s, policy %s" % (live_rule.get("name"), name, have or "any", should or "any"))
+    return lines
+
+
+def _resolved(live: Mapping[str, Any], rule: Mapping[str, Any]) -> List[str]:
+    """The adapters present that the rule's patterns match: what the module binds the rule to."""
+    present = [str(alias) for alias in live.get("interfaces") or ()]
+    patterns = rule.get("interface_aliases") or []
+    return sorted({alias for alias in present if any(like(alias, p) for p in patterns)}, key=str.lower)
+
+
 def expected_live(live: Mapping[str, Any], document: Mapping[str, Any]) -> Dict[str, Any]:
     """The profiles and group rules the document wants, given the interfaces present on the host."""
-    present = [str(alias) for alias in live.get("interfaces") or ()]
     rules = []
     for rule in document.get("rules") or ():
-        patterns = rule.get("interface_aliases") or []
-        resolved = sorted({alias for alias in present if any(like(alias, p) for p in patterns)}, key=str.lower)
+        resolved = _resolved(live, rule)
         rules.append({"name": rule["name"], "display_name": rule.get("display_name"),
-                      "direction": rule.get("direction"), "enabled": bool(resolved) or not patterns,
+                      "direction": rule.get("direction"), "enabled": bool(resolved) or not rule.get("interface_aliases"),
                       "description": "%s%s interfaces=%s" % (DESCRIPTION_PREFIX, rule["digest"], "|".join(resolved))})
     wanted = document.get("profiles") or {}
     profiles = {name: {"enabled": wanted.get("enabled", True), "default_inbound": wanted.get("default_inbound", "Block"),
@@ -365,7 +433,8 @@ def status(live: Mapping[str, Any], document: Mapping[str, Any], host: str = "",
            guard_interval: Optional[int] = None, exclusive: bool = False) -> Dict[str, Any]:
     """The ``killswitch_status`` fact of a Windows host, the shape ``drift.host_status`` gives a Linux one.
 
-    ``table``: the profiles (enabled, default Block) and the group's rules as the document wants them, and no
+    ``table``: the profiles (enabled, default Block) and the group's rules as the document wants them (their
+    description, state, direction and, as the module and the guard judge them, their filters), and no
     enabled third-party rule that opens a path outside the tunnel, whatever ``exclusive`` is (it only says whether
     the run disables them: a host where DNS or IPv6 leaks is not in sync with a kill switch); ``guard``: the
     scheduled task when the guard is on: present, not Disabled, running the state directory's guard.ps1, at the
@@ -376,6 +445,12 @@ def status(live: Mapping[str, Any], document: Mapping[str, Any], host: str = "",
     actual = _normalized(live, expected)
     want, have = _lines(expected), _lines(actual)
     table_lines = list(difflib.unified_diff(have, want, fromfile="live", tofile="policy", lineterm="", n=0))
+    # What Windows enforces for each group rule, not only its text: a rule edited in place keeps its description.
+    wanted_rules = {rule["name"]: rule for rule in document.get("rules") or ()}
+    for rule in sorted(live.get("rules") or (), key=lambda r: str(r.get("name"))):
+        if rule.get("name") in wanted_rules:
+            own = wanted_rules[rule["name"]]
+            table_lines += _filter_lines(rule, {"rule": own, "aliases": _resolved(live, own)})
     remedy = ("exclusive mode disables it" if exclusive
               else "disable it, or set killswitch_windows_exclusive: true")
     for path in open_paths(live.get("third_party") or (), document):
@@ -395,3 +470,21 @@ def status(live: Mapping[str, Any], document: Mapping[str, Any], host: str = "",
         parts["guard"] = _part(not problems, problems)
     return dict(host=str(host), backend="windows", digest=str(document.get("digest") or "")[:DIGEST_SHOWN],
                 drifted=any(not p["in_sync"] for p in parts.values()), parts=parts)
+
+
+def postcheck(live: Mapping[str, Any], status_fact: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """The rollout's post-check of a Windows host, in the shape of ``killswitch_status``'s ``ok`` and ``problems``.
+
+    With a status (a document was given: the kill switch should be present) it is in force when nothing drifted;
+    without one (``killswitch_state: absent``) when no rule of the group and no guard task is left.
+    """
+    if status_fact is not None:
+        problems = ["%s: %s" % (part, line) for part, value in sorted((status_fact.get("parts") or {}).items())
+                    if not value.get("in_sync") for line in str(value.get("diff") or "").splitlines()]
+        if status_fact.get("drifted") and not problems:
+            problems = ["drifted"]
+        return dict(ok=not status_fact.get("drifted") and not problems, problems=problems)
+    problems = ["rule %s is still there" % rule.get("name") for rule in live.get("rules") or ()]
+    if (live.get("guard") or {}).get("task"):
+        problems.append("the guard task %s is still there" % GUARD_TASK)
+    return dict(ok=not problems, problems=problems)

@@ -11,6 +11,10 @@ Two sub-commands (see docs/design/drift.md), configuration in a JSON file (``--c
     (never deleting anything), logs one line per drift event, counts it in the state file and writes the
     textfile metrics.  Exit 0 when everything is (now) in sync, 1 when a restore failed.
 
+``cgroups``
+    Fills the sets of cgroup ids of per-app exceptions in the main table now (a service's ExecStartPre runs it, so
+    its new cgroup is in the set before it starts); ``check`` and ``watch`` do it too, the watcher for the fence.
+
 ``watch``
     Holds the fence: a table with ``flags owner`` loaded through libnftables over one netlink socket for
     the life of the process, so no other process can flush or delete it; reloads it when the policy in
@@ -72,6 +76,11 @@ SUMMARY_LIMIT = 300
 DEBOUNCE = 0.02      # seconds between the first nft monitor line of a burst and the check
 POLL = 0.2           # seconds between two looks at the expected listing
 LIBNFTABLES = "libnftables.so.1"
+# Per-app exceptions (docs/design/app-exceptions.md): a set of cgroup ids, named by its comment, filled by us
+# with the id of that cgroup while it exists.  nft names a cgroup by its path below NFT_CGROUP_DIR.
+CGROUP_COMMENT = "cgroup "
+NFT_CGROUP_DIR = "/sys/fs/cgroup"
+MOUNTINFO = "/proc/self/mountinfo"
 
 
 class ConfigError(Exception):
@@ -140,6 +149,88 @@ def listing_empty(listing):
     """True when a listing holds nothing but blank and comment lines (the iptables listing's ``# iptables``
     headers stay when the chains are gone)."""
     return all(not line.strip() or line.lstrip().startswith("#") for line in listing.splitlines())
+
+
+def cgroup2_mount(mountinfo):
+    """The mount point of the cgroup v2 hierarchy in /proc/self/mountinfo text, or None."""
+    for line in mountinfo.splitlines():
+        fields, _sep, rest = line.partition(" - ")
+        if rest.split(" ")[:1] == ["cgroup2"] and len(fields.split(" ")) > 4:
+            return fields.split(" ")[4].replace("\\040", " ")
+    return None
+
+
+def cgroup_sets(document, table):
+    """{set name: (cgroup path, [members as nft lists them])} of the cgroup sets in ``nft -j list table`` JSON."""
+    sets = {}
+    for item in (document or {}).get("nftables", []):
+        found = item.get("set") if isinstance(item, dict) else None
+        if (isinstance(found, dict) and found.get("table") == table and found.get("type") == "cgroupsv2"
+                and str(found.get("comment", "")).startswith(CGROUP_COMMENT)):
+            sets[found["name"]] = (found["comment"][len(CGROUP_COMMENT):], [str(e) for e in found.get("elem", [])])
+    return sets
+
+
+def cgroup_id(member, nft_dir=NFT_CGROUP_DIR):
+    """The cgroup id of a set member as nft lists it: a number (a cgroup that is gone) or a path, or None."""
+    if member.isdigit():
+        return int(member)
+    try:
+        return os.stat(os.path.join(nft_dir, member)).st_ino  # a cgroup v2 directory's inode is its id
+    except OSError:
+        return None
+
+
+def cgroup_commands(document, table, mount, nft_dir=NFT_CGROUP_DIR):
+    """{set name: nft commands} that make each cgroup set hold exactly the id of its cgroup while that exists
+    (and nothing when it does not): sets already right are left out, so a refresh makes no netlink event."""
+    commands = {}
+    for name, (path, members) in sorted(cgroup_sets(document, table).items()):
+        wanted = []
+        if mount and os.path.isdir(os.path.join(mount, path)):
+            wanted = [os.path.relpath(os.path.join(mount, path), nft_dir)]
+        # A member whose id cannot be told (-1) never counts as the wanted one (-2): it is flushed.
+        have = sorted(cgroup_id(member, nft_dir) or -1 for member in members)
+        if have == sorted(cgroup_id(member, nft_dir) or -2 for member in wanted):
+            continue
+        text = "flush set inet %s %s\n" % (table, name)
+        if wanted:
+            text += 'add element inet %s %s { "%s" }\n' % (table, name, wanted[0])
+        commands[name] = text
+    return commands
+
+
+def refresh_cgroups(nft, table, apply):
+    """Fill the cgroup sets of ``table`` (listed with the nft program); ``apply(text)`` loads a command, returns
+    None or the error.  Returns the errors (a cgroup that vanished meanwhile: the next check tries again)."""
+    rc, out, _err = run([nft, "-j", "list", "table", "inet", table])
+    if rc != 0:
+        return []
+    try:
+        document = json.loads(out)
+    except ValueError:
+        return []
+    try:
+        with open(MOUNTINFO, encoding="utf-8") as handle:
+            mount = cgroup2_mount(handle.read())
+    except (IOError, OSError):
+        mount = None
+    errors = []
+    for name, text in cgroup_commands(document, table, mount).items():
+        error = apply(text)
+        if error:
+            errors.append("%s %s: %s" % (table, name, one_line(error)))
+    return errors
+
+
+def nft_file_applier(nft):
+    def apply(text):
+        with tempfile.NamedTemporaryFile("w", suffix=".nft") as handle:
+            handle.write(text)
+            handle.flush()
+            rc, out, err = run([nft, "-f", handle.name])
+        return None if rc == 0 else (err or out or "nft returned %d" % rc)
+    return apply
 
 
 def one_line(text, limit=SUMMARY_LIMIT):
@@ -622,6 +713,9 @@ class Checker:
         if digest:
             self.check_file(digest)
         present, in_sync = self.check_table(expected)
+        if present and config["backend"] == "nftables" and self.nft:
+            for error in refresh_cgroups(self.nft, config["table"], nft_file_applier(self.nft)):
+                log("netlock-killswitch guard: cannot fill the cgroup set %s" % error)
         self.check_boot_unit()
         fence = self.check_fence(digest) if digest else self.fence_present()
         self.check_peer()
@@ -846,7 +940,11 @@ class Watcher:
             log("netlock-killswitch watch: keeping the previous configuration: %s" % exc)
         checker = Checker(self.config, "watch", self.load_fence if self.nft else None, self.unavailable,
                           self.should_stop)
-        return checker.run()
+        status = checker.run()
+        if self.nft and self.loaded and checker.nft:  # the fence's cgroup sets: only its owner may fill them
+            for error in refresh_cgroups(checker.nft, self.config["fence_table"], self.nft.cmd):
+                log("netlock-killswitch watch: cannot fill the cgroup set %s" % error)
+        return status
 
     def step(self):
         """One turn of the loop: follow the policy, keep nft monitor, wait for it (at most POLL), check when due
@@ -915,9 +1013,10 @@ def main(argv=None):
     check.add_argument("--from", dest="source", choices=("timer", "watch"), default="timer",
                        help="who runs the check: the timer checks the watcher, the watcher the timer")
     commands.add_parser("watch", help="hold the fence and react to ruleset changes")
+    commands.add_parser("cgroups", help="fill the main table's cgroup sets of per-app exceptions now")
     args = parser.parse_args(argv)
     if not args.command:
-        parser.error("a sub-command is required: check or watch")
+        parser.error("a sub-command is required: check, watch or cgroups")
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -930,6 +1029,12 @@ def main(argv=None):
             log("netlock-killswitch watch: ignoring unknown keys in %s: %s" % (args.config, ", ".join(unknown)))
     if args.command == "check":
         return Checker(config, args.source).run()
+    if args.command == "cgroups":
+        nft = which("nft")
+        errors = refresh_cgroups(nft, config["table"], nft_file_applier(nft)) if nft else ["nft is not installed"]
+        for error in errors:
+            log("netlock-killswitch guard: cannot fill the cgroup set %s" % error)
+        return 1 if errors else 0
     return Watcher(args.config, config).run()
 
 

@@ -22,6 +22,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from lab.cases import leak_bpf_for  # noqa: E402
 from lab.probe import leak_filter, packet_kind, unseen  # noqa: E402
+from lab.topology import OPENVPN_TCP, OPENVPN_UDP  # noqa: E402
 
 CLIENT_MAC = "02:42:c6:12:01:0b"
 OTHER_MAC = "02:42:c6:12:01:0c"
@@ -235,3 +236,85 @@ def test_a_control_vouches_only_for_the_probes_it_saw(probe_pcap: Path) -> None:
     # Addresses compare as addresses, not as text.
     assert unseen([["udp", "2001:db8:2:0:0:0:0:20", 9999]], lines) == []
     assert unseen([], []) == []
+
+
+# --------------------------------------------------------------------------- an OpenVPN client's endpoint
+
+OPENVPN_SESSION = bytes(range(1, 9))  # an 8-byte session id
+
+
+def openvpn_packet(opcode: int, acks: int = 0, key_id: int = 0) -> bytes:
+    """A control packet without tls-auth: opcode/key id, session id, ACK array (and the remote session id),
+    packet id, then payload."""
+    body = bytes([opcode << 3 | key_id]) + OPENVPN_SESSION + bytes([acks]) + bytes(4 * acks)
+    return body + (OPENVPN_SESSION if acks else b"") + struct.pack("!I", 1) + b"\x16\x03\x01"
+
+
+def openvpn_data(peer_id: int = 0) -> bytes:
+    return bytes([9 << 3]) + peer_id.to_bytes(3, "big") + struct.pack("!I", 7) + bytes(16) + bytes(40)
+
+
+def tcp4(source_port: int, port: int, payload: bytes = b"", flags: int = 0x18) -> bytes:
+    """An IPv4 TCP segment to the endpoint (PSH ACK unless told), its payload as given."""
+    transport = struct.pack("!HHIIBBHHH", source_port, port, 1, 1, 0x50, flags, 64240, 0, 0) + payload
+    header = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(transport), 0, 0, 64, 6, 0)
+    header += ipaddress.IPv4Address(CLIENT_V4).packed + ipaddress.IPv4Address("198.18.2.10").packed
+    return ethernet(0x0800, header + transport)
+
+
+def framed(packet: bytes) -> bytes:
+    """OpenVPN over TCP: each packet behind its 2-byte length."""
+    return struct.pack("!H", len(packet)) + packet
+
+
+OPENVPN_TCP_SOURCE = 40001  # the port of openvpn's own connection (lab.cases.openvpn_tcp_source)
+ENDPOINT_V4 = "198.18.2.10"
+# (what, frame, leak from an OpenVPN client over UDP, leak over TCP)
+OPENVPN_PACKETS = [
+    ("hard reset client v2", ipv4(ENDPOINT_V4, 17, 40000, 1194, openvpn_packet(7)), False, True),
+    ("hard reset client v3", ipv4(ENDPOINT_V4, 17, 40000, 1194, openvpn_packet(10)), False, True),
+    ("control v1 with one ACK", ipv4(ENDPOINT_V4, 17, 40000, 1194, openvpn_packet(4, acks=1)), False, True),
+    ("ACK v1", ipv4(ENDPOINT_V4, 17, 40000, 1194, openvpn_packet(5, acks=2, key_id=1)), False, True),
+    ("soft reset", ipv4(ENDPOINT_V4, 17, 40000, 1194, openvpn_packet(3, key_id=1)), False, True),
+    ("data v2, peer id 0", ipv4(ENDPOINT_V4, 17, 40000, 1194, openvpn_data()), False, True),
+    # The endpoint's port, not an OpenVPN client's packet.
+    ("a canary datagram ('N' reads as opcode 9)", ipv4(ENDPOINT_V4, 17, 40000, 1194, b"NETLOCK-0123456789"),
+     True, True),
+    ("an empty datagram", ipv4(ENDPOINT_V4, 17, 40000, 1194), True, True),
+    ("data v2 with a peer id past 255", ipv4(ENDPOINT_V4, 17, 40000, 1194, openvpn_data(0x10000)), True, True),
+    ("a control opcode with 200 ACKs", ipv4(ENDPOINT_V4, 17, 40000, 1194, openvpn_packet(4)[:9] + b"\xc8" + bytes(12)),
+     True, True),
+    ("the server's hard reset", ipv4(ENDPOINT_V4, 17, 40000, 1194, openvpn_packet(8)), True, True),
+    ("data v1 (2.6 peers send v2)", ipv4(ENDPOINT_V4, 17, 40000, 1194, bytes([6 << 3]) + bytes(30)), True, True),
+    ("a WireGuard handshake", ipv4(ENDPOINT_V4, 17, 40000, 1194, WG_HANDSHAKE), True, True),
+    ("a short control packet", ipv4(ENDPOINT_V4, 17, 40000, 1194, openvpn_packet(7)[:6]), True, True),
+    # TCP: openvpn's connection passes (segments without payload, or framed packets), nothing else does.
+    ("openvpn's SYN", tcp4(OPENVPN_TCP_SOURCE, 1194, flags=0x02), True, False),
+    ("openvpn's ACK", tcp4(OPENVPN_TCP_SOURCE, 1194, flags=0x10), True, False),
+    ("openvpn's framed hard reset", tcp4(OPENVPN_TCP_SOURCE, 1194, framed(openvpn_packet(7))), True, False),
+    ("openvpn's framed data", tcp4(OPENVPN_TCP_SOURCE, 1194, framed(openvpn_data())), True, False),
+    ("a canary on openvpn's connection", tcp4(OPENVPN_TCP_SOURCE, 1194, b"NETLOCK-0123456789"), True, True),
+    ("another process's SYN to the endpoint", tcp4(40002, 1194, flags=0x02), True, True),
+    ("another process's framed packet", tcp4(40002, 1194, framed(openvpn_data())), True, True),
+]
+
+
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
+def test_an_openvpn_clients_own_packets_pass_and_nothing_else(tmp_path: Path, protocol: str) -> None:
+    path = tmp_path / "openvpn.pcap"
+    write_pcap(path, [frame for _what, frame, _udp, _tcp in OPENVPN_PACKETS])
+    vpn = OPENVPN_UDP if protocol == "udp" else OPENVPN_TCP
+    result = subprocess.run(["tcpdump", "-n", "-tt", "-r", str(path), leak_bpf_for(CLIENT_MAC, vpn=vpn,
+                            openvpn_tcp_source=OPENVPN_TCP_SOURCE)], capture_output=True, text=True, timeout=30,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    leaked = [OPENVPN_PACKETS[int(line.split(".", 1)[0]) - 1][0]
+              for line in result.stdout.splitlines() if line[:1].isdigit()]
+    expected = [what for what, _frame, udp_leak, tcp_leak in OPENVPN_PACKETS if (udp_leak if protocol == "udp" else tcp_leak)]
+    assert leaked == expected
+
+
+def test_wireguard_packets_do_not_pass_an_openvpn_clients_detector(pcap: Path) -> None:
+    """The endpoint exception follows the client's VPN: WireGuard messages leak from an OpenVPN client."""
+    leaked = matched(pcap, leak_bpf_for(CLIENT_MAC, vpn=OPENVPN_UDP))
+    assert {"WireGuard handshake to the endpoint", "WireGuard data to the endpoint"} <= set(leaked)

@@ -20,7 +20,7 @@ from lab import firewall  # noqa: E402
 from lab.firewall import Firewall  # noqa: E402
 from lab.probe import Capture  # noqa: E402
 from lab.run import SharedExclusiveLock  # noqa: E402
-from lab.topology import CLIENTS, HOSTS, TUNNEL_V4, TUNNEL_V6  # noqa: E402
+from lab.topology import CLIENTS, HOSTS, OPENVPN_SERVERS, TUNNEL_V4, TUNNEL_V6  # noqa: E402
 
 LAB_INVENTORY = REPO_ROOT / "inventories" / "lab"
 
@@ -31,7 +31,7 @@ def test_clients_are_the_same_in_topology_inventory_and_molecule() -> None:
     names = [c.name for c in CLIENTS]
     hosts = yaml.safe_load((LAB_INVENTORY / "hosts.yml").read_text())["all"]["children"]["lab_clients"]["hosts"]
     platforms = yaml.safe_load((REPO_ROOT / "molecule" / "leak" / "molecule.yml").read_text())["platforms"]
-    assert names == ["ks-client1", "ks-client2", "ks-client3"]
+    assert names == ["ks-client1", "ks-client2", "ks-client3", "ks-client4"]
     assert list(hosts) == names
     assert [p["name"] for p in platforms] == names
     assert sorted(p.stem for p in (LAB_INVENTORY / "host_vars").glob("*.yml")) == names
@@ -40,13 +40,14 @@ def test_clients_are_the_same_in_topology_inventory_and_molecule() -> None:
 def test_one_client_per_linux_firewall() -> None:
     assert [firewall.intended(c) for c in CLIENTS] == [Firewall("nftables", "iptables-nft"),
                                                        Firewall("iptables", "iptables-nft"),
-                                                       Firewall("iptables", "iptables-legacy")]
+                                                       Firewall("iptables", "iptables-legacy"),
+                                                       Firewall("nftables", "iptables-nft")]  # ks-client4: OpenVPN
 
 
 def test_lab_addresses_stay_in_the_documentation_ranges() -> None:
     lab_v4, lab_v6 = ipaddress.ip_network("198.18.0.0/15"), ipaddress.ip_network("2001:db8::/32")
     addresses = [a for h in HOSTS for pair in h.addresses.values() for a in pair] + [a for h in HOSTS for a in h.tunnel]
-    addresses += [TUNNEL_V4, TUNNEL_V6]
+    addresses += [TUNNEL_V4, TUNNEL_V6] + [a for vpn in OPENVPN_SERVERS for a in (vpn.gateway, vpn.tunnel_v4, vpn.tunnel_v6)]
     for address in addresses:
         network = ipaddress.ip_network(address)
         assert network.subnet_of(lab_v4 if network.version == 4 else lab_v6), address

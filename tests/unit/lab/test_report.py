@@ -183,6 +183,20 @@ def test_every_case_must_run_on_every_client() -> None:
     assert not_run(make_results(), make_timelines(), [silent]) == {"client-third": sorted(CASES + ("flap stream",))}
 
 
+def test_a_result_only_one_client_gives_is_judged_by_its_case_entry() -> None:
+    """One CASES entry may give a client an extra result (OpenVPN over TCP under "tunnel-up"): the others ran the
+    entry all the same, so nothing is "not run"; the matrix shows n/a there, and no "(differs)"."""
+    results = make_results() + [CaseResult(h, "tunnel up", 5, 0, control_seen=True, case_id="tunnel-up") for h in HOSTS]
+    results.append(CaseResult(HOSTS[0], "tunnel up over TCP", 5, 0, control_seen=True, case_id="tunnel-up"))
+    assert not_run(results, make_timelines()) == {}
+    assert exit_code(results, make_timelines()) == 0
+    text = render_with_firewalls(results, make_timelines(), make_firewalls())
+    assert "n/a" in text and "differs" not in text and "not run" not in text.lower()
+    # Without the entry's own result, the client did not run it.
+    missing = [r for r in results if not (r.host == HOSTS[1] and r.case_id == "tunnel-up")]
+    assert not_run(missing, make_timelines()) == {HOSTS[1]: ["tunnel-up"]}
+
+
 def test_an_error_is_a_failure() -> None:
     results = make_results() + [CaseResult(HOSTS[0], "reboot", 0, 0, error="RuntimeError: no boot", case_id="reboot")]
     results.append(CaseResult(HOSTS[1], "reboot", 5, 0, control_seen=True, case_id="reboot"))

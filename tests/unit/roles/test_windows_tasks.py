@@ -91,6 +91,8 @@ def test_present_passes_the_rendered_document_and_every_windows_variable():
     assert passed["state_dir"] == "{{ killswitch_windows_state_dir }}"
     assert passed["guard_enabled"] == "{{ killswitch_guard_enabled }}"
     assert passed["guard_interval"] == "{{ killswitch_guard_interval }}"
+    # the safe apply of the role interface, as on Linux: armed, confirmed over a new connection, else rolled back
+    assert passed["rollback_timeout"] == "{{ killswitch_safe_apply_timeout }}"
     status = next(t for t in tasks("windows.yml") if "killswitch_status" in t.get("ansible.builtin.set_fact", {}))
     assert "killswitch_windows_apply.status" in status["ansible.builtin.set_fact"]["killswitch_status"]
 

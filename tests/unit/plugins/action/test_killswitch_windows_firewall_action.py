@@ -240,9 +240,14 @@ def rendered_document():
 def in_sync_live(document, third_party):
     from ansible_collections.netlock.killswitch.plugins.plugin_utils import render_windows
     state = live(outbound="Block", third_party=third_party)
-    state["rules"] = [dict(name=rule["name"], display_name=rule["display_name"], direction=rule["direction"], enabled=True,
-                           description=render_windows.description(rule, ["WireGuard-Office"] if rule["interface_aliases"] else []))
-                      for rule in document["rules"]]
+    state["rules"] = []
+    for rule in document["rules"]:
+        aliases = ["WireGuard-Office"] if rule["interface_aliases"] else []
+        state["rules"].append(dict(
+            name=rule["name"], display_name=rule["display_name"], direction=rule["direction"], enabled=True,
+            description=render_windows.description(rule, aliases), protocol=rule["protocol"], local_ports=rule["local_ports"],
+            remote_ports=rule["remote_ports"], icmp_types=rule["icmp_types"], local_addresses=[],
+            remote_addresses=rule["remote_addresses"], program=rule["program"], interface_aliases=aliases))
     state["guard"] = {"task": True, "state": "Ready", "runs_guard": True, "interval": 30,
                       "action": 'powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File "C:\\ks\\guard.ps1"'}
     return state
@@ -270,3 +275,176 @@ def test_with_the_real_plan_an_in_sync_host_reports_no_drift():
     assert result["changed"] is False and result["third_party_open"] == []
     assert result["status"]["drifted"] is False, result["status"]
     assert result["diff"]["before"] == result["diff"]["after"]
+
+
+# --------------------------------------------------------------------------- safe apply: arm, reconnect, confirm
+
+class FakeClock:
+    """time for the action plugin: sleep advances the clock instead of waiting."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+class FakeConnection:
+    """Records each reset in the log the module shares, so the order of reset and confirm is seen."""
+
+    def __init__(self, log, can_reset=True):
+        self.log, self.resets, self.closes = log, 0, 0
+        self._shell = SimpleNamespace(tmpdir="C:\\Temp\\already-there")
+        if not can_reset:
+            self.reset = None
+
+    def reset(self):
+        self.resets += 1
+        self.log.append("reset")
+
+    def close(self):
+        self.closes += 1
+
+
+class ArmingModule(FakeModule):
+    """present arms a rollback (as the module does with rollback_timeout > 0, not in check mode); confirm answers
+    from ``confirms``: a status, or an exception for a connection that cannot be made."""
+
+    def __init__(self, before, confirms=(), **kwargs):
+        super().__init__(before, **kwargs)
+        self.confirms, self.log = list(confirms), []
+
+    def __call__(self, module_name=None, module_args=None, task_vars=None, **kwargs):
+        self.log.append(module_args["state"])
+        if module_args["state"] == "confirm":
+            self.calls.append((module_name, copy.deepcopy(module_args)))
+            answer = self.confirms.pop(0) if self.confirms else ConnectionError("winrm: connect timed out")
+            if isinstance(answer, Exception):
+                raise answer
+            return {"changed": True, "actions": [], "rollback": {"status": answer}}
+        result = super().__call__(module_name, module_args, task_vars, **kwargs)
+        timeout = module_args.get("rollback_timeout") or 0
+        if module_args["state"] == "present" and timeout > 0 and self.actions and not self.check_mode:
+            result["rollback"] = {"timeout": timeout, "task": "netlock-killswitch-rollback", "status": "pending",
+                                  "snapshot": "C:\\ProgramData\\netlock-killswitch\\rollback.json"}
+        return result
+
+
+def run_armed(args, module, check_mode=False, can_reset=True, clock=None, monkeypatch=None):
+    module.check_mode = check_mode
+    connection = FakeConnection(module.log, can_reset=can_reset)
+    if monkeypatch is not None:
+        monkeypatch.setattr(action, "time", clock or FakeClock())
+    task = SimpleNamespace(args=args, async_val=0, check_mode=check_mode, diff=True,
+                           action="netlock.killswitch.killswitch_windows_firewall")
+    plugin = action.ActionModule(task, connection, SimpleNamespace(check_mode=check_mode), None, None, None)
+    plugin._load_name = task.action
+    plugin._execute_module = module
+    return plugin.run(task_vars={"inventory_hostname": "win1"}), connection
+
+
+CHANGE = ["profiles Domain,Private,Public: default outbound Allow -> Block"]
+
+
+def test_an_armed_apply_is_confirmed_over_a_new_connection(plan, monkeypatch):
+    module = ArmingModule(live(), confirms=["confirmed"], actions=CHANGE, after=live(outbound="Block"))
+    result, connection = run_armed({"document": DOCUMENT, "rollback_timeout": 60}, module, monkeypatch=monkeypatch)
+    assert module.calls[1][1]["rollback_timeout"] == 60 and module.calls[1][1]["state"] == "present"
+    # the confirmation runs only after the connection was reset: it proves a new session gets through
+    assert module.log == ["query", "present", "reset", "confirm"]
+    assert module.calls[2][1] == {"state": "confirm", "state_dir": "C:\\ProgramData\\netlock-killswitch"}
+    assert not result.get("failed"), result.get("msg")
+    assert result["rollback"]["confirmed"] is True and result["rollback"]["status"] == "confirmed"
+    assert result["changed"] is True
+
+
+def test_an_apply_that_cannot_be_confirmed_fails_naming_the_timeout(plan, monkeypatch):
+    module = ArmingModule(live(), confirms=[], actions=CHANGE, after=live(outbound="Block"))
+    clock = FakeClock()
+    result, connection = run_armed({"document": DOCUMENT, "rollback_timeout": 20}, module, clock=clock,
+                                   monkeypatch=monkeypatch)
+    assert result["failed"] is True
+    assert "killswitch_safe_apply_timeout" in result["msg"] and "restores its previous firewall state" in result["msg"]
+    assert result["rollback"]["confirmed"] is False and result["rollback"]["status"].startswith("unreachable")
+    # it kept trying over new connections, each after a reset, and gave up before the rollback was due
+    confirms = module.states().count("confirm")
+    assert confirms >= 2 and connection.resets == confirms
+    assert clock.now < 1000.0 + 20
+
+
+def test_a_rollback_that_ran_first_fails_the_task(plan, monkeypatch):
+    module = ArmingModule(live(), confirms=["rolled back"], actions=CHANGE, after=live(outbound="Block"))
+    result, _connection = run_armed({"document": DOCUMENT, "rollback_timeout": 60}, module, monkeypatch=monkeypatch)
+    assert result["failed"] is True and "ran before the apply was confirmed" in result["msg"]
+    assert "killswitch_safe_apply_timeout" in result["msg"] and result["rollback"]["status"] == "rolled back"
+
+
+def test_a_late_connection_after_failures_still_confirms(plan, monkeypatch):
+    module = ArmingModule(live(), confirms=[ConnectionError("refused"), "confirmed"], actions=CHANGE,
+                          after=live(outbound="Block"))
+    result, connection = run_armed({"document": DOCUMENT, "rollback_timeout": 60}, module, monkeypatch=monkeypatch)
+    assert not result.get("failed") and result["rollback"]["confirmed"] is True
+    assert module.log == ["query", "present", "reset", "confirm", "reset", "confirm"]
+
+
+def test_timeout_zero_arms_nothing_and_confirms_nothing(plan, monkeypatch):
+    module = ArmingModule(live(), actions=CHANGE, after=live(outbound="Block"))
+    result, connection = run_armed({"document": DOCUMENT}, module, monkeypatch=monkeypatch)
+    assert module.calls[1][1]["rollback_timeout"] == 0
+    assert module.log == ["query", "present"] and connection.resets == 0
+    assert "rollback" not in result and not result.get("failed")
+
+
+def test_check_mode_arms_nothing_and_confirms_nothing(plan, monkeypatch):
+    module = ArmingModule(live(), actions=CHANGE, after=live(outbound="Block"))
+    result, connection = run_armed({"document": DOCUMENT, "rollback_timeout": 60}, module, check_mode=True,
+                                   monkeypatch=monkeypatch)
+    assert module.log == ["query", "present"] and connection.resets == 0
+    assert "rollback" not in result and result["changed"] is True
+
+
+def test_a_pending_rollback_reported_in_check_mode_is_not_confirmed(plan, monkeypatch):
+    """Even a module answer that says pending is never confirmed by a check-mode run: it changed nothing."""
+    module = ArmingModule(live(), actions=CHANGE, after=live(outbound="Block"))
+    module.check_mode = True
+
+    def always_armed(module_name=None, module_args=None, task_vars=None, **kwargs):
+        result = ArmingModule.__call__(module, module_name, module_args, task_vars)
+        if module_args["state"] == "present":
+            result["rollback"] = {"timeout": 60, "task": "netlock-killswitch-rollback", "status": "pending"}
+        return result
+
+    monkeypatch.setattr(action, "time", FakeClock())
+    task = SimpleNamespace(args={"document": DOCUMENT, "rollback_timeout": 60}, async_val=0, check_mode=True, diff=True,
+                           action="netlock.killswitch.killswitch_windows_firewall")
+    connection = FakeConnection(module.log)
+    plugin = action.ActionModule(task, connection, SimpleNamespace(check_mode=True), None, None, None)
+    plugin._load_name = task.action
+    plugin._execute_module = always_armed
+    result = plugin.run(task_vars={"inventory_hostname": "win1"})
+    assert "confirm" not in module.log and connection.resets == 0 and not result.get("failed")
+
+
+def test_state_confirm_is_passed_to_the_module_alone(plan, monkeypatch):
+    module = ArmingModule(live(), confirms=["confirmed"])
+    result, _connection = run_armed({"state": "confirm"}, module, monkeypatch=monkeypatch)
+    assert module.log == ["confirm"] and result["rollback"]["status"] == "confirmed"
+
+
+def test_query_with_a_document_is_the_rollouts_post_check(plan):
+    module = FakeModule(live(outbound="Allow"))
+    result = run({"state": "query", "document": DOCUMENT}, module)
+    assert module.states() == ["query"]
+    assert result["postcheck"]["ok"] is False and result["status"]["drifted"] is True
+    in_force = run({"state": "query", "document": DOCUMENT}, FakeModule(live(outbound="Block")))
+    assert in_force["postcheck"]["ok"] is True
+
+
+def test_query_without_a_document_checks_that_the_kill_switch_is_gone(plan):
+    left = run({"state": "query"}, FakeModule(live(rules=["netlock.killswitch.killswitch.00.loopback-out"])))
+    assert left["postcheck"]["ok"] is False and "status" not in left
+    gone = run({"state": "query"}, FakeModule(live(rules=[])))
+    assert gone["postcheck"]["ok"] is True

@@ -19,7 +19,11 @@ No pwsh exists where this collection is tested, so the module is parsed with tre
 * absent disables, stops and waits (bounded) for the guard task before it unregisters it and restores the host;
 * the state directory is the module's own: made with a marker, a non-empty one without it refused, and absent
   removes only the module's files, then the directory if empty, never recursively;
-* the guard task counts only when it exists, is not Disabled and runs this guard.ps1, and live.guard says so.
+* the guard task counts only when it exists, is not Disabled and runs this guard.ps1, and live.guard says so;
+* the safe apply: the snapshot and the rollback task are armed before the apply changes anything, never in check
+  mode; the rollback script is the same function block, takes the same lock, restores only a pending snapshot, the
+  state files (policy.json) before the rules and the profiles last; a snapshot rule restores every filter it records;
+  confirm and absent remove the task and the snapshot.
 
 Each of these has a test that feeds the checker the code as it was before the fix and expects it to be caught.
 """
@@ -569,7 +573,7 @@ def test_an_unbounded_wait_for_the_guard_is_caught():
 
 # --------------------------------------------------------------------------- the state directory is the module's own
 
-STATE_FILES = ["policy.json", "recorded.json", "status.json", "guard.ps1", ".netlock-killswitch"]
+STATE_FILES = ["policy.json", "recorded.json", "status.json", "guard.ps1", "rollback.json", "rollback.ps1", ".netlock-killswitch"]
 
 
 def state_dir_problems(source):
@@ -579,7 +583,8 @@ def state_dir_problems(source):
     code = source.decode()
     problems = []
     if "$KillswitchStateMarker = '.netlock-killswitch'" not in code or \
-            "$KillswitchStateFiles = @('policy.json', 'recorded.json', 'status.json', 'guard.ps1', $KillswitchStateMarker)" \
+            "$KillswitchStateFiles = @('policy.json', 'recorded.json', 'status.json', 'guard.ps1', 'rollback.json', 'rollback.ps1', " \
+            "$KillswitchStateMarker)" \
             not in code:
         problems.append("the marker or the list of the module's own files is not the expected one")
     for name, node in defined.items():
@@ -695,3 +700,144 @@ def test_live_guard_has_the_keys_windows_plan_reads():
     assert set(re.findall(r"(\w+) = ", re.search(r"\$predicted\.guard = \[ordered\]@\{(.*?)\}", predicted).group(1))) == GUARD_KEYS
     plan = (ROOT / "plugins" / "plugin_utils" / "windows_plan.py").read_text()
     assert all('guard.get("%s")' % key in plan for key in GUARD_KEYS)
+
+
+# --------------------------------------------------------------------------- safe apply: snapshot, rollback task, confirm
+
+def top_level(source):
+    code = source.decode()
+    return code[code.index("\n$state = $module.Params.state"):]
+
+
+def rollback_problems(source):
+    """How an apply of this module source could change the host before the rollback is armed, or a rollback could
+    restore the wrong thing or race the guard (an empty list: neither)."""
+    tree = PARSER.parse(source)
+    block = next(n for n in walk(tree.root_node) if n.type == "script_block_expression")
+    in_block = functions(block, source)
+    everywhere = functions(tree.root_node, source)
+    problems = []
+    for name in ("Invoke-KillswitchRollback", "Get-KillswitchSnapshot", "Restore-KillswitchRule", "Get-KillswitchRuleRecord"):
+        if name not in in_block:
+            problems.append("%s is not in the function block the rollback script runs" % name)
+    if problems:
+        return problems
+    writer = text(everywhere["Get-KillswitchRollbackScript"], source)
+    if "$killswitchFunctions.ToString()" not in writer or "'Invoke-KillswitchRollback -StateDir $stateDir'" not in writer:
+        problems.append("rollback.ps1 is not the function block and a call of Invoke-KillswitchRollback")
+    # the rollback: the module's lock, the snapshot read under it and restored only while pending
+    rollback = text(in_block["Invoke-KillswitchRollback"], source)
+    if not 0 <= rollback.find("Enter-KillswitchLock -TimeoutSeconds $KillswitchModuleLockSeconds") < rollback.find("Get-Content"):
+        problems.append("the rollback reads the snapshot before it takes the lock")
+    if "Exit-KillswitchLock -Mutex $lock" not in rollback or not re.search(r"if \(\[string\]\$snapshot\.status -ne 'pending'\) \{\s+return", rollback):
+        problems.append("the rollback does not restore only a pending snapshot under the lock")
+    steps = ["Write-KillswitchFile -Path $file", "Remove-NetFirewallRule", "Restore-KillswitchRule", "Enable-NetFirewallRule",
+             "Set-NetFirewallProfile"]
+    positions = [rollback.find(step) for step in steps]
+    if -1 in positions or positions != sorted(positions):
+        problems.append("the rollback does not restore the state files, then the rules, then the third-party rules, "
+                        "then the profiles: %s" % dict(zip(steps, positions)))
+    # every filter a snapshot records is restored
+    record = text(in_block["Get-KillswitchRuleRecord"], source)
+    restore = text(in_block["Restore-KillswitchRule"], source)
+    recorded = set(re.findall(r"\n +(\w+) = ", record))
+    restored = set(re.findall(r"\$Record\.(\w+)", restore)) | set(re.findall(r"= '(\w+)'", restore))
+    if recorded - restored:
+        problems.append("Restore-KillswitchRule does not restore %s" % sorted(recorded - restored))
+    # the module: armed before the apply, and not in check mode
+    top = top_level(source)
+    arm = top.find("Register-KillswitchRollback")
+    apply_at = top.find("Invoke-KillswitchPresent @presentArgs -CheckMode $checkMode")
+    if arm < 0 or apply_at < 0 or arm > apply_at:
+        problems.append("the rollback is not armed before the apply")
+    elif not re.search(r"if \(\$module\.Params\.rollback_timeout -gt 0 -and -not \$checkMode\) \{[^}]*?"
+                       r"Invoke-KillswitchPresent @presentArgs -CheckMode \$true", top):
+        problems.append("the rollback is armed in check mode, or without looking at what the apply changes")
+    if "Invoke-KillswitchConfirm" not in guarded_calls(tree.root_node, source):
+        problems.append("confirm runs outside the lock")
+    if "Remove-KillswitchRollback" not in commands(everywhere["Invoke-KillswitchConfirm"], source):
+        problems.append("confirm does not remove the rollback task and its snapshot")
+    absent = text(everywhere["Invoke-KillswitchAbsent"], source)
+    if not 0 <= absent.find("Remove-KillswitchRollback") < absent.find("Remove-KillswitchGuard"):
+        problems.append("absent does not disarm the rollback first")
+    removal = text(everywhere["Remove-KillswitchRollback"], source)
+    if not 0 <= removal.find("Disable-ScheduledTask -TaskName $KillswitchRollbackTaskName") < \
+            removal.find("Unregister-ScheduledTask -TaskName $KillswitchRollbackTaskName"):
+        problems.append("the rollback task is not disabled and unregistered")
+    return problems
+
+
+def test_the_rollback_is_armed_first_restores_in_order_and_takes_turns():
+    assert rollback_problems(SOURCE) == []
+
+
+def test_arming_after_the_apply_is_caught():
+    top = top_level(SOURCE)
+    apply_line = "            $outcome = Invoke-KillswitchPresent @presentArgs -CheckMode $checkMode\n"
+    arm_start = top.index("            if ($module.Params.rollback_timeout -gt 0 -and -not $checkMode) {")
+    arm_end = top.index(apply_line)
+    late = top[:arm_start] + apply_line + top[arm_start:arm_end] + top[arm_end + len(apply_line):]
+    source = SOURCE.decode().replace(top, late).encode()
+    assert source != SOURCE and syntax_errors(PARSER.parse(source), source) == []
+    assert "the rollback is not armed before the apply" in rollback_problems(source)
+
+
+def test_arming_in_check_mode_is_caught():
+    armed = SOURCE.replace(b"if ($module.Params.rollback_timeout -gt 0 -and -not $checkMode) {",
+                           b"if ($module.Params.rollback_timeout -gt 0) {", 1)
+    assert armed != SOURCE
+    assert "the rollback is armed in check mode, or without looking at what the apply changes" in rollback_problems(armed)
+
+
+def test_a_rollback_that_restores_the_rules_before_policy_json_is_caught():
+    """Rules first, then policy.json: a guard pass in between (the lock released by a failure) re-applies the
+    unconfirmed policy over the rollback."""
+    rollback = text(functions(function_block())["Invoke-KillswitchRollback"])
+    files = re.search(r"\n( +)foreach \(\$name in \$KillswitchRollbackFiles\) \{.*?\n\1\}", rollback, re.DOTALL).group(0)
+    rules = re.search(r"\n( +)foreach \(\$group in @\(ConvertTo-KillswitchList -Value \$snapshot\.groups\)\) \{.*?\n\1\}",
+                      rollback, re.DOTALL).group(0)
+    swapped = rollback.replace(files + rules, rules + files, 1)
+    assert swapped != rollback
+    source = SOURCE.replace(rollback.encode(), swapped.encode(), 1)
+    assert syntax_errors(PARSER.parse(source), source) == []
+    assert any(p.startswith("the rollback does not restore the state files, then the rules") for p in rollback_problems(source))
+
+
+def test_a_rollback_without_the_pending_check_is_caught():
+    """A confirmation removes the snapshot, or marks it done: a rollback that does not look restores over it."""
+    unchecked = re.sub(rb"\n +if \(\[string\]\$snapshot\.status -ne 'pending'\) \{\s+return\s+\}", b"", SOURCE, count=1)
+    assert unchecked != SOURCE
+    assert "the rollback does not restore only a pending snapshot under the lock" in rollback_problems(unchecked)
+
+
+def test_a_snapshot_filter_that_is_not_restored_is_caught():
+    dropped = SOURCE.replace(b"            RemoteAddress = 'remote_addresses'\n            InterfaceAlias = 'interface_aliases'\n",
+                             b"            InterfaceAlias = 'interface_aliases'\n", 1)
+    assert dropped != SOURCE
+    assert "Restore-KillswitchRule does not restore ['remote_addresses']" in rollback_problems(dropped)
+
+
+def test_absent_that_leaves_the_rollback_armed_is_caught():
+    kept = SOURCE.replace(b"    Remove-KillswitchRollback -StateDir $StateDir -CheckMode $CheckMode -Actions $actions\n    Remove-KillswitchGuard",
+                          b"    Remove-KillswitchGuard", 1)
+    assert kept != SOURCE
+    assert "absent does not disarm the rollback first" in rollback_problems(kept)
+
+
+def test_a_rollback_without_the_lock_is_caught():
+    rollback = text(functions(function_block())["Invoke-KillswitchRollback"])
+    unlocked = rollback.replace("$lock = Enter-KillswitchLock -TimeoutSeconds $KillswitchModuleLockSeconds", "$lock = 1", 1)
+    assert unlocked != rollback
+    source = SOURCE.replace(rollback.encode(), unlocked.encode(), 1)
+    assert "the rollback reads the snapshot before it takes the lock" in rollback_problems(source)
+
+
+def test_live_rules_carry_the_filters_windows_plan_compares():
+    """windows_plan.status judges a group rule by its filters too; the module must return each one in live.rules."""
+    from ansible_collections.netlock.killswitch.plugins.plugin_utils import windows_plan
+    record = text(functions(function_block())["Get-KillswitchRuleRecord"])
+    returned = set(re.findall(r"\n +(\w+) = ", record))
+    assert {name for name, _kind, _key in windows_plan.FILTERS} <= returned
+    assert {"name", "display_name", "direction", "enabled", "description"} <= returned
+    live = text(functions(TREE.root_node)["Get-KillswitchLive"])
+    assert re.search(r"\$rules = foreach \(\$rule in \(Get-KillswitchGroupRule[^\n]*\n\s+Get-KillswitchRuleRecord -Rule \$rule", live)

@@ -128,14 +128,22 @@ GUARD_ACTION = 'powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypas
 HEALTHY_GUARD = {"task": True, "state": "Ready", "runs_guard": True, "action": GUARD_ACTION, "interval": 30}
 
 
+def applied_filters(rule, resolved):
+    """A rule's filters as the module reports them after New-NetFirewallRule made it from the document's rule."""
+    return {"protocol": rule["protocol"], "local_ports": list(rule["local_ports"]), "remote_ports": list(rule["remote_ports"]),
+            "icmp_types": list(rule["icmp_types"]), "local_addresses": [], "remote_addresses": list(rule["remote_addresses"]),
+            "program": rule["program"], "interface_aliases": list(resolved)}
+
+
 def live_as_applied(doc=None, interfaces=("Wintun Userspace Tunnel", "Ethernet", "Wi-Fi")):
     """The live dict of a host where the module applied ``doc`` (DOCUMENT by default) and the guard runs."""
     doc = doc or DOCUMENT
     rules = []
     for rule in doc["rules"]:
         resolved = [alias for alias in interfaces if any(windows_plan.like(alias, p) for p in rule["interface_aliases"])]
-        rules.append({"name": rule["name"], "display_name": rule["display_name"], "direction": rule["direction"],
-                      "enabled": bool(resolved) or not rule["interface_aliases"], "description": description(rule, resolved)})
+        rules.append(dict({"name": rule["name"], "display_name": rule["display_name"], "direction": rule["direction"],
+                           "enabled": bool(resolved) or not rule["interface_aliases"], "description": description(rule, resolved)},
+                          **applied_filters(rule, resolved)))
     return {"profiles": {name: {"enabled": True, "default_inbound": "Block", "default_outbound": "Block"}
                          for name in ("Domain", "Private", "Public")},
             "rules": rules, "third_party": [], "interfaces": list(interfaces), "forwarding_features": [],
@@ -202,6 +210,71 @@ def test_a_removed_a_changed_and_a_foreign_rule_in_the_group_are_drift():
     assert "-rule %s: %s enabled=True netlock.killswitch digest=0000 interfaces=\n" % (
         changed["name"], changed["direction"]) in text
     assert "-rule netlock.killswitch.killswitch.99.added:" in text
+
+
+def rule_with(live, predicate):
+    return next(rule for rule in live["rules"] if predicate(rule))
+
+
+def test_a_rule_edited_in_place_with_its_description_kept_is_drift():
+    """The module and the guard replace such a rule; the report must not call the host in sync meanwhile."""
+    live = live_as_applied()
+    endpoint = rule_with(live, lambda r: r["remote_addresses"] == ["198.51.100.7"])
+    endpoint["remote_addresses"] = ["0.0.0.0/0"]
+    text = _drift(live)["table"]
+    assert "-rule %s: remote_addresses 0.0.0.0/0, policy 198.51.100.7" % endpoint["name"] in text
+    assert "-rule %s: %s" % (endpoint["name"], endpoint["direction"]) not in text  # the description is unchanged
+
+
+@pytest.mark.parametrize("field, value", [
+    ("remote_ports", ["1-65535"]), ("protocol", "Any"), ("program", None), ("local_addresses", ["10.0.0.0/8"]),
+    ("interface_aliases", []),
+])
+def test_each_filter_edited_in_place_is_drift(field, value):
+    live = live_as_applied()
+    rule = rule_with(live, lambda r: r["program"] and r["interface_aliases"] == [] and r["remote_ports"]) \
+        if field != "interface_aliases" else rule_with(live, lambda r: r["interface_aliases"])
+    rule[field] = value
+    assert "-rule %s: %s " % (rule["name"], field) in _drift(live)["table"]
+
+
+def test_windows_forms_of_the_same_filters_are_not_drift():
+    """What Windows may report: a mask for a prefix, 'Any' for none, a protocol number, 135:*, another case."""
+    live = live_as_applied()
+    changed = 0
+    for rule in live["rules"]:
+        if rule["remote_addresses"] == ["192.168.0.0/16"]:
+            rule["remote_addresses"] = ["192.168.0.0/255.255.0.0"]
+            changed += 1
+        if rule["protocol"] == "TCP":
+            rule["protocol"] = "6"
+            changed += 1
+        if rule["icmp_types"]:
+            rule["icmp_types"] = ["%s:*" % t for t in rule["icmp_types"]]
+            changed += 1
+        if rule["program"]:
+            rule["program"] = rule["program"].upper()
+            changed += 1
+        if not rule["local_ports"]:
+            rule["local_ports"] = ["Any"]
+    assert changed >= 4
+    assert windows_plan.status(live, DOCUMENT)["drifted"] is False
+
+
+@pytest.mark.parametrize("values, kind, expected", [
+    (["10.0.0.0/255.0.0.0"], "address", "10.0.0.0/8"), (["10.1.2.3/32"], "address", "10.1.2.3"),
+    (["2001:DB8:0:0::1/128"], "address", "2001:db8::1"), (["Any"], "address", ""), ([], "port", ""),
+    (["135:*", "136"], "icmp", "135|136"), ("17", "protocol", "udp"), (["b", "A", "a"], "alias", "a|b"),
+])
+def test_filter_set_reads_what_the_module_normalizes(values, kind, expected):
+    assert windows_plan.filter_set(values, kind) == expected
+
+
+def test_a_rule_whose_filters_were_not_reported_is_not_trusted():
+    live = live_as_applied()
+    rule = live["rules"][0]
+    del rule["remote_addresses"]
+    assert "-rule %s: filters not reported (remote_addresses)" % rule["name"] in _drift(live)["table"]
 
 
 def test_a_new_tunnel_adapter_not_yet_resolved_is_drift():
@@ -337,3 +410,32 @@ def test_warnings_from_live_alone_name_the_disabled_rules():
     assert disabled and found == ["rules disabled because their tunnel interfaces are not present: %s"
                                   % ", ".join(disabled)]
     assert windows_plan.warnings(live_as_applied(interfaces=("Wintun X", "NordLynx"))) == []
+
+
+# --------------------------------------------------------------------------- the rollout's post-check
+
+def test_postcheck_of_a_host_in_force_is_ok_and_the_rollout_report_keeps_it():
+    from ansible_collections.netlock.killswitch.plugins.plugin_utils import rollout
+    live = live_as_applied()
+    check = windows_plan.postcheck(live, windows_plan.status(live, DOCUMENT, guard_interval=30))
+    assert check == {"ok": True, "problems": []}
+    assert rollout._status(check) == check  # the report keeps a status with "ok"
+
+
+def test_postcheck_of_a_drifted_host_names_each_problem():
+    live = live_as_applied()
+    live["profiles"]["Public"]["default_outbound"] = "Allow"
+    live["guard"]["task"] = False
+    check = windows_plan.postcheck(live, windows_plan.status(live, DOCUMENT, guard_interval=30))
+    assert check["ok"] is False
+    assert "table: -profile Public: enabled=True inbound=Block outbound=Allow" in check["problems"]
+    assert "guard: -guard task netlock-killswitch-guard: absent" in check["problems"]
+
+
+def test_postcheck_of_a_removal_without_a_document():
+    gone = dict(live_as_applied(), rules=[], guard={"task": False})
+    assert windows_plan.postcheck(gone, None) == {"ok": True, "problems": []}
+    left = live_as_applied()
+    check = windows_plan.postcheck(left, None)
+    assert check["ok"] is False and "the guard task netlock-killswitch-guard is still there" in check["problems"]
+    assert "rule %s is still there" % left["rules"][0]["name"] in check["problems"]
