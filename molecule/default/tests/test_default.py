@@ -2,7 +2,11 @@
 
 ks-default-client runs the nftables backend, ks-default-iptables the iptables one (iptables-nft, the Debian
 default alternative); the leak lab adds iptables-legacy.  Every test runs against both, each with its own
-positive control.
+positive control, which must see each probe (protocol, destination, port) it vouches for.
+
+The probes go to a target on the peer (TARGET_V4, TARGET_V6) whose IPv4 address the client routes into the
+tunnel (prepare.yml): with the tunnel up they travel inside it; with it down its route is gone and the target
+is reached on the LAN link, so "tunnel down" is a real failover that only the kill switch stops.
 """
 
 import contextlib
@@ -14,10 +18,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from lab.probe import PAUSE_GUARD, Capture, canary, icmp_probe, leak_filter, restart, run_playbook, sh, tcp_probe, udp_probe, wait_for
+from lab.cases import wireguard_message_bpf
+from lab.probe import (PAUSE_GUARD, Capture, canary, icmp_probe, leak_filter, restart, run_playbook, sh, tcp_probe, udp_probe,
+                       unseen, wait_for)
 
 PEER = "ks-default-peer"
 PEER_V4, PEER_V6, PEER_TUNNEL = "198.18.20.20", "2001:db8:20::20", "198.18.200.1"
+TARGET_V4, TARGET_V6 = "198.18.20.21", "2001:db8:20::21"  # on the peer; IPv4 routed into the tunnel
 SCENARIO = os.environ.get("MOLECULE_SCENARIO_DIRECTORY", "")
 CONVERGE, PREPARE, REHEARSE, VERIFY = (os.path.join(SCENARIO, name) for name in (
     "converge.yml", "prepare.yml", "rehearse-rollback.yml", "verify-killswitch.yml"))
@@ -30,6 +37,7 @@ class Client:
     v4: str
     v6: str
     backend: str
+    tunnel_address: str
 
     @property
     def ruleset(self):
@@ -37,8 +45,8 @@ class Client:
 
     @property
     def leak_filter(self):
-        # Everything the client sends on the lab link except its (marked) WireGuard traffic to the endpoint.
-        return leak_filter([self.v4, self.v6], allowed=["udp and dst port 51820"])
+        # Everything the client sends on the lab link except WireGuard messages to the endpoint.
+        return leak_filter([self.v4, self.v6], allowed=["dst host %s and %s" % (PEER_V4, wireguard_message_bpf(51820))])
 
     def listing(self):
         """The live rules as the guard compares them (counter values removed)."""
@@ -59,8 +67,8 @@ class Client:
         assert not self.loaded(), "the kill switch is still loaded"
 
 
-CLIENTS = [Client("ks-default-client", "198.18.20.10", "2001:db8:20::10", "nftables"),
-           Client("ks-default-iptables", "198.18.20.11", "2001:db8:20::11", "iptables")]
+CLIENTS = [Client("ks-default-client", "198.18.20.10", "2001:db8:20::10", "nftables", "198.18.200.2"),
+           Client("ks-default-iptables", "198.18.20.11", "2001:db8:20::11", "iptables", "198.18.200.3")]
 testinfra_hosts = ["docker://" + c.name for c in CLIENTS]
 # How another tool (or a person) breaks the rules, per backend: each must be repaired by the guard.
 TAMPERS = {
@@ -99,12 +107,19 @@ def tunnel(client, state):
         result = run_playbook(PREPARE)
         assert result.returncode == 0, result.stdout[-3000:]
     sh(client.name, "ip link set wg0 %s" % state)
+    if state == "up":  # a link set down loses its routes
+        assert sh(client.name, "ip route replace %s/32 dev wg0" % TARGET_V4).returncode == 0
+
+
+# Every probe as lab.probe.unseen names it: (protocol, destination, port; 0 for ICMP).
+PROBES = [[protocol, address, port] for address in (TARGET_V4, TARGET_V6)
+          for protocol, port in (("tcp", 8080), ("udp", 9999), ("udp", 53), ("icmp", 0))]
 
 
 def probe_everything(client, marker):
-    """TCP, UDP, ICMP and DNS over IPv4 and IPv6 to the peer's LAN address; True if any TCP got through."""
-    reached = [tcp_probe(client.name, address, 8080, marker) for address in (PEER_V4, PEER_V6)]
-    for address in (PEER_V4, PEER_V6):
+    """TCP, UDP, ICMP and DNS over IPv4 and IPv6 to the target (PROBES); True if any TCP got through."""
+    reached = [tcp_probe(client.name, address, 8080, marker) for address in (TARGET_V4, TARGET_V6)]
+    for address in (TARGET_V4, TARGET_V6):
         udp_probe(client.name, address, 9999, marker)
         udp_probe(client.name, address, 53, marker, count=1)
         icmp_probe(client.name, address, marker)
@@ -118,9 +133,9 @@ def leaks(client, marker):
 
 
 def locked(client):
-    """No probe gets through, and the peer sees nothing from the client."""
-    reached, capture = leaks(client, canary())
-    return not reached and capture.packets == []
+    """The peer sees nothing from the client outside the tunnel (what goes inside it is the tunnel's)."""
+    _reached, capture = leaks(client, canary())
+    return capture.packets == []
 
 
 def test_rules_are_loaded_with_default_drop(client):
@@ -142,23 +157,31 @@ def test_rules_are_loaded_with_default_drop(client):
 
 def test_nothing_leaves_without_the_tunnel(client):
     tunnel(client, "down")
+    assert TARGET_V4 not in sh(client.name, "ip route show dev wg0 2>/dev/null").stdout, "the tunnel route stayed"
     marker = canary()
     reached, capture = leaks(client, marker)
     assert not reached
     assert capture.packets == [], "leaked:\n" + "\n".join(capture.packets)
 
-    # Positive control: the same probes without the kill switch are seen by the peer.
+    # Positive control: the same probes without the kill switch are seen by the peer, each of them.
     with killswitch_off(client):
-        control = canary()
-        reached, capture = leaks(client, control)
-    assert reached and capture.saw(control), "the probe itself is broken: nothing seen without the kill switch"
+        reached, capture = leaks(client, canary())
+    missing = unseen(PROBES, capture.packets)
+    assert reached and not missing, "the control did not see: %s" % missing
 
 
 def test_traffic_passes_through_the_tunnel(client):
     tunnel(client, "up")
     assert wait_for(lambda: tcp_probe(client.name, PEER_TUNNEL, 8080, canary()), timeout=30)
-    # The tunnel does not open the LAN path: the peer's LAN address stays unreachable.
-    assert locked(client)
+    # The target's IPv4 probes travel inside the tunnel (the peer sees them arrive on its wg0 from the client's
+    # tunnel address) and nothing leaves outside it: IPv6 (blocked by the policy) neither.
+    marker = canary()
+    with Capture(PEER, "src host %s" % client.tunnel_address, interface="wg0") as inside:
+        reached, outside = leaks(client, marker)
+    assert reached, "TCP to %s did not get through the tunnel" % TARGET_V4
+    missing = unseen([p for p in PROBES if p[1] == TARGET_V4], inside.packets)
+    assert not missing, "not seen inside the tunnel: %s" % missing
+    assert outside.packets == [], "left outside the tunnel:\n" + "\n".join(outside.packets)
 
 
 def test_unmarked_traffic_to_the_endpoint_is_blocked(client):
