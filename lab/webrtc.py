@@ -262,7 +262,6 @@ HOST = "webrtc (chromium)"
 
 def unavailable() -> Optional[str]:
     """Why the WebRTC lab cannot run here, or None."""
-    from lab.netns import missing_tools  # pylint: disable=import-outside-toplevel
     if os.geteuid() != 0:
         return "needs root (network namespaces)"
     missing = missing_tools("nft", "wireguard-go", "wg", "tcpdump") + ([] if CHROMIUM else ["chromium"])
@@ -337,8 +336,8 @@ class WebrtcLab(TunnelLab):
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             probe = self.exec("client", sys.executable, "-c",
-                                  "import socket; socket.create_connection(('127.0.0.1', %d), 1).close()" % port,
-                                  check=False)
+                              "import socket; socket.create_connection(('127.0.0.1', %d), 1).close()" % port,
+                              check=False)
             if probe.returncode == 0:
                 return
             time.sleep(0.2)
