@@ -17,6 +17,7 @@ import pytest
 from ansible_collections.netlock.killswitch.plugins.plugin_utils import drift, windows_plan
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.render_windows import description, document
+from ansible_collections.netlock.killswitch.tests.unit.plugins.plugin_utils.windows_firewall_model import STOCK_OPEN_RULES
 
 PROGRAM = "C:\\Program Files\\WireGuard\\wireguard.exe"
 POLICY = {
@@ -325,16 +326,8 @@ def test_a_guard_whose_action_was_not_reported_is_not_trusted():
     assert _drift(live) == {"guard": "-guard task netlock-killswitch-guard: runs an unknown action, not guard.ps1"}
 
 
-STOCK_RULES = [
-    # what a stock Windows host has enabled (names as Get-NetFirewallRule lists them)
-    third_party("CoreNet-DNS-Out-UDP", display_name="Core Networking - DNS (UDP-Out)", protocol="UDP",
-                remote_ports=["53"], program="%SystemRoot%\\system32\\svchost.exe"),
-    third_party("CoreNet-Teredo-Out", display_name="Core Networking - Teredo (UDP-Out)", protocol="UDP",
-                program="%SystemRoot%\\system32\\svchost.exe"),
-    third_party("CoreNet-IPv6-Out", display_name="Core Networking - IPv6 (IPv6-Out)", protocol="41"),
-    third_party("CoreNet-IPHTTPS-Out", display_name="Core Networking - IPHTTPS (TCP-Out)", protocol="TCP",
-                remote_ports=["IPHTTPS"], program="System"),
-]
+# What a stock Windows host has enabled: the evaluation model's list, so both tests mean the same host.
+STOCK_RULES = list(STOCK_OPEN_RULES)
 
 
 @pytest.mark.parametrize("exclusive", [False, True])

@@ -460,7 +460,7 @@ def stock_rule(name: str, **fields: Any) -> Dict[str, Any]:
 
 
 SVCHOST = "%SystemRoot%\\system32\\svchost.exe"
-# The enabled outbound allow rules of a stock host that open paths past the tunnel (as test_windows_plan lists
+# The enabled outbound allow rules of a stock host that open paths past the tunnel (test_windows_plan uses
 # them): DNS to any resolver, and IPv6 carried over IPv4 (Teredo, 6in4 protocol 41, IP-HTTPS).
 STOCK_OPEN_RULES = (
     stock_rule("CoreNet-DNS-Out-UDP", display_name="Core Networking - DNS (UDP-Out)", protocol="UDP",
