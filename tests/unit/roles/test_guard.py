@@ -452,12 +452,12 @@ def test_check_counts_dropped_packets_from_the_table(tmp_path):
     host = Host(tmp_path)
     proc = host.in_netns("""\
         ip link add up0 type veth peer name up0p; ip link set up0 up; ip link set up0p up
-        ip addr add 192.0.2.2/24 dev up0
+        ip addr add 198.19.252.2/24 dev up0
         "$PY" -c 'import socket
         for n in range(3):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
-                s.sendto(b"x", ("192.0.2.1", 9))
+                s.sendto(b"x", ("198.19.252.1", 9))
             except OSError:
                 pass'
         guard check --from timer; echo "rc=$?"
@@ -742,7 +742,7 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 refused = 0
 for number in range(count):
     try:
-        s.sendto(("%s %d" % (tag, number)).encode(), ("192.0.2.1", 9999))
+        s.sendto(("%s %d" % (tag, number)).encode(), ("198.19.252.1", 9999))
     except OSError as exc:
         refused += exc.errno == errno.EPERM
     time.sleep(0.001)
@@ -753,13 +753,13 @@ print("sent %s refused=%d" % (tag, refused))
 VETH = WAIT_FENCE + """\
 ip link add up0 type veth peer name up0p
 unshare --net -- sh -c 'while ! ip link show up0p >/dev/null 2>&1; do sleep 0.01; done
-    ip link set lo up; ip addr add 192.0.2.1/24 dev up0p; ip link set up0p up
+    ip link set lo up; ip addr add 198.19.252.1/24 dev up0p; ip link set up0p up
     exec "$PY" -u -c "$RECEIVER"' > received.txt 2>&1 &
 receiver=$!
 here=$(readlink /proc/self/ns/net)
 while [ "$(readlink /proc/$receiver/ns/net)" = "$here" ]; do sleep 0.01; done
 ip link set up0p netns $receiver
-ip addr add 192.0.2.2/24 dev up0; ip link set up0 up
+ip addr add 198.19.252.2/24 dev up0; ip link set up0 up
 wait_for "grep -q ready received.txt"
 # the main table lets nothing out but the tunnel: open it for the test's uplink while it is in force
 send() { "$PY" -c "$SENDER" "$@"; }
