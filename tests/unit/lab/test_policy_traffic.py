@@ -64,7 +64,8 @@ def probe(lab: TunnelLab, role: str = "client", targets: Iterable[str] = SINK, t
     if not icmp:
         argv.append("--no-icmp")
     if user is not None:
-        argv = ["setpriv", "--reuid=%d" % user, "--regid=%d" % user, "--clear-groups"] + argv
+        # the system interpreter: another user may not reach one kept under /root (pyenv, the venv)
+        argv = ["setpriv", "--reuid=%d" % user, "--regid=%d" % user, "--clear-groups", "/usr/bin/python3"] + argv[1:]
     return json.loads(lab.exec(role, *argv, timeout=60).stdout)
 
 
