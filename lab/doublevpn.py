@@ -14,11 +14,13 @@ One harness for the unit test (tests/unit/plugins/module_utils/test_double_vpn.p
 controls and broken-rules mutations) and the leak report (``run_cases``: one table per chain, ``python -m lab demo``;
 alone: ``python -m lab.doublevpn``).  Built on lab.netns.NetnsLab.
 
-IPv4 only: IPv6 is disabled in the lab namespaces (and blocked by the policy).
+Both tunnels carry IPv6 too (2001:db8::/32; the endpoints stay IPv4, the policy's killswitch_ipv6 is 'tunnel'):
+every probe goes over IPv4 and IPv6, each with its own predicate, so a control vouches for each family.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import select
@@ -35,6 +37,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from lab.cases import wireguard_message_bpf
 from lab.netns import WIREGUARD_ENV, NetnsLab
+from lab.probe import leak_expression
 from lab.results import CHAIN_CASE_PREFIX, CaseResult
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +48,13 @@ SINK, ISP_SINK = "198.18.3.2", "198.18.3.1"
 INNER_SERVER, OUTER_INNER = "198.18.4.2", "198.18.4.1"
 OUTER_TUNNEL = ("198.18.10.1", "198.18.10.2")   # server, client
 INNER_TUNNEL = ("198.18.11.1", "198.18.11.2")
+# IPv6, carried by the tunnels (the endpoints are IPv4): the same places, 2001:db8:d<subnet>::/64
+PHYS_CLIENT6, PHYS_ISP6 = "2001:db8:d1::2", "2001:db8:d1::1"
+OUTER_SERVER6, ISP_OUTER6 = "2001:db8:d2::2", "2001:db8:d2::1"
+SINK6, ISP_SINK6 = "2001:db8:d3::2", "2001:db8:d3::1"
+INNER_SERVER6, OUTER_INNER6 = "2001:db8:d4::2", "2001:db8:d4::1"
+OUTER_TUNNEL6 = ("2001:db8:d10::1", "2001:db8:d10::2")
+INNER_TUNNEL6 = ("2001:db8:d11::1", "2001:db8:d11::2")
 OUTER_PORT, INNER_PORT = 51820, 51821
 OPENVPN_PORT = 1194
 OPENVPN_CRYPTO = ["--cipher", "AES-256-CBC", "--auth", "SHA256"]
@@ -86,13 +96,14 @@ def policy_variables(tag: str, nested: bool = True, outer_port: int = OUTER_PORT
         inner["via"] = "wo" + tag
     return {"killswitch_tunnel_interfaces": ["wo" + tag, "wi" + tag],
             "killswitch_endpoints": [{"address": OUTER_SERVER, "port": outer_port}, inner],
-            "killswitch_endpoint_mark": MARK, "killswitch_management_cidrs": []}
+            "killswitch_endpoint_mark": MARK, "killswitch_management_cidrs": [], "killswitch_ipv6": "tunnel"}
 
 
 # --------------------------------------------------------------------------- pcap, just enough of it
 
 def packets_of(path: str) -> List[Dict]:
-    """IPv4 packets of a pcap file: ``{src, dst, proto, dport, payload}``."""
+    """IPv4 and IPv6 packets of a pcap file: ``{src, dst, proto, dport, payload}`` (IPv6: no extension headers, as
+    the probes send them; proto is the next header)."""
     data = Path(path).read_bytes()
     if len(data) < 24:
         return []
@@ -105,15 +116,18 @@ def packets_of(path: str) -> List[Dict]:
         frame = data[offset + 16:offset + 16 + captured]
         offset += 16 + captured
         packet = frame[skip:]
-        if len(packet) < 20 or packet[0] >> 4 != 4:
+        if len(packet) >= 20 and packet[0] >> 4 == 4:
+            proto, body = packet[9], packet[(packet[0] & 15) * 4:]
+            src, dst = str(ipaddress.IPv4Address(packet[12:16])), str(ipaddress.IPv4Address(packet[16:20]))
+        elif len(packet) >= 40 and packet[0] >> 4 == 6:
+            proto, body = packet[6], packet[40:]
+            src, dst = str(ipaddress.IPv6Address(packet[8:24])), str(ipaddress.IPv6Address(packet[24:40]))
+        else:
             continue
-        header = (packet[0] & 15) * 4
-        proto = packet[9]
-        body = packet[header:]
         dport = struct.unpack("!H", body[2:4])[0] if proto in (6, 17) and len(body) >= 4 else None
-        payload = body[8:] if proto in (1, 17) else body[(body[12] >> 4) * 4:] if proto == 6 and len(body) > 12 else b""
-        found.append(dict(src=".".join(map(str, packet[12:16])), dst=".".join(map(str, packet[16:20])), proto=proto,
-                          dport=dport, payload=payload))
+        payload = (body[8:] if proto in (1, 17, 58) else body[(body[12] >> 4) * 4:] if proto == 6 and len(body) > 12
+                   else b"")
+        found.append(dict(src=src, dst=dst, proto=proto, dport=dport, payload=payload))
     return found
 
 
@@ -154,31 +168,37 @@ class ChainLab(NetnsLab):
     def build(self) -> None:
         self.add(*ROLES, forwarding=True)
         for role in ROLES:
-            self.exec(role, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-        self.link("client", "phys", [PHYS_CLIENT + "/24"], "isp", "cl", [PHYS_ISP + "/24"])
-        self.link("isp", "os", [ISP_OUTER + "/24"], "outer", "isp", [OUTER_SERVER + "/24"])
-        self.link("isp", "sk", [ISP_SINK + "/24"], "sink", "isp", [SINK + "/24"])
-        self.link("outer", "in", [OUTER_INNER + "/24"], "inner", "out", [INNER_SERVER + "/24"])
-        self.route("outer", "default", "via", ISP_OUTER)
-        self.route("inner", "default", "via", OUTER_INNER)
-        self.route("sink", "default", "via", ISP_SINK)
+            # no router solicitations: only the probes and the tunnels' own traffic on the wires
+            self.exec(role, "sysctl", "-qw", "net.ipv6.conf.all.router_solicitations=0",
+                      "net.ipv6.conf.default.router_solicitations=0")
+        self.link("client", "phys", [PHYS_CLIENT + "/24", PHYS_CLIENT6 + "/64"], "isp", "cl", [PHYS_ISP + "/24", PHYS_ISP6 + "/64"])
+        self.link("isp", "os", [ISP_OUTER + "/24", ISP_OUTER6 + "/64"], "outer", "isp", [OUTER_SERVER + "/24", OUTER_SERVER6 + "/64"])
+        self.link("isp", "sk", [ISP_SINK + "/24", ISP_SINK6 + "/64"], "sink", "isp", [SINK + "/24", SINK6 + "/64"])
+        self.link("outer", "in", [OUTER_INNER + "/24", OUTER_INNER6 + "/64"], "inner", "out",
+                  [INNER_SERVER + "/24", INNER_SERVER6 + "/64"])
+        for role, gateways in (("outer", (ISP_OUTER, ISP_OUTER6)), ("inner", (OUTER_INNER, OUTER_INNER6)),
+                               ("sink", (ISP_SINK, ISP_SINK6))):
+            for gateway in gateways:
+                self.route(role, "default", "via", gateway)
         # the inner server is the client's way to the internet: its traffic leaves with the server's address
-        self.run("inner", "nft", "-f", "-", stdin="table ip ksdv_nat {\n chain post {\n  type nat hook postrouting "
+        self.run("inner", "nft", "-f", "-", stdin="table inet ksdv_nat {\n chain post {\n  type nat hook postrouting "
                  "priority srcnat; policy accept;\n  oifname \"out\" masquerade\n }\n}\n")
         # the fallbacks when a tunnel is gone, which the kill switch must close: the physical link
         self.sh("client", "ip route add default via %s dev phys metric 300 && ip route add %s/32 via %s dev phys && "
-                "ip route add %s/32 via %s dev phys metric 300" % (PHYS_ISP, OUTER_SERVER, PHYS_ISP, INNER_SERVER, PHYS_ISP))
+                "ip route add %s/32 via %s dev phys metric 300 && ip -6 route add default via %s dev phys metric 300"
+                % (PHYS_ISP, OUTER_SERVER, PHYS_ISP, INNER_SERVER, PHYS_ISP, PHYS_ISP6))
         if self.openvpn:
             subprocess.run(["openvpn", "--genkey", "secret", str(self.workdir / "static.key")], capture_output=True,
                            timeout=TIMEOUT, check=True)
-            self.tun("outer", "so", ["--lport", str(OPENVPN_PORT), "--ifconfig", OUTER_TUNNEL[0], OUTER_TUNNEL[1]])
+            self.tun("outer", "so", ["--lport", str(OPENVPN_PORT), "--ifconfig", OUTER_TUNNEL[0], OUTER_TUNNEL[1],
+                                     "--ifconfig-ipv6", OUTER_TUNNEL6[0] + "/64", OUTER_TUNNEL6[1]])
         else:
             self.server("outer", "so", OUTER_TUNNEL[0], OUTER_PORT)
         self.server("inner", "si", INNER_TUNNEL[0], INNER_PORT)
         self.outer_up()
         self.inner_up()
 
-    def device(self, role: str, name: str, private: str, wg_args: List[str], address: str) -> None:
+    def device(self, role: str, name: str, private: str, wg_args: List[str], address: str, address6: str) -> None:
         name += self.tag
         self.devices[name] = self.spawn(role, "wireguard-go", "-f", name, env=WIREGUARD_ENV,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -191,7 +211,8 @@ class ChainLab(NetnsLab):
         with open(os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
             handle.write(private + "\n")
         self.run(role, "wg", "set", name, "private-key", str(keyfile), *wg_args)
-        self.sh(role, "ip addr add %s/24 dev %s && ip link set %s up" % (address, name, name))
+        self.sh(role, "ip addr add %s/24 dev %s && ip addr add %s/64 dev %s nodad && ip link set %s up"
+                % (address, name, address6, name, name))
 
     def tun(self, role: str, name: str, args: List[str]) -> None:
         """An OpenVPN peer (p2p, static key) on tun device ``name``, which it configures itself."""
@@ -209,26 +230,30 @@ class ChainLab(NetnsLab):
 
     def server(self, role: str, name: str, address: str, port: int) -> None:
         client = self.key("client-" + role)[1]
-        peer = OUTER_TUNNEL[1] if role == "outer" else INNER_TUNNEL[1]
-        self.device(role, name, self.key(role)[0], ["listen-port", str(port), "peer", client, "allowed-ips", peer + "/32"],
-                    address)
+        peer, peer6 = (OUTER_TUNNEL[1], OUTER_TUNNEL6[1]) if role == "outer" else (INNER_TUNNEL[1], INNER_TUNNEL6[1])
+        address6 = OUTER_TUNNEL6[0] if role == "outer" else INNER_TUNNEL6[0]
+        self.device(role, name, self.key(role)[0], ["listen-port", str(port), "peer", client, "allowed-ips",
+                                                    "%s/32,%s/128" % (peer, peer6)], address, address6)
 
     def outer_up(self) -> None:
         if self.openvpn:
             self.tun("client", "wo", ["--remote", OUTER_SERVER, str(OPENVPN_PORT), "--nobind", "--mark", str(MARK),
-                                      "--ping", "1", "--ifconfig", OUTER_TUNNEL[1], OUTER_TUNNEL[0]])
+                                      "--ping", "1", "--ifconfig", OUTER_TUNNEL[1], OUTER_TUNNEL[0],
+                                      "--ifconfig-ipv6", OUTER_TUNNEL6[1] + "/64", OUTER_TUNNEL6[0]])
         else:
             self.device("client", "wo", self.key("client-outer")[0],
                         ["fwmark", str(MARK), "peer", self.key("outer")[1], "endpoint",
-                         "%s:%d" % (OUTER_SERVER, OUTER_PORT), "allowed-ips", "0.0.0.0/0"], OUTER_TUNNEL[1])
-        self.sh("client", "ip route add default dev wo%s metric 200 && ip route add %s/32 dev wo%s"
-                % (self.tag, INNER_SERVER, self.tag))
+                         "%s:%d" % (OUTER_SERVER, OUTER_PORT), "allowed-ips", "0.0.0.0/0,::/0"], OUTER_TUNNEL[1],
+                        OUTER_TUNNEL6[1])
+        self.sh("client", "ip route add default dev wo%s metric 200 && ip route add %s/32 dev wo%s && "
+                "ip -6 route add default dev wo%s metric 200" % (self.tag, INNER_SERVER, self.tag, self.tag))
 
     def inner_up(self) -> None:
         self.device("client", "wi", self.key("client-inner")[0],
                     ["fwmark", str(MARK), "peer", self.key("inner")[1], "endpoint", "%s:%d" % (INNER_SERVER, INNER_PORT),
-                     "allowed-ips", "0.0.0.0/0", "persistent-keepalive", "1"], INNER_TUNNEL[1])
-        self.sh("client", "ip route add default dev wi%s metric 100" % self.tag)
+                     "allowed-ips", "0.0.0.0/0,::/0", "persistent-keepalive", "1"], INNER_TUNNEL[1], INNER_TUNNEL6[1])
+        self.sh("client", "ip route add default dev wi%s metric 100 && ip -6 route add default dev wi%s metric 100"
+                % (self.tag, self.tag))
 
     def tunnels(self, outer: bool, inner: bool) -> None:
         """Bring each client tunnel up (with a handshake) or down, as asked; the kill switch is removed first."""
@@ -357,69 +382,92 @@ NUDGE = "import socket, sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).se
 PROBE_SCRIPT = textwrap.dedent('''
     import socket, struct, sys
     marker, sink, udp_port, tcp_port, inner, inner_port = sys.argv[1:7]
+    family = socket.AF_INET6 if ":" in sink else socket.AF_INET
     for n in range(3):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(family, socket.SOCK_DGRAM)
         try:
             s.sendto(("%s udp %d" % (marker, n)).encode(), (sink, int(udp_port)))
         except OSError:
             pass
         s.close()
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.sendto(("%s other" % marker).encode(), (inner, int(inner_port)))
-    except OSError:
-        pass
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if inner:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.sendto(("%s other" % marker).encode(), (inner, int(inner_port)))
+        except OSError:
+            pass
+    s = socket.socket(family, socket.SOCK_STREAM)
     s.settimeout(0.5)
     try:
         s.connect((sink, int(tcp_port)))
     except OSError:
         pass
-    # an ICMP echo request carrying the marker (a raw socket: root in the lab)
-    body = struct.pack("!BBHHH", 8, 0, 0, 0x4b53, 1) + marker.encode()
-    words = sum(struct.unpack("!%dH" % ((len(body) + 1) // 2), body + bytes(len(body) % 2)))
-    words = (words >> 16) + (words & 0xFFFF)
-    checksum = ~(words + (words >> 16)) & 0xFFFF
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    # an ICMP echo request carrying the marker (a raw socket: root in the lab); ICMPv6: the kernel sums it
+    if family == socket.AF_INET6:
+        body = struct.pack("!BBHHH", 128, 0, 0, 0x4b53, 1) + marker.encode()
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    else:
+        body = struct.pack("!BBHHH", 8, 0, 0, 0x4b53, 1) + marker.encode()
+        words = sum(struct.unpack("!%dH" % ((len(body) + 1) // 2), body + bytes(len(body) % 2)))
+        words = (words >> 16) + (words & 0xFFFF)
+        body = body[:2] + struct.pack("!H", ~(words + (words >> 16)) & 0xFFFF) + body[4:]
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     try:
-        s.sendto(body[:2] + struct.pack("!H", checksum) + body[4:], (sink, 0))
+        s.sendto(body, (sink, 0))
     except OSError:
         pass
 ''')
-PROBES_SENT = 6  # packets PROBE_SCRIPT tries to send: three UDP, one to the inner endpoint, a TCP SYN, an echo
+# packets PROBE_SCRIPT tries to send: over IPv4 three UDP, one to the inner endpoint, a TCP SYN, an echo; over IPv6
+# the same but the inner endpoint's (an IPv4 endpoint)
+PROBES_SENT = 6 + 5
 
 
 def probe(lab: ChainLab, case: str) -> Dict[str, Callable[[Dict], bool]]:
-    """Send the probes from the client; returns a predicate per probe over captured packets."""
+    """Send the probes from the client, over IPv4 then IPv6; returns a predicate per probe over captured packets."""
     marker = "ks%s%s" % (case, secrets.token_hex(3))
-    lab.run("client", sys.executable, "-c", PROBE_SCRIPT, marker, SINK, str(PROBE_UDP), str(PROBE_TCP + ord(case)),
-            INNER_SERVER, str(INNER_PORT))
-    tag = marker.encode()
+    marker6 = marker + "v6"
     tcp_port = PROBE_TCP + ord(case)
+    lab.run("client", sys.executable, "-c", PROBE_SCRIPT, marker, SINK, str(PROBE_UDP), str(tcp_port),
+            INNER_SERVER, str(INNER_PORT))
+    lab.run("client", sys.executable, "-c", PROBE_SCRIPT, marker6, SINK6, str(PROBE_UDP), str(tcp_port), "", "")
+    tag, tag6 = marker.encode(), marker6.encode()
     return {
-        "udp to the sink": lambda p: p["proto"] == 17 and p["dport"] == PROBE_UDP and tag in p["payload"],
-        "tcp to the sink": lambda p: p["proto"] == 6 and p["dport"] == tcp_port,
+        "udp to the sink": lambda p: p["proto"] == 17 and p["dport"] == PROBE_UDP and tag in p["payload"]
+        and tag6 not in p["payload"],
+        "tcp to the sink": lambda p: p["proto"] == 6 and p["dport"] == tcp_port and ":" not in p["dst"],
         "icmp to the sink": lambda p: p["proto"] == 1 and p["dst"] == SINK and tag in p["payload"],
         "plain udp to the inner endpoint (no mark)": lambda p: p["proto"] == 17 and p["dst"] == INNER_SERVER
         and tag in p["payload"],
+        "udp to the sink over IPv6": lambda p: p["proto"] == 17 and p["dport"] == PROBE_UDP and tag6 in p["payload"],
+        "tcp to the sink over IPv6": lambda p: p["proto"] == 6 and p["dport"] == tcp_port and p["dst"] == SINK6,
+        # an echo request's data starts with the marker; an ICMPv6 error quoting a probe (the isp's unreachable for
+        # the sink's unreachable: IPv6 quotes up to 1280 bytes) carries it further in
+        "icmp to the sink over IPv6": lambda p: p["proto"] == 58 and p["dst"] == SINK6 and p["payload"].startswith(tag6),
     }
 
 
 SINK_PROBES = ("udp to the sink", "tcp to the sink", "icmp to the sink")
+SINK_PROBES6 = tuple("%s over IPv6" % name for name in SINK_PROBES)
 OTHER = "plain udp to the inner endpoint (no mark)"
 
-# leaks: anything from the client but the WireGuard messages an interface may carry
-PHYS_LEAKS = "ip and not (dst host %s and %s)"   # % (outer server, the outer tunnel's messages)
-OUTER_LEAKS = "ip and not (dst host %s and %s)" % (INNER_SERVER, wireguard_message_bpf(INNER_PORT))
+
+def leaks_but(allowed: str) -> str:
+    """BPF for what leaks from the client (IPv4 or IPv6): anything but on-link neighbour discovery and ``allowed``."""
+    return "(ip or ip6) and (%s)" % leak_expression([allowed])
+
+
+# leaks: anything from the client but the tunnel messages an interface may carry
+PHYS_ALLOWED = "dst host %s and %s"   # % (outer server, the outer tunnel's messages)
+OUTER_LEAKS = leaks_but("dst host %s and %s" % (INNER_SERVER, wireguard_message_bpf(INNER_PORT)))
 
 
 def measure(lab: ChainLab, case: str, kill_switch: Optional[bool], outer_up: bool) -> Dict[str, List[Dict]]:
     """Load (or remove) the kill switch, listen, probe; the packets each detector saw, and the probe predicates."""
     lab.kill_switch(kill_switch)
-    detectors = {"phys": Detector(lab, "isp", "cl", PHYS_LEAKS % (OUTER_SERVER, lab.outer_messages))}
+    detectors = {"phys": Detector(lab, "isp", "cl", leaks_but(PHYS_ALLOWED % (OUTER_SERVER, lab.outer_messages)))}
     if outer_up:
         detectors["outer tunnel"] = Detector(lab, "outer", "so" + lab.tag, OUTER_LEAKS)
-    detectors["sink"] = Detector(lab, "sink", "isp", "ip and dst host %s" % SINK)
+    detectors["sink"] = Detector(lab, "sink", "isp", "(ip and dst host %s) or (ip6 and dst host %s)" % (SINK, SINK6))
     for detector in detectors.values():
         detector.listening()
     predicates = probe(lab, case)
@@ -446,9 +494,9 @@ CHAINS = (("wireguard", "nftables"), ("openvpn", "nftables"), ("wireguard", "ipt
 # state, outer up, inner up, the wire a probe would leak on without the kill switch, the probes the control vouches
 # for there, and whether the inner device's own WireGuard would leak there too
 STATES = (("both up", True, True, "outer tunnel", (OTHER,), False),
-          ("inner down", True, False, "outer tunnel", SINK_PROBES + (OTHER,), False),
+          ("inner down", True, False, "outer tunnel", SINK_PROBES + SINK_PROBES6 + (OTHER,), False),
           ("outer down", False, True, "phys", (OTHER,), True),
-          ("both down", False, False, "phys", SINK_PROBES + (OTHER,), False))
+          ("both down", False, False, "phys", SINK_PROBES + SINK_PROBES6 + (OTHER,), False))
 # where the report counts probe packets: arrivals at the sink from the inner server (the exit), leaks on each wire
 WHERE = ("inner server", "outer tunnel", "physical")
 
@@ -468,17 +516,18 @@ def judge_state(host: str, case_id: str, state: tuple, control: Dict, guarded: D
     missing = [probe_name for probe_name in vouched if not [p for p in control[wire] if control["probes"][probe_name](p)]]
     if inner_wireguard and not [p for p in control[wire] if is_inner_wireguard(p)]:
         missing.append("inner WireGuard")
-    arrived = [p for p in guarded["sink"] if any(guarded["probes"][n](p) for n in SINK_PROBES)]
-    exits = [p for p in arrived if p["src"] == INNER_SERVER]
+    arrived = [p for p in guarded["sink"] if any(guarded["probes"][n](p) for n in SINK_PROBES + SINK_PROBES6)]
+    exits = [p for p in arrived if p["src"] in (INNER_SERVER, INNER_SERVER6)]
     wires = {"outer tunnel": guarded.get("outer tunnel", []), "physical": guarded["phys"]}
     # A leak on a wire counts there once; the sink's sightings (not from the inner server) count only when no wire
     # saw one: nothing counted twice, nothing the wires missed lost.
-    leaks = wires["outer tunnel"] + wires["physical"] or [p for p in arrived if p["src"] != INNER_SERVER]
+    leaks = wires["outer tunnel"] + wires["physical"] or [p for p in arrived if p not in exits]
     seen = {"inner server": len(exits), "outer tunnel": len(wires["outer tunnel"]), "physical": len(wires["physical"])}
     details = describe(leaks)[:20]
     error = ""
-    if name == "both up" and not exits:
-        error = "no probe exited through the inner server"
+    exited = {":" in p["src"] for p in exits}
+    if name == "both up" and exited != {False, True}:
+        error = "not every family exited through the inner server: %s" % sorted("IPv6" if v6 else "IPv4" for v6 in exited)
     if missing:
         details.append("control did not see on the %s: %s" % (wire, ", ".join(missing)))
     return CaseResult(host=host, case=name, sent=PROBES_SENT, leaked=len(leaks), control_seen=not missing,

@@ -12,7 +12,8 @@ netns by the real applier (nftables or iptables).  Each case runs the same probe
 (positive control: each probe must be seen where it would leak), then present, then with a broken kill switch (the
 inner endpoint flat, so the carrier is a general exit): that one must leak, or the case proves nothing.
 
-    a  both up: a probe arrives at the sink from the inner server's address; each wire carries only tunnel messages.
+    a  both up: a probe arrives at the sink from the inner server's address (IPv4 and IPv6); each wire carries only
+       tunnel messages.
     b  inner deleted, outer up: nothing enters the outer tunnel but inner-endpoint WireGuard messages.
     c  outer deleted, inner up: nothing on the physical link but the outer endpoint's messages (the inner
        device keeps sending keepalives to its endpoint, now routed there: they must not leave).
@@ -20,7 +21,8 @@ inner endpoint flat, so the carrier is a general exit): that one must leak, or t
 
 Endpoint mark semantics: a process without the mark sending plain UDP to the inner endpoint through the outer tunnel
 is refused (the nested endpoint is scoped like a flat one: address, protocol, port and owner, plus the carrier).
-IPv4 only: IPv6 is disabled in the lab namespaces (and blocked by the policy).
+IPv6 by traffic: both tunnels carry 2001:db8::/32 (the endpoints stay IPv4; killswitch_ipv6 'tunnel'); every probe
+goes over IPv4 and IPv6, the detectors capture both, and the controls vouch for each IPv6 probe where it would leak.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ REPO_ROOT = Path(__file__).resolve().parents[4]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from lab.doublevpn import (INNER_SERVER, OTHER, PROBE_UDP, SINK_PROBES, ChainLab, describe,  # noqa: E402
-                           is_inner_wireguard, measure, unavailable)
+from lab.doublevpn import (INNER_SERVER, INNER_SERVER6, OTHER, PROBE_UDP, SINK_PROBES, SINK_PROBES6,  # noqa: E402
+                           ChainLab, describe, is_inner_wireguard, measure, unavailable)
 
 
 # One lab per test, torn down by the test itself: ansible-test runs each test in a fork of its own, where a
@@ -62,6 +64,9 @@ def case_a_both_up_traffic_exits_the_inner_server(lab):
     udp = seen["probes"]["udp to the sink"]
     arrived = [p for p in seen["sink"] if udp(p)]
     assert arrived and {p["src"] for p in arrived} == {INNER_SERVER}, describe(seen["sink"])
+    for name in SINK_PROBES6:
+        arrived6 = [p for p in seen["sink"] if seen["probes"][name](p)]
+        assert arrived6 and {p["src"] for p in arrived6} == {INNER_SERVER6}, "%s: %s" % (name, describe(seen["sink"]))
     assert seen["phys"] == [], "leaked on the physical link: %s" % describe(seen["phys"])
     assert seen["outer tunnel"] == [], "leaked into the outer tunnel: %s" % describe(seen["outer tunnel"])
 
@@ -94,11 +99,14 @@ def leak_case(lab: ChainLab, case: str, wire: str, outer_up: bool, probes: Tuple
                                               else broken["probes"]["udp to the sink"](p))]
         assert leaked, "the broken kill switch (the inner endpoint flat, the carrier a general exit) leaked nothing " \
                        "on the %s: this case could not fail" % wire
+        if wire == "outer tunnel":
+            assert [p for p in broken[wire] if broken["probes"]["udp to the sink over IPv6"](p)], \
+                "the broken kill switch leaked no IPv6 into the outer tunnel: the IPv6 probes could not fail"
 
 
 def case_b_inner_down_nothing_enters_the_outer_tunnel_but_inner_endpoint_wireguard(lab):
     lab.tunnels(outer=True, inner=False)
-    leak_case(lab, "b", "outer tunnel", True, SINK_PROBES + (OTHER,))
+    leak_case(lab, "b", "outer tunnel", True, SINK_PROBES + SINK_PROBES6 + (OTHER,))
 
 
 def case_c_outer_down_inner_up_the_inner_endpoint_is_not_reached_on_the_physical_link(lab):
@@ -111,7 +119,7 @@ def case_c_outer_down_inner_up_the_inner_endpoint_is_not_reached_on_the_physical
 def case_d_both_down_nothing_on_the_physical_link(lab):
     lab.tunnels(outer=False, inner=False)
     # the broken ruleset differs only for the inner endpoint, which nothing sends to now: no mutation check here
-    leak_case(lab, "d", "phys", False, SINK_PROBES + (OTHER,), broken_leaks=False)
+    leak_case(lab, "d", "phys", False, SINK_PROBES + SINK_PROBES6 + (OTHER,), broken_leaks=False)
 
 
 CASES = (case_a_both_up_traffic_exits_the_inner_server,
