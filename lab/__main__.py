@@ -21,7 +21,7 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from lab import build, cases, fleet, flush, report, run, webrtc
+from lab import build, cases, doublevpn, fleet, flush, report, run, webrtc
 
 console = Console()
 
@@ -57,7 +57,7 @@ def rollout() -> None:
     subprocess.run(["ansible-playbook", "-i", cases.INVENTORY, cases.ROLLOUT], check=True)
 
 
-def run_cases(names, flaps: int, outdir: str, concurrent: bool = True, with_webrtc: bool = True) -> int:
+def run_cases(names, flaps: int, outdir: str, concurrent: bool = True, with_standalone: bool = True) -> int:
     hosts = cases.clients()
     with progress() as display:
         tasks = {host.name: display.add_task(host.name, total=len(names) + 1) for host in hosts}
@@ -65,11 +65,17 @@ def run_cases(names, flaps: int, outdir: str, concurrent: bool = True, with_webr
         def notify(host: str, what: str, done: int) -> None:
             display.update(tasks[host], description="%s: %s" % (host, what), advance=done)
         outcome = run.run_all(hosts, names, flaps, notify, concurrent=concurrent)
-        if with_webrtc:
+        if with_standalone:
             # Chromium gathering ICE candidates behind the kill switch, in a namespace lab of its own.
             task = display.add_task("%s: control, tunnel up, tunnel down" % webrtc.HOST, total=1)
             outcome.results.extend(webrtc.run_cases())
             display.update(task, advance=1)
+            # The double-VPN chains, each in a namespace lab of its own (lab.doublevpn).
+            task = display.add_task("double VPN chains", total=len(doublevpn.CHAINS))
+            for chain in doublevpn.CHAINS:
+                display.update(task, description="double VPN: %s" % doublevpn.chain_name(*chain))
+                outcome.results.extend(doublevpn.run_cases((chain,)))
+                display.update(task, advance=1)
     report.print_report(outcome.results, outcome.timelines, console, outcome.firewalls)
     paths = report.write_all(outcome.results, outcome.timelines, outdir, outcome.firewalls)
     console.print("%d clients in %s, %.0f s; report: %s, %s" % (
@@ -105,7 +111,7 @@ def main(argv=None) -> int:
         rollout()
     if args.command in ("cases", "demo"):
         return run_cases(names, args.flaps, args.reports, concurrent=not args.one_client_at_a_time,
-                         with_webrtc=not args.case)
+                         with_standalone=not args.case)
     return 0
 
 

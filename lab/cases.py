@@ -440,7 +440,8 @@ def host_firewall(host: Host) -> HostFirewall:
     versions, recorded = firewall.tool_versions(host)
     found, problems = firewall.in_force(host, intended)
     problems = firewall.variant_problems(intended, versions, recorded) + problems
-    return HostFirewall(host.name, intended.backend, intended.alternative, versions["iptables"], found, problems)
+    return HostFirewall(host.name, intended.backend, intended.alternative, versions["iptables"], found, problems,
+                        vpn=host.vpn.label())
 
 
 # --- flap stream ---------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from lab.results import CaseResult, FlapTimeline, HostFirewall  # noqa: E402
+from lab.results import CHAIN_CASE_PREFIX, CaseResult, FlapTimeline, HostFirewall  # noqa: E402
 
 TITLE = "netlock.killswitch: tunnel flaps vs packets at the sink"
 BIN = 0.1  # seconds per histogram bin
@@ -51,14 +51,25 @@ def _ran(host: str, results: List[CaseResult], timelines: List[FlapTimeline]) ->
             | ({FLAP} if any(t.host == host for t in timelines) else set()))
 
 
-# Cases with a lab of their own (lab.webrtc: a browser in network namespaces), not run on every client.
+# Cases with a lab of their own (lab.webrtc: a browser in network namespaces; lab.doublevpn: the chains, case_id
+# CHAIN_CASE_PREFIX...), not run on every client.
 STANDALONE_CASE_IDS = {"webrtc"}
+# Where a chain's probes were seen (lab.doublevpn.WHERE): the columns of its table and its bars in the picture.
+CHAIN_PLACES = ("inner server", "outer tunnel", "physical")
+
+
+def standalone(result: CaseResult) -> bool:
+    return result.case_id in STANDALONE_CASE_IDS or result.case_id.startswith(CHAIN_CASE_PREFIX)
+
+
+def is_chain(result: CaseResult) -> bool:
+    return result.case_id.startswith(CHAIN_CASE_PREFIX)
 
 
 def not_run(results: List[CaseResult], timelines: List[FlapTimeline],
             firewalls: Sequence[HostFirewall] = ()) -> Dict[str, List[str]]:
     """host -> the cases some other host ran and this one did not: every case must run on every client."""
-    results = [r for r in results if r.case_id not in STANDALONE_CASE_IDS]
+    results = [r for r in results if not standalone(r)]
     hosts = _hosts(results, timelines, firewalls)
     ran = {host: _ran(host, results, timelines) for host in hosts}
     every = set().union(*ran.values()) if ran else set()
@@ -87,8 +98,9 @@ def _control(seen: Optional[bool]) -> str:
 def _title(host: str, firewall: Optional[HostFirewall]) -> str:
     title = "[bold]%s[/]" % escape(host)
     if firewall:
-        title += ": kill switch backend [bold]%s[/]; iptables alternative %s: %s" % (
-            escape(firewall.backend), escape(firewall.alternative), escape(firewall.iptables_version or "?"))
+        vpn = "VPN [bold]%s[/]; " % escape(firewall.vpn) if firewall.vpn else ""
+        title += ": %skill switch backend [bold]%s[/]; iptables alternative %s: %s" % (
+            vpn, escape(firewall.backend), escape(firewall.alternative), escape(firewall.iptables_version or "?"))
     return title
 
 
@@ -106,6 +118,10 @@ def print_report(results: List[CaseResult], timelines: List[FlapTimeline],
     console = console or Console()
     by_host = {f.host: f for f in firewalls}
     for host in _hosts(results, timelines, firewalls):
+        chain = [r for r in results if r.host == host and is_chain(r)]
+        if chain:
+            console.print(chain_table(host, chain))
+            continue
         # The heading on a line of its own: a table title would wrap at the table's width.
         console.print(_title(host, by_host.get(host)))
         table = Table(caption=_caption(by_host.get(host)), caption_justify="left")
@@ -129,8 +145,7 @@ def print_report(results: List[CaseResult], timelines: List[FlapTimeline],
             leaked = "[red]%d[/]" % len(t.leaked) if t.leaked else "0"
             table.add_row(label, str(t.sent), leaked, _control(None), _verdict(not t.leaked))
         console.print(table)
-    hosts = _hosts(results, timelines, firewalls)
-    if len(hosts) > 1:
+    if len(_hosts([r for r in results if not standalone(r)], timelines, firewalls)) > 1:
         console.print(matrix(results, timelines, firewalls))
     failed = sum(not r.passed for r in results) + sum(bool(t.leaked) for t in timelines)
     line = "%d cases, %d leaked packets in total" % (len(results), _total_leaked(results, timelines))
@@ -146,17 +161,40 @@ def print_report(results: List[CaseResult], timelines: List[FlapTimeline],
                                       escape(line)))
 
 
+def chain_table(host: str, results: List[CaseResult]) -> Table:
+    """A double-VPN chain (lab.doublevpn), a row per state in the order run: the guarded probes seen where (arrived
+    at the sink from the inner server: the exit; on the outer tunnel and the physical link: leaks), leaked in all,
+    whether the control (no kill switch) saw each probe on the wire it would leak on."""
+    table = Table(title="[bold]%s[/]" % escape(host), title_justify="left")
+    table.add_column("state")
+    for place in CHAIN_PLACES:
+        table.add_column("seen: %s" % place, justify="right")
+    table.add_column("leaked", justify="right")
+    table.add_column("positive control", justify="center")
+    table.add_column("verdict", justify="center")
+    for r in results:
+        label = escape(r.case)
+        if r.error:
+            label += "\n[red]  ↳ error: %s[/]" % escape(r.error)
+        elif not r.passed and r.details:
+            label += "".join("\n[dim]  ↳ %s[/]" % escape(d) for d in r.details[:3])
+        cells = [str(r.seen[place]) if place in r.seen else "[dim]-[/]" for place in CHAIN_PLACES]
+        leaked = "[red]%d[/]" % r.leaked if r.leaked else "0"
+        table.add_row(label, *cells, leaked, _control(r.control_seen), _outcome(r))
+    return table
+
+
 def matrix(results: List[CaseResult], timelines: List[FlapTimeline], firewalls: Sequence[HostFirewall] = ()) -> Table:
     """Every case (rows) on every host (columns): a case must pass on each, whatever its firewall.  Standalone
     cases (STANDALONE_CASE_IDS) have their own table in print_report."""
-    results = [r for r in results if r.case_id not in STANDALONE_CASE_IDS]
+    results = [r for r in results if not standalone(r)]
     hosts = _hosts(results, timelines, firewalls)
     by_host = {f.host: f for f in firewalls}
     table = Table(title="[bold]every case on every client[/]", title_justify="left")
     table.add_column("case")
     for host in hosts:
         firewall = by_host.get(host)
-        table.add_column("%s\n%s" % (host, firewall.label() if firewall else ""), justify="center")
+        table.add_column("%s\n%s" % (host, _host_label(firewall)), justify="center")
     cells: Dict[Tuple[str, str], List[str]] = {}
     for r in results:
         cells.setdefault((r.case, r.host), []).append("ERROR" if r.error else "PASS" if r.passed else "FAIL")
@@ -171,6 +209,13 @@ def matrix(results: List[CaseResult], timelines: List[FlapTimeline], firewalls: 
         label = escape(case) + (" [red](differs)[/]" if len({tuple(v) for v in verdicts if v != ["n/a"]}) > 1 else "")
         table.add_row(label, *(" ".join(_style(v) for v in vs) for vs in verdicts))
     return table
+
+
+def _host_label(firewall: Optional[HostFirewall]) -> str:
+    """"nftables, OpenVPN (udp)": the host's firewall and VPN."""
+    if not firewall:
+        return ""
+    return ", ".join(part for part in (firewall.label(), firewall.vpn) if part)
 
 
 def _style(verdict: str) -> str:
@@ -188,12 +233,14 @@ def report_dict(results: List[CaseResult], timelines: List[FlapTimeline],
     """The JSON document as a dict (hosts, cases sorted by host and case, flap streams by host)."""
     hosts = [
         {"host": f.host, "backend": f.backend, "iptables_alternative": f.alternative,
-         "iptables_version": f.iptables_version, "in_force": f.in_force, "problems": list(f.problems), "ok": f.ok}
+         "iptables_version": f.iptables_version, "in_force": f.in_force, "problems": list(f.problems), "ok": f.ok,
+         "vpn": f.vpn}
         for f in sorted(firewalls, key=lambda f: f.host)
     ]
     cases = [
-        {"host": r.host, "case": r.case, "sent": r.sent, "leaked": r.leaked,
-         "control_seen": r.control_seen, "passed": r.passed, "error": r.error, "details": list(r.details)}
+        {"host": r.host, "case": r.case, "case_id": r.case_id, "sent": r.sent, "leaked": r.leaked,
+         "control_seen": r.control_seen, "passed": r.passed, "error": r.error, "details": list(r.details),
+         "seen": dict(r.seen)}
         for r in sorted(results, key=lambda r: (r.host, r.case))
     ]
     flap = [
@@ -259,28 +306,63 @@ def _plot_host(ax: Any, t: FlapTimeline, xmax: float, firewall: Optional[HostFir
                           fontsize="small", frameon=False, borderaxespad=0.2)
     if not t.leaked:
         legend.get_texts()[-1].set_color("tab:green")
-    host = "%s, %s" % (t.host, firewall.label()) if firewall else t.host
+    host = "%s, %s" % (t.host, _host_label(firewall)) if firewall else t.host
     ax.set_title("%s: %d flaps, %d sent, %d leaked" % (host, t.flaps, t.sent, len(t.leaked)),
                  loc="left", fontsize="medium")
 
 
+def _plot_standalone(ax: Any, results: List[CaseResult]) -> None:
+    """The standalone cases (a double-VPN chain's states, WebRTC), one group of bars each: where a chain's guarded
+    probes were seen (CHAIN_PLACES) and what leaked; a case without places shows its leaks only."""
+    places = CHAIN_PLACES + ("leaked",)
+    colors = {"inner server": "tab:blue", "outer tunnel": "tab:orange", "physical": "tab:purple", "leaked": "red"}
+    width = 1.0 / (len(places) + 1)
+    labels = []
+    for index, r in enumerate(results):
+        values = {place: r.seen[place] for place in CHAIN_PLACES if place in r.seen}
+        values["leaked"] = r.leaked
+        for offset, place in enumerate(places):
+            if place in values:
+                x = index + (offset - (len(places) - 1) / 2) * width
+                ax.bar(x, values[place], width, color=colors[place])
+                ax.text(x, values[place], str(values[place]), ha="center", va="bottom", fontsize="x-small")
+        verdict = "ERROR" if r.error else "PASS" if r.passed else "FAIL"
+        labels.append("%s\n%s: %s" % (r.host.replace("double VPN: ", ""), r.case, verdict))
+    ax.set_xticks(range(len(results)), labels, fontsize="x-small", rotation=30, ha="right")
+    handles = [Patch(color=colors[place], label=place) for place in places]
+    ax.legend(handles=handles, loc="upper right", ncol=len(places), fontsize="small", frameon=False)
+    ax.set_ylabel("probe packets")
+    ax.set_title("standalone cases: where the guarded probes were seen (inner server: the exit; elsewhere: leaks)",
+                 loc="left", fontsize="medium")
+    top = max([1] + [r.leaked for r in results] + [v for r in results for v in r.seen.values()])
+    ax.set_ylim(0, top * 1.4)
+
+
 def write_timeline_png(timelines: List[FlapTimeline], path: Path | str,
-                       firewalls: Sequence[HostFirewall] = ()) -> Path:
-    """One subplot per flap timeline (sorted by host, titled with its firewall), x axis shared, in seconds."""
+                       firewalls: Sequence[HostFirewall] = (), results: Sequence[CaseResult] = ()) -> Path:
+    """One subplot per flap timeline (sorted by host, titled with its firewall and VPN), x axis shared, in seconds;
+    below them the standalone cases (double-VPN chains, WebRTC), if any."""
     path = Path(path)
     by_host = {f.host: f for f in firewalls}
     ordered = sorted(timelines, key=lambda t: t.host)
+    extra = [r for r in results if standalone(r)]
     rows = max(len(ordered), 1)
-    fig, axes = plt.subplots(rows, 1, sharex=True, squeeze=False, figsize=(12, 3 * rows), dpi=100)
+    fig = plt.figure(figsize=(12, 3 * rows + (4 if extra else 0)), dpi=100)
+    grid = fig.add_gridspec(rows + bool(extra), 1, height_ratios=[3] * rows + ([4] if extra else []))
+    axes = [fig.add_subplot(grid[0, 0])]
+    axes += [fig.add_subplot(grid[i, 0], sharex=axes[0]) for i in range(1, rows)]
     try:
         xmax = max([t.duration for t in ordered] + [change[0] for t in ordered for change in t.tunnel] + [1.0])
-        for ax, t in zip(axes[:, 0], ordered):
+        for ax, t in zip(axes, ordered):
             _plot_host(ax, t, xmax, by_host.get(t.host))
         if not ordered:
-            axes[0, 0].text(0.5, 0.5, "no flap timeline", ha="center", va="center",
-                            transform=axes[0, 0].transAxes)
-        axes[-1, 0].set_xlim(0, xmax)
-        axes[-1, 0].set_xlabel("seconds")
+            axes[0].text(0.5, 0.5, "no flap timeline", ha="center", va="center", transform=axes[0].transAxes)
+        for ax in axes[:-1]:
+            ax.tick_params(labelbottom=False)
+        axes[-1].set_xlim(0, xmax)
+        axes[-1].set_xlabel("seconds")
+        if extra:
+            _plot_standalone(fig.add_subplot(grid[rows, 0]), extra)
         fig.suptitle(TITLE)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
@@ -295,4 +377,4 @@ def write_all(results: List[CaseResult], timelines: List[FlapTimeline], outdir: 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     return {"json": write_json(results, timelines, outdir / JSON_NAME, firewalls),
-            "png": write_timeline_png(timelines, outdir / PNG_NAME, firewalls)}
+            "png": write_timeline_png(timelines, outdir / PNG_NAME, firewalls, results)}

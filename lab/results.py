@@ -4,7 +4,11 @@ the firewall it ran."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
+
+
+# The case_id of the double-VPN chains' results (lab.doublevpn): standalone cases, one table per chain.
+CHAIN_CASE_PREFIX = "doublevpn-"
 
 
 @dataclass
@@ -17,6 +21,7 @@ class CaseResult:
     details: List[str] = field(default_factory=list)  # leaked packet summaries, notes
     error: str = ""  # the case could not run to its verdict (an exception): a failure, never a pass
     case_id: str = ""  # the lab.cases.CASES entry that gave it (one entry may give several results)
+    seen: Dict[str, int] = field(default_factory=dict)  # probe packets by where they were seen (lab.doublevpn.WHERE)
 
     @property
     def passed(self) -> bool:
@@ -46,6 +51,7 @@ class HostFirewall:
     iptables_version: str  # `iptables -V` inside the container
     in_force: str  # what the lab found holding the kill switch
     problems: List[str] = field(default_factory=list)  # any difference from the inventory: a failure
+    vpn: str = ""  # the VPN client the host runs (lab.topology.Vpn.label: "WireGuard", "OpenVPN (udp)")
 
     @property
     def ok(self) -> bool:

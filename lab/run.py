@@ -84,7 +84,8 @@ def _checked_firewall(host: Host, when: str) -> HostFirewall:
     try:
         checked = cases.host_firewall(host)
     except Exception as exc:  # noqa: BLE001 -- a check that cannot run is a failed check
-        return HostFirewall(host.name, "?", "?", "", "", ["%s the cases: the check failed: %s" % (when, exc)])
+        return HostFirewall(host.name, "?", "?", "", "", ["%s the cases: the check failed: %s" % (when, exc)],
+                            vpn=host.vpn.label())
     checked.problems = ["%s the cases: %s" % (when, p) for p in checked.problems]
     return checked
 

@@ -56,6 +56,10 @@ class Vpn:
     tunnel_v4: str  # the tunnel network (the server NATs it)
     tunnel_v6: str
 
+    def label(self) -> str:
+        """"WireGuard" or "OpenVPN (udp)": what the report names a client's VPN by."""
+        return "WireGuard" if self.kind == "wireguard" else "OpenVPN (%s)" % self.protocol
+
 
 WIREGUARD = Vpn("wireguard", "wg0", "wg-quick@wg0", "wireguard-go", WG_PORT, "udp", "198.18.100.1",
                 TUNNEL_V4, TUNNEL_V6)

@@ -16,7 +16,9 @@ if str(REPO_ROOT) not in sys.path:
 from rich.console import Console  # noqa: E402
 
 from lab.report import exit_code, not_run, print_report, write_all, write_json, write_timeline_png  # noqa: E402
+from lab.doublevpn import STATES, WHERE, chain_case_id, chain_name  # noqa: E402
 from lab.results import CaseResult, FlapTimeline, HostFirewall  # noqa: E402
+from lab.topology import CLIENTS, client  # noqa: E402
 
 HOSTS = ("client-debian", "client-alma")
 CASES = ("dns-udp53", "icmp-echo", "tcp-443")
@@ -52,8 +54,9 @@ def test_json_content(tmp_path: Path) -> None:
     assert doc["summary"] == {"cases": 6, "leaked": 3, "not_run": {}, "passed": False}
     assert [(c["host"], c["case"]) for c in doc["cases"]] == sorted((h, c) for h in HOSTS for c in CASES)
     bad = [c for c in doc["cases"] if not c["passed"]]
-    assert bad == [{"host": HOSTS[0], "case": "icmp-echo", "sent": 10, "leaked": 3, "control_seen": True,
-                    "passed": False, "error": "", "details": ["eth0 10.0.0.2 > 1.1.1.1: ICMP echo request"]}]
+    assert bad == [{"host": HOSTS[0], "case": "icmp-echo", "case_id": "", "sent": 10, "leaked": 3, "control_seen": True,
+                    "passed": False, "error": "", "details": ["eth0 10.0.0.2 > 1.1.1.1: ICMP echo request"],
+                    "seen": {}}]
     assert [f["host"] for f in doc["flap"]] == sorted(HOSTS)
     flap = doc["flap"][0]
     assert set(flap) == {"host", "duration", "flaps", "sent", "leaked", "sink_seen", "probes", "leaked_kinds", "tunnel"}
@@ -150,10 +153,10 @@ def test_each_host_shows_its_backend_and_variant(tmp_path: Path) -> None:
     assert doc["hosts"] == [
         {"host": "client-alma", "backend": "iptables", "iptables_alternative": "iptables-legacy",
          "iptables_version": "iptables v1.8.9 (legacy)", "in_force": "iptables: 30 rules, ip6tables: 28 rules "
-         "(iptables-legacy)", "problems": [], "ok": True},
+         "(iptables-legacy)", "problems": [], "ok": True, "vpn": ""},
         {"host": "client-debian", "backend": "nftables", "iptables_alternative": "iptables-nft",
          "iptables_version": "iptables v1.8.9 (nf_tables)", "in_force": "table inet killswitch", "problems": [],
-         "ok": True}]
+         "ok": True, "vpn": ""}]
     assert doc["summary"]["passed"] is True
     assert exit_code(make_results(), make_timelines(), make_firewalls()) == 0
 
@@ -218,3 +221,93 @@ def test_standalone_cases_are_judged_but_not_asked_of_every_client() -> None:
     assert exit_code(clients + [webrtc_ok, blind], []) == 1
     assert exit_code([CaseResult("ks-client1", "tunnel up", 10, 0, True), webrtc_ok], []) == 0
     assert not_run(clients + [CaseResult("ks-client1", "dns", 4, 0, True)], []) == {"ks-client2": ["dns"]}
+
+
+# --- which VPN each client runs; case_id in the JSON ------------------------------------------------------------
+
+def test_each_client_is_shown_with_the_vpn_it_runs(tmp_path: Path) -> None:
+    """ks-client4 runs OpenVPN, the others WireGuard (lab.topology): the host's title, the matrix column, the
+    picture's title and the JSON report say so."""
+    assert client("ks-client4").vpn.label() == "OpenVPN (udp)"
+    assert {host.vpn.label() for host in CLIENTS if host.name != "ks-client4"} == {"WireGuard"}
+    firewalls = [HostFirewall(HOSTS[0], "nftables", "iptables-nft", "iptables v1.8.9 (nf_tables)", "table inet killswitch",
+                              vpn=client("ks-client1").vpn.label()),
+                 HostFirewall(HOSTS[1], "nftables", "iptables-nft", "iptables v1.8.9 (nf_tables)", "table inet killswitch",
+                              vpn=client("ks-client4").vpn.label())]
+    text = render_with_firewalls(make_results(), make_timelines(), firewalls)
+    assert "client-debian: VPN WireGuard; kill switch backend nftables" in text
+    assert "client-alma: VPN OpenVPN (udp); kill switch backend nftables" in text
+    assert "nftables, OpenVPN (udp)" in text and "nftables, WireGuard" in text  # the matrix's columns
+    doc = json.loads(write_json(make_results(), make_timelines(), tmp_path / "r.json", firewalls).read_text())
+    assert {h["host"]: h["vpn"] for h in doc["hosts"]} == {HOSTS[0]: "WireGuard", HOSTS[1]: "OpenVPN (udp)"}
+    # without a VPN known, the title is as before (no empty "VPN" in it)
+    bare = render_with_firewalls(make_results(), make_timelines(), make_firewalls())
+    assert "VPN" not in bare
+
+
+def test_json_stores_the_case_id(tmp_path: Path) -> None:
+    results = [CaseResult(h, "tunnel up", 5, 0, control_seen=True, case_id="tunnel-up") for h in HOSTS]
+    results.append(CaseResult(HOSTS[0], "tunnel up over TCP", 5, 0, control_seen=True, case_id="tunnel-up"))
+    doc = json.loads(write_json(results, [], tmp_path / "r.json").read_text())
+    assert [(c["host"], c["case"], c["case_id"]) for c in doc["cases"]] == [
+        (HOSTS[1], "tunnel up", "tunnel-up"), (HOSTS[0], "tunnel up", "tunnel-up"),
+        (HOSTS[0], "tunnel up over TCP", "tunnel-up")]
+
+
+# --- the double-VPN chains (lab.doublevpn): a table each, in the JSON and the picture ------------------------------
+
+def chain_results(leak: bool = False) -> List[CaseResult]:
+    results = []
+    for chain in (("wireguard", "nftables"), ("openvpn", "nftables")):
+        for state in STATES:
+            seen = {"inner server": 5 if state[0] == "both up" else 0, "outer tunnel": 0, "physical": 0}
+            leaked = 0
+            if leak and chain[0] == "openvpn" and state[0] == "outer down":
+                seen["physical"], leaked = 2, 2
+            results.append(CaseResult(chain_name(*chain), state[0], 6, leaked, control_seen=True,
+                                      case_id=chain_case_id(*chain), seen=seen))
+    return results
+
+
+def test_a_chain_has_a_table_of_its_own(tmp_path: Path) -> None:
+    results = make_results() + chain_results()
+    text = render_with_firewalls(results, make_timelines(), make_firewalls())
+    for chain in ("double VPN: WireGuard in WireGuard (nftables)", "double VPN: WireGuard in OpenVPN (nftables)"):
+        assert chain in text
+    for column in ("seen: %s" % place for place in WHERE):
+        assert column in text
+    both_up = [line.split("│") for line in text.splitlines() if "both up" in line]
+    assert len(both_up) == 2 and [cell.strip() for cell in both_up[0][2:6]] == ["5", "0", "0", "0"]
+    # standalone: not in the every-client matrix, never "not run" on the clients
+    matrix = text[text.index("every case on every client"):]
+    assert "both up" not in matrix and "WireGuard in" not in matrix
+    assert not_run(results, make_timelines()) == {}
+    assert exit_code(results, make_timelines()) == 0
+    doc = json.loads(write_json(results, make_timelines(), tmp_path / "r.json").read_text())
+    chain = [c for c in doc["cases"] if c["case_id"] == "doublevpn-openvpn-nftables"]
+    assert sorted(c["case"] for c in chain) == sorted(state[0] for state in STATES)
+    assert {c["case"]: c["seen"]["inner server"] for c in chain}["both up"] == 5
+
+
+def test_a_chain_leak_fails_the_run_and_shows(tmp_path: Path) -> None:
+    results = make_results() + chain_results(leak=True)
+    assert exit_code(results, make_timelines()) == 1
+    text = render_with_firewalls(results, make_timelines(), make_firewalls())
+    openvpn = text[text.index("WireGuard in OpenVPN"):text.index("WireGuard in WireGuard")]
+    wireguard = text[text.index("WireGuard in WireGuard"):]
+    [leaking] = [line for line in openvpn.splitlines() if "outer down" in line]
+    assert [cell.strip() for cell in leaking.split("│")[2:8]] == ["0", "0", "2", "2", "seen", "FAIL"]
+    assert "PASS" in [line for line in wireguard.splitlines() if "outer down" in line][0]
+    blind = chain_results()
+    blind[0].control_seen = False
+    assert exit_code(make_results() + blind, make_timelines()) == 1
+
+
+def test_png_shows_the_standalone_cases(tmp_path: Path) -> None:
+    webrtc = CaseResult("webrtc (chromium)", "webrtc tunnel up", 4, 0, True, case_id="webrtc")
+    plain = write_timeline_png(make_timelines(), tmp_path / "plain.png").read_bytes()
+    path = write_all(make_results() + chain_results(leak=True) + [webrtc], make_timelines(), tmp_path)["png"]
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    # the standalone panel adds height: the PNG's IHDR height grows
+    assert int.from_bytes(data[20:24], "big") > int.from_bytes(plain[20:24], "big")
