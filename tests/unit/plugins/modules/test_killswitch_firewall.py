@@ -728,6 +728,19 @@ def test_anything_but_the_recorded_state_takes_the_full_comparison(new_module, t
     assert nft.calls == ["listing"]
 
 
+def test_a_failing_listing_takes_the_full_comparison(new_module, target):
+    expected = target.parent / "expected-table.txt"
+    converged(new_module, target, expected)
+
+    class Failing(FakeNft):
+        def listing(self, table):
+            self.calls.append("listing")
+            raise RuntimeError("listing the live nftables rules failed: boom")
+    nft = Failing(live=(DESIRED, DESIRED_TEXT))
+    result = mod.present(new_module(), nft, "killswitch", str(target), RULESET, 0, str(expected))
+    assert nft.calls == ["listing", "check", "desired", "live"] and result["changed"] is False
+
+
 def test_a_pending_rollback_takes_the_full_comparison(new_module, target, rollback_dir):
     expected = target.parent / "expected-table.txt"
     converged(new_module, target, expected)
