@@ -37,8 +37,8 @@ def run(outcome: Outcome) -> None:
         "killswitch_guard_interval (%d s by default), so a tamper is restored at worst one interval plus the check that "
         "restores it (measured after `nft flush ruleset`). Watcher: `guard watch` running (fence on, reacting to `nft "
         "monitor`), %d times `nft flush ruleset`, then wall time until the kill switch table is listed again (polled "
-        "every 2 ms, so up to 2 ms of the figure is the poll)." % (" ".join(guard_host.unit_python_flags()) or "none",
-                                                                 INTERVAL, FLAPS))
+        "every 2 ms, so up to 2 ms of the figure is the poll)." % (
+            " ".join(guard_host.unit_python_flags()) or "none", INTERVAL, FLAPS))
     reason = netns.needs_root()
     work = tempfile.mkdtemp(prefix="netlock-bench-b8-")
     for entries in SIZES:
