@@ -48,9 +48,12 @@ def run(outcome: Outcome) -> None:
     outcome.notes.append("Allowlist: N `killswitch_extra_outbound` entries, half IPv4 /32s and half IPv6 /128s, none "
                          "adjacent (bench/workload.py). Render = parse_policy + render_for on the controller. Apply = the "
                          "real module (plugins/modules/killswitch_firewall.py) run as a host runs it, in a throwaway network "
-                         "namespace with a private /run: check (nft -c), desired (load and list in a nested private "
-                         "namespace), live, compare, load. No-op = the same module again with the table loaded. nft -f = "
-                         "`nft -f` of the same file into the emptied namespace, best of 2.")
+                         "namespace with a private /run: desired (load and list in a nested private namespace, which is "
+                         "also the check), live (JSON and text), compare, load, and a record of the ruleset's and the "
+                         "listing's digests. No-op = the same module again with the table loaded: the record, the "
+                         "persisted file and the expected listing match, so one listing of the live table (the guard's "
+                         "list command) compared with the expected listing. nft -f = `nft -f` of the same file into the "
+                         "emptied namespace, best of 2.")
     reason = netns.needs_root()
     work = tempfile.mkdtemp(prefix="netlock-bench-b3-")
     payloads = {}
@@ -69,8 +72,8 @@ def run(outcome: Outcome) -> None:
         host = host_apply.in_namespace(payloads[entries], repeats=2)
         ratio = (controller + host["apply"]) / host["nft_f"]
         last = entries == BIGGEST
-        outcome.figure("apply %d entries (module: check, compare, load)" % entries, round(host["apply"], 3), "s")
-        outcome.figure("no-op converge %d entries (module: check, compare)" % entries, round(host["noop"], 3), "s",
+        outcome.figure("apply %d entries (module: check and compare, load)" % entries, round(host["apply"], 3), "s")
+        outcome.figure("no-op converge %d entries (module: one live listing)" % entries, round(host["noop"], 3), "s",
                        NOOP_SECONDS if last else None)
         outcome.figure("nft -f alone, %d entries" % entries, round(host["nft_f"], 3), "s")
         outcome.figure("(render + apply) / nft -f, %d entries" % entries, round(ratio, 2), "x",
@@ -81,21 +84,20 @@ def run(outcome: Outcome) -> None:
                                  "parse %.3f s and render %.3f s on the controller." % (entries, parts, parse_s, render_s))
             if host["noop"] > NOOP_SECONDS.limit:
                 outcome.notes.append(
-                    "No-op converge over target at %d entries: the module asks nft for four passes over the table "
-                    "(nft -c; load and list the desired table, JSON and text, in a private namespace; list the live one, "
-                    "JSON and text) and compares the JSON in Python; `nft -f` alone already takes %.2f s here, so the "
-                    "limit is nft's listing of a 100k-element set, not our Python. Reaching 1.5 s needs fewer nft passes "
-                    "(e.g. skip the check and the desired listing when the persisted file and expected listing are "
-                    "unchanged and the live listing's digest matches): a change to the module's comparison, not made "
-                    "in this benchmark run." % (entries, host["nft_f"]))
+                    "No-op converge over target at %d entries: the module lists the live table once (nft list, then "
+                    "the counter and cgroup filters of the guard's list command) and reads and hashes the ruleset, the "
+                    "persisted file and the expected listing; `nft -f` alone takes %.2f s here, and listing a "
+                    "100k-element set costs nft about as much as loading it, plus the module's start-up (Python, "
+                    "Ansible's module boilerplate)." % (entries, host["nft_f"]))
             if ratio > RATIO_TO_NFT.limit:
                 outcome.notes.append(
                     "(render + apply) / nft -f over target at %d entries: the controller's parse + render alone is %.1f "
                     "times `nft -f`, most of it the standard library's ipaddress parsing, sorting and collapsing 100k "
-                    "networks and printing them (profile below); the module's apply is %.1f times `nft -f`, nft's own "
-                    "check and listings (parts above). Both limits are outside nft's load; cutting them needs a faster "
-                    "address path in policy.py (integer ranges instead of ipaddress objects) and fewer nft passes in the "
-                    "module, neither small enough to make in this run. Profile of parse_policy + render_for at %d "
+                    "networks and printing them (profile below); the module's apply is %.1f times `nft -f`: nft's load and "
+                    "listings in the private namespace (the check and the desired side), the live listing and the load "
+                    "itself (parts above), four passes over the table where `nft -f` makes one. Cutting the controller's "
+                    "share needs a faster address path in policy.py (integer ranges instead of ipaddress objects), "
+                    "outside this benchmark's change. Profile of parse_policy + render_for at %d "
                     "entries (by own time):\n\n%s" % (
                         entries, controller / host["nft_f"], host["apply"] / host["nft_f"], entries,
                         top_entries(lambda: render_for(parse_policy(datapath_policy(entries)), "nftables"), 15)))

@@ -30,12 +30,15 @@ def run(outcome: Outcome) -> None:
     outcome.notes.append(
         "The real guard program (roles/killswitch/files/netlock_killswitch_guard.py) on a host laid out in a temporary "
         "directory inside a throwaway network namespace; `systemctl` is a stand-in that reports every unit enabled and "
-        "active. Check CPU = user + system time of `guard check --from timer` and every command it waited for "
-        "(getrusage RUSAGE_CHILDREN), best of 3, everything in sync. Timer path: the systemd timer fires every "
+        "active. Check CPU = user + system time of `guard check --from timer`, run with the interpreter flags of its "
+        "unit (killswitch_guard_python_flags: %s), and every command it waited for (getrusage RUSAGE_CHILDREN), best "
+        "of 3, everything in sync. Start-up = the same command line with a configuration file that is not there (the "
+        "guard exits before any work). Timer path: the systemd timer fires every "
         "killswitch_guard_interval (%d s by default), so a tamper is restored at worst one interval plus the check that "
         "restores it (measured after `nft flush ruleset`). Watcher: `guard watch` running (fence on, reacting to `nft "
         "monitor`), %d times `nft flush ruleset`, then wall time until the kill switch table is listed again (polled "
-        "every 2 ms, so up to 2 ms of the figure is the poll)." % (INTERVAL, FLAPS))
+        "every 2 ms, so up to 2 ms of the figure is the poll)." % (
+            " ".join(guard_host.unit_python_flags()) or "none", INTERVAL, FLAPS))
     reason = netns.needs_root()
     work = tempfile.mkdtemp(prefix="netlock-bench-b8-")
     for entries in SIZES:
@@ -53,12 +56,12 @@ def run(outcome: Outcome) -> None:
         cpu_target = Target("<=", CHECK_CPU.limit * 1000) if small else None
         outcome.figure("check CPU, in sync, %d entries" % entries, round(result["check_cpu"] * 1000, 1), "ms", cpu_target)
         outcome.figure("check wall, in sync, %d entries" % entries, round(result["check_wall"] * 1000, 1), "ms")
-        outcome.figure("of which interpreter start and imports (guard --help), CPU", round(result["startup_cpu"] * 1000, 1), "ms")
+        outcome.figure("of which interpreter start and imports (guard, missing config), CPU", round(result["startup_cpu"] * 1000, 1), "ms")
         if small and result["check_cpu"] * 1000 > CHECK_CPU.limit * 1000:
             outcome.notes.append(
                 "Check CPU over target at %d entries: %.1f ms, of which %.1f ms is the Python interpreter starting and "
-                "importing the guard (`guard --help` costs that much and does nothing else); the rest is the check "
-                "and the commands it runs (nft listings, sed, systemctl). cProfile of one in-sync check (the commands "
+                "importing the guard (the same command line with a missing configuration costs that much and does nothing "
+                "else); the rest is the check and the commands it runs (nft listings, sed, systemctl). cProfile of one in-sync check (the commands "
                 "show as waits in subprocess):\n\n```\n%s\n```" % (
                     entries, result["check_cpu"] * 1000, result["startup_cpu"] * 1000, result["profile"]))
         outcome.figure("restoring check (after a flush), %d entries: CPU" % entries,

@@ -29,6 +29,7 @@ from bench.netns import BenchError, run
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUARD = os.path.join(REPO_ROOT, "roles", "killswitch", "files", "netlock_killswitch_guard.py")
+ROLE_VARS = os.path.join(REPO_ROOT, "roles", "killswitch", "vars", "main.yml")
 TABLE = "killswitch"
 FENCE_TABLE = TABLE + "_fence"
 FAKE_SYSTEMCTL = """#!/bin/sh
@@ -45,6 +46,14 @@ def in_namespace(payload_path: str, fence_path: str, flaps: int, timeout: float 
     proc = run(["unshare", "--net", "--mount", "--", "sh", "-c", script, sys.executable, payload_path, fence_path,
                 str(flaps)], timeout=timeout, env=env, cwd=REPO_ROOT)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def unit_python_flags() -> List[str]:
+    """The interpreter flags the guard's units run it with (the role's killswitch_guard_python_flags)."""
+    import yaml
+
+    with open(ROLE_VARS) as handle:
+        return str(yaml.safe_load(handle).get("killswitch_guard_python_flags") or "").split()
 
 
 def _digest(payload: str) -> str:
@@ -97,15 +106,17 @@ def with_fence(host: Dict[str, Any]) -> None:
 
 
 def check_cpu(host: Dict[str, Any], command: Sequence[str] = ("check", "--from", "timer"),
-              prefix: Sequence[str] = ()) -> Dict[str, Any]:
-    """One ``guard check --from timer``: CPU seconds of it and its commands, and wall seconds."""
+              prefix: Sequence[str] = (), config_path: str = "", returncode: int = 0) -> Dict[str, Any]:
+    """One ``guard check --from timer``, run as its unit runs it: CPU seconds of it and its commands, and wall
+    seconds."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable] + list(prefix) + [GUARD, "--config", host["config_path"]] + list(command),
+    proc = subprocess.run([sys.executable] + unit_python_flags() + list(prefix) +
+                          [GUARD, "--config", config_path or host["config_path"]] + list(command),
                           capture_output=True, text=True, timeout=600, check=False, env=host["env"])
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
+    if proc.returncode != returncode:
         raise BenchError("guard check failed (rc %d): %s" % (proc.returncode, (proc.stderr or proc.stdout)[-2000:]))
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     drift = [line for line in proc.stdout.splitlines() + proc.stderr.splitlines() if "drift kind=" in line]
@@ -125,7 +136,7 @@ def table_present(name: str) -> bool:
 
 def watch_restores(host: Dict[str, Any], flaps: int) -> Dict[str, Any]:
     log = open(os.path.join(host["root"], "watch.log"), "w")
-    watcher = subprocess.Popen([sys.executable, GUARD, "--config", host["config_path"], "watch"], stdout=log,
+    watcher = subprocess.Popen([sys.executable] + unit_python_flags() + [GUARD, "--config", host["config_path"], "watch"], stdout=log,
                                stderr=subprocess.STDOUT, env=host["env"])
     try:
         deadline = time.monotonic() + 60
@@ -163,7 +174,9 @@ def measure(payload_path: str, fence_path: str, flaps: int) -> Dict[str, Any]:
     in_sync = [check_cpu(host) for attempt in range(3)]
     if any(result["drift_lines"] for result in in_sync):
         raise BenchError("a check of a host in sync reported drift")
-    startup = min(check_cpu(host, command=("--help",))["cpu"] for attempt in range(3))
+    # Start-up: the same command line with a configuration that is not there (exit 2 before any work).
+    missing = os.path.join(host["root"], "missing.json")
+    startup = min(check_cpu(host, config_path=missing, returncode=2)["cpu"] for attempt in range(3))
     check_profile = profile(host)
     run(["nft", "flush", "ruleset"])
     restoring = check_cpu(host)

@@ -4,8 +4,9 @@
 """The host side of B3, run inside a throwaway network and mount namespace (``in_namespace``).
 
 The real module file (plugins/modules/killswitch_firewall.py) runs as a host runs it, a Python process reading
-its arguments: a first apply (check, compare, load) and then no-op converges (check and compare, nothing
-loaded).  Then the parts of a converge one by one through the applier (``Nft``), and ``nft -f`` alone.
+its arguments: a first apply (load and list in a private namespace, which is the check; compare; load) and then
+no-op converges (one listing of the live table against the recorded expected listing, nothing loaded).  Then the
+parts of a converge one by one through the applier (``Nft``), and ``nft -f`` alone.
 /run is a private tmpfs there, so the module's lock and rollback files never touch the machine's.
 """
 
@@ -82,7 +83,8 @@ def measure(payload_path: str, repeats: int) -> Dict[str, Any]:
     parts = {}
     for name, call in (("check (nft -c)", lambda: nft.check(payload_path)),
                        ("desired (load and list in a private netns)", lambda: nft.desired(payload_path, TABLE)),
-                       ("live (nft -j list, nft list)", lambda: nft.live(TABLE))):
+                       ("live (nft -j list, nft list)", lambda: nft.live(TABLE)),
+                       ("live listing alone (the no-op's one pass)", lambda: nft.listing(TABLE))):
         started = time.perf_counter()
         call()
         parts[name] = time.perf_counter() - started

@@ -18,10 +18,17 @@ Runner = Callable[[Sequence[str]], Tuple[int, str, str]]
 Listing = Tuple[Any, str]
 
 
+class Rejected(RuntimeError):
+    """The firewall refused the payload itself (what its check would have said)."""
+
+
 class Firewall:
     """One backend's applier on the host."""
 
     name = ""
+    # True when ``desired`` loads the payload as ``apply`` would and raises Rejected if the firewall refuses it:
+    # then ``check`` adds nothing and the module skips it (one pass over the payload fewer).
+    desired_checks = False
 
     def __init__(self, run: Runner, unshare: str = "unshare"):
         self.run = run  # runs an argv, returns (rc, stdout, stderr)
@@ -54,6 +61,14 @@ class Firewall:
     def list_command(self, table: str) -> str:
         """Shell that prints the live listing ``live`` compares (the guard runs it)."""
         raise NotImplementedError
+
+    def listing(self, table: str) -> str:
+        """The live rules as ``list_command`` prints them, the text the guard compares with the expected listing
+        (empty when nothing is loaded)."""
+        rc, out, err = self.run(["/bin/sh", "-c", self.list_command(table)])
+        if rc != 0:
+            raise RuntimeError("listing the live %s rules failed: %s" % (self.name, (err or out).strip()))
+        return out
 
     def previous_payload(self, table: str, live: Optional[Listing]) -> str:
         """A payload that restores ``live`` exactly, or removes the kill switch when ``live`` is None."""

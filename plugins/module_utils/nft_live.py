@@ -18,10 +18,11 @@ import re
 import shlex
 from typing import Any, Dict, List, Optional, Tuple
 
-from ansible_collections.netlock.killswitch.plugins.module_utils.firewall import Firewall, Runner
+from ansible_collections.netlock.killswitch.plugins.module_utils.firewall import Firewall, Rejected, Runner
 
 _COUNTER_TEXT = re.compile(r"counter packets \d+ bytes \d+")
 _VOLATILE_KEYS = ("handle", "metainfo")
+REJECTED_RC = 65  # desired(): the private namespace's ``nft -f`` refused the file
 CGROUP_SET_TYPE = "cgroupsv2"
 # In ``nft list`` text: the elements of a set whose key is a socket's cgroup (they may span lines, never hold '}').
 _CGROUP_ELEMENTS = re.compile(r"(\tset [^\n]*\{\n\t\ttypeof socket cgroupv2 [^\n]*\n(?:\t\t(?!elements = )[^\n]*\n)*)"
@@ -60,6 +61,7 @@ def plain_text(listing: str) -> str:
 
 class Nft(Firewall):
     name = "nftables"
+    desired_checks = True  # desired() runs the full ``nft -f``: whatever ``nft -c`` refuses, it refuses too
 
     def __init__(self, run: Runner, nft: str = "nft", unshare: str = "unshare"):
         super().__init__(run, unshare)
@@ -82,9 +84,11 @@ class Nft(Firewall):
 
     def desired(self, path: str, table: str) -> Tuple[List[Dict[str, Any]], str]:
         """Load the file in a throwaway network namespace and list what the kernel made of it."""
-        script = '%s -f "$1" && %s -j list table inet "$2" && echo "#--" && %s list table inet "$2"' % (
-            self.nft, self.nft, self.nft)
+        script = '%s -f "$1" || exit %d; %s -j list table inet "$2" && echo "#--" && %s list table inet "$2"' % (
+            self.nft, REJECTED_RC, self.nft, self.nft)
         rc, out, err = self.run([self.unshare, "--net", "--", "sh", "-c", script, "sh", path, table])
+        if rc == REJECTED_RC:
+            raise Rejected((err or out).strip())
         if rc != 0:
             raise RuntimeError("loading the ruleset in a private network namespace failed: %s" % (err or out).strip())
         document, _sep, text = out.partition("\n#--\n")

@@ -17,7 +17,8 @@ description:
   - "C(iptables): our own chains, jumped to first from C(INPUT), C(OUTPUT) and C(FORWARD), loaded by one
     C(iptables-restore --noflush) transaction per family (IPv4, then IPv6); rules of other tools are left
     alone. Works with iptables-nft and iptables-legacy, whichever the host's alternatives select."
-  - The payload is checked (C(nft -c), C(iptables-restore --test)) before anything changes.
+  - The payload is checked (C(nft -c), C(iptables-restore --test)) before anything changes; for nftables the
+    load in a private network namespace below is that check (it runs the full C(nft -f)).
   - The live rules are compared with the desired ones as the kernel lists them (the desired side is loaded
     in a private network namespace and listed back), so an unchanged policy reports C(changed=false) and
     rules someone edited by hand, or a jump someone moved, are put back.
@@ -64,6 +65,10 @@ options:
       - Where the kernel's listing of the table (counter values removed) is recorded for the guard,
         which reloads O(path) whenever the live table differs from it.
       - Written with the table, restored by a rollback and removed with O(state=absent).
+      - Beside it, C(<expected_path>.sha256) records the digests of the ruleset and of the listing the kernel made
+        of it. When that record, the persisted file and this listing all match O(ruleset), and the live rules list
+        exactly as this listing, the run is a no-op after one listing of the live rules (no check, no load in a
+        private namespace); anything else, drift included, takes the full comparison.
     type: path
   rollback_timeout:
     description:
@@ -192,6 +197,8 @@ rollback:
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import os
 import pwd
 import socket
@@ -199,6 +206,7 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.netlock.killswitch.plugins.module_utils import rollback
+from ansible_collections.netlock.killswitch.plugins.module_utils.firewall import Rejected
 from ansible_collections.netlock.killswitch.plugins.module_utils.iptables import Iptables
 from ansible_collections.netlock.killswitch.plugins.module_utils.nft_live import Nft
 
@@ -297,33 +305,87 @@ def arm_rollback(module, firewall, table, path, expected_path, live, timeout, ta
                 unit=rollback.ROLLBACK_UNIT, confirm=rollback.confirm_command(files))
 
 
-def present(module, firewall, table, path, ruleset, rollback_timeout=0, expected_path=None):
-    # Checked and compared from the module's temp dir: check mode must not write under /etc.
-    probe = _write(module.tmpdir, ruleset)
-    problem = firewall.check(probe)
-    if problem:
-        module.fail_json(msg="the %s check rejected the ruleset, nothing was changed: %s" % (firewall.name, problem))
-    desired, desired_text = firewall.desired(probe, table)
-    live = firewall.live(table)
-    table_changed = live is None or live[0] != desired
-    file_changed = _read(path) != ruleset
-    expected_changed = bool(expected_path) and _read(expected_path) != desired_text
-    pending = os.path.exists(_rollback_files()["armed"])
-    result = dict(
+def applied_record_path(expected_path):
+    """Beside the expected listing: the digests of a ruleset and of the listing the kernel made of it."""
+    return expected_path + ".sha256"
+
+
+def _sha256(text):
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _record(ruleset, listing):
+    return json.dumps({"ruleset": _sha256(ruleset), "listing": _sha256(listing)}, sort_keys=True) + "\n"
+
+
+def in_force(firewall, table, path, ruleset, expected_path):
+    """The live listing when ``ruleset`` is already in force, else None: one listing of the live rules instead of
+    the check, the load in a private namespace and the live listings of a full comparison.
+
+    In force means: a record says the kernel listed this very ruleset as the expected listing now on disk (written
+    when a full comparison saw it, so it stays true whatever happens to the files), the persisted file is this
+    ruleset, and the live rules list exactly as that.  Anything else (a hand edit, a flush, another file) is left
+    to the full comparison.
+    """
+    if not expected_path:
+        return None
+    expected = _read(expected_path)
+    if expected is None or _read(applied_record_path(expected_path)) != _record(ruleset, expected):
+        return None
+    if _read(path) != ruleset:
+        return None
+    try:
+        live = firewall.listing(table)
+    except RuntimeError:  # the full comparison tells what is wrong
+        return None
+    return live if live == expected else None
+
+
+def _result(firewall, table, path, live_text, desired_text, changes, pending):
+    table_changed, file_changed, expected_changed = changes
+    return dict(
         changed=table_changed or file_changed or expected_changed or pending,
         table_changed=table_changed,
         file_changed=file_changed,
         expected_changed=expected_changed,
         rollback_pending=pending,
         path=path,
-        table=desired_text if table_changed else live[1],
-        diff=[dict(before_header="%s %s (live)" % (firewall.name, table), before=live[1] if live else "",
+        table=desired_text if table_changed else live_text,
+        diff=[dict(before_header="%s %s (live)" % (firewall.name, table), before=live_text or "",
                    after_header="%s %s (desired)" % (firewall.name, table), after=desired_text)],
         commands=dict(load=rollback.command(firewall.load_argv(path)), list=firewall.list_command(table)),
     )
+
+
+def present(module, firewall, table, path, ruleset, rollback_timeout=0, expected_path=None):
+    pending = os.path.exists(_rollback_files()["armed"])
+    if not pending:
+        live_text = in_force(firewall, table, path, ruleset, expected_path)
+        if live_text is not None:
+            return _result(firewall, table, path, live_text, live_text, (False, False, False), False)
+    # Checked and compared from the module's temp dir: check mode must not write under /etc.
+    probe = _write(module.tmpdir, ruleset)
+    problem = None if firewall.desired_checks else firewall.check(probe)
+    if problem:
+        module.fail_json(msg="the %s check rejected the ruleset, nothing was changed: %s" % (firewall.name, problem))
+    try:
+        desired, desired_text = firewall.desired(probe, table)
+    except Rejected as exc:
+        module.fail_json(msg="the %s check rejected the ruleset, nothing was changed: %s" % (firewall.name, exc))
+    live = firewall.live(table)
+    table_changed = live is None or live[0] != desired
+    file_changed = _read(path) != ruleset
+    expected_changed = bool(expected_path) and _read(expected_path) != desired_text
+    result = _result(firewall, table, path, live[1] if live else None, desired_text,
+                     (table_changed, file_changed, expected_changed), pending)
     if file_changed:
         result["diff"].append(dict(before_header=path, before=_read(path) or "", after_header=path, after=ruleset))
-    if module.check_mode or not result["changed"]:
+    if module.check_mode:
+        return result
+    if expected_path and _read(applied_record_path(expected_path)) != _record(ruleset, desired_text):
+        # A fact whatever happens next (apply, rollback, failure): this ruleset lists as desired_text.
+        _stage(module, applied_record_path(expected_path), _record(ruleset, desired_text))
+    if not result["changed"]:
         return result
     if rollback_timeout and (table_changed or pending):
         # Only a rule change can cut the controller off; an earlier unconfirmed apply needs confirming too.
@@ -359,7 +421,8 @@ def disarm(module):
 
 def absent(module, firewall, table, path, expected_path=None):
     live = firewall.live(table) if firewall else None
-    files = [p for p in (path, expected_path) if p and os.path.exists(p)]
+    record = applied_record_path(expected_path) if expected_path else None
+    files = [p for p in (path, expected_path, record) if p and os.path.exists(p)]
     pending = os.path.exists(_rollback_files()["armed"])
     result = dict(changed=live is not None or bool(files) or pending, table_changed=live is not None,
                   file_changed=path in files, rollback_pending=pending, path=path, table="",

@@ -26,21 +26,15 @@ Standard library only, Python 3.6+.  Log lines go to stdout (the journal).
 
 from __future__ import absolute_import, division, print_function
 
-import argparse
-import ctypes
-import ctypes.util
-import difflib
 import errno
 import fcntl
 import json
 import os
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 __metaclass__ = type
@@ -80,6 +74,7 @@ LIBNFTABLES = "libnftables.so.1"
 # with the id of that cgroup while it exists.  nft names a cgroup by its path below NFT_CGROUP_DIR.
 CGROUP_COMMENT = "cgroup "
 NFT_CGROUP_DIR = "/sys/fs/cgroup"
+CGROUP_TYPEOF = "typeof socket cgroupv2"  # how such a set shows in the listing
 MOUNTINFO = "/proc/self/mountinfo"
 
 
@@ -200,15 +195,23 @@ def cgroup_commands(document, table, mount, nft_dir=NFT_CGROUP_DIR):
     return commands
 
 
-def refresh_cgroups(nft, table, apply):
-    """Fill the cgroup sets of ``table`` (listed with the nft program); ``apply(text)`` loads a command, returns
-    None or the error.  Returns the errors (a cgroup that vanished meanwhile: the next check tries again)."""
-    rc, out, _err = run([nft, "-j", "list", "table", "inet", table])
+def table_json(nft, table, terse=False):
+    """``nft -j list table`` as a document, or None; ``terse`` leaves set elements out (cheap with a big set)."""
+    rc, out, _err = run([nft, "-j"] + (["-t"] if terse else []) + ["list", "table", "inet", table])
     if rc != 0:
-        return []
+        return None
     try:
-        document = json.loads(out)
+        return json.loads(out)
     except ValueError:
+        return None
+
+
+def refresh_cgroups(nft, table, apply, document=None):
+    """Fill the cgroup sets of ``table`` (listed with the nft program unless ``document`` is that listing);
+    ``apply(text)`` loads a command, returns None or the error.  Returns the errors (a cgroup that vanished
+    meanwhile: the next check tries again)."""
+    document = document or table_json(nft, table)
+    if document is None:
         return []
     try:
         with open(MOUNTINFO, encoding="utf-8") as handle:
@@ -225,6 +228,8 @@ def refresh_cgroups(nft, table, apply):
 
 def nft_file_applier(nft):
     def apply(text):
+        import tempfile  # only when a cgroup set needs filling
+
         with tempfile.NamedTemporaryFile("w", suffix=".nft") as handle:
             handle.write(text)
             handle.flush()
@@ -244,6 +249,8 @@ def one_line(text, limit=SUMMARY_LIMIT):
 def diff_summary(expected, live, limit=SUMMARY_LIMIT, strip=True):
     """The changed lines of a unified diff (expected -> live), ' | '-separated, on one bounded line; ``strip``
     leaves trailing newlines out (as the listing comparison does)."""
+    import difflib  # only when something drifted: not on every check's start-up
+
     changed = []
     if strip:
         expected, live = expected.rstrip("\n"), live.rstrip("\n")
@@ -404,7 +411,13 @@ def atomic_write(path, data, mode=None):
             mode = os.stat(path).st_mode & 0o7777
         except OSError:
             mode = 0o600
-    fd, temp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
+    # Not tempfile.mkstemp: importing tempfile costs every check more CPU than the write itself.
+    temp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
+    try:
+        os.unlink(temp)  # left by a process of the same pid that died mid-write
+    except OSError:
+        pass
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -448,12 +461,12 @@ def shell(command):
 
 
 def which(name):
-    found = shutil.which(name)
-    if found:
-        return found
-    for directory in ("/usr/sbin", "/sbin", "/usr/bin", "/bin"):
-        if os.access(os.path.join(directory, name), os.X_OK):
-            return os.path.join(directory, name)
+    """The program on PATH, then in the sbin and bin directories (a unit's PATH may lack sbin)."""
+    path = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    for directory in path + ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]:
+        candidate = os.path.join(directory, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
     return None
 
 
@@ -665,18 +678,13 @@ class Checker:
         else:
             self.event(kind, "%s is %s" % (unit, state), True, "started %s" % unit)
 
-    def dropped(self):
+    def dropped(self, document=None):
         config = self.config
         if config["backend"] == "nftables":
             if not self.nft:
                 return {}
-            rc, out = run([self.nft, "-j", "list", "table", "inet", config["table"]])[:2]
-            if rc != 0:
-                return {}
-            try:
-                return nft_drops(json.loads(out), config["table"])
-            except ValueError:
-                return {}
+            document = document or table_json(self.nft, config["table"], terse=True)
+            return nft_drops(document, config["table"]) if document else {}
         drops = {}
         for family, program in (("ipv4", "iptables"), ("ipv6", "ip6tables")):
             binary = which(program)
@@ -713,9 +721,14 @@ class Checker:
         if digest:
             self.check_file(digest)
         present, in_sync = self.check_table(expected)
+        document = None
         if present and config["backend"] == "nftables" and self.nft:
-            for error in refresh_cgroups(self.nft, config["table"], nft_file_applier(self.nft)):
-                log("netlock-killswitch guard: cannot fill the cgroup set %s" % error)
+            # One JSON listing serves the cgroup sets and the drop counters (a set's change leaves counters
+            # alone); without set elements when the rules in force have no cgroup set to fill.
+            document = table_json(self.nft, config["table"], terse=in_sync and CGROUP_TYPEOF not in expected)
+            if document is not None:
+                for error in refresh_cgroups(self.nft, config["table"], nft_file_applier(self.nft), document):
+                    log("netlock-killswitch guard: cannot fill the cgroup set %s" % error)
         self.check_boot_unit()
         fence = self.check_fence(digest) if digest else self.fence_present()
         self.check_peer()
@@ -727,7 +740,7 @@ class Checker:
                 write_state(config["state_path"], state)
             except (IOError, OSError) as exc:
                 log("netlock-killswitch guard: cannot write %s: %s" % (config["state_path"], exc))
-        self.write_metrics(present, in_sync, fence, self.dropped() if present else {}, digest)
+        self.write_metrics(present, in_sync, fence, self.dropped(document) if present else {}, digest)
         return 1 if self.failed else 0
 
     def write_metrics(self, present, in_sync, fence, drops, digest):
@@ -744,15 +757,23 @@ class Checker:
 
 # --------------------------------------------------------------------------- the fence (libnftables)
 
+def find_library(name):
+    import ctypes.util
+
+    return ctypes.util.find_library(name)
+
+
 class Nft:
     """One libnftables context, kept for the life of the process: its netlink socket owns the fence."""
 
     def __init__(self, library=None):
+        import ctypes  # only the watcher holds the fence: the timer's check never pays for ctypes
+
         library = library or LIBNFTABLES
         try:
             lib = ctypes.CDLL(library)
         except OSError as exc:
-            found = ctypes.util.find_library("nftables")
+            found = find_library("nftables")
             if not found:
                 raise RuntimeError("cannot load %s: %s" % (library, exc)) from exc
             lib = ctypes.CDLL(found)
@@ -1005,7 +1026,22 @@ class Watcher:
 
 # --------------------------------------------------------------------------- command line
 
-def main(argv=None):
+def unit_args(argv):
+    """(config, command, source) of the command lines the units run, or None for anything else (--help, a
+    mistake), which goes to argparse: importing it costs more CPU than a whole in-sync check of a small table."""
+    config = DEFAULT_CONFIG
+    if argv[:1] == ["--config"] and len(argv) > 1 and not argv[1].startswith("-"):
+        config, argv = argv[1], argv[2:]
+    if argv in (["watch"], ["cgroups"], ["check"]):
+        return config, argv[0], "timer"
+    if argv[:2] == ["check", "--from"] and len(argv) == 3 and argv[2] in ("timer", "watch"):
+        return config, "check", argv[2]
+    return None
+
+
+def parse_args(argv):
+    import argparse
+
     parser = argparse.ArgumentParser(prog="netlock-killswitch-guard", description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="guard.json (default %(default)s)")
     commands = parser.add_subparsers(dest="command")
@@ -1017,25 +1053,31 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.command:
         parser.error("a sub-command is required: check, watch or cgroups")
+    return args.config, args.command, getattr(args, "source", "timer")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config_path, command, source = unit_args(argv) or parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(config_path)
     except ConfigError as exc:
-        log("netlock-killswitch guard: bad configuration %s: %s" % (args.config, exc))
+        log("netlock-killswitch guard: bad configuration %s: %s" % (config_path, exc))
         return 2
-    if args.command == "watch":
-        with open(args.config, encoding="utf-8") as handle:
+    if command == "watch":
+        with open(config_path, encoding="utf-8") as handle:
             unknown = sorted(set(json.loads(handle.read())) - set(DEFAULTS))
         if unknown:
-            log("netlock-killswitch watch: ignoring unknown keys in %s: %s" % (args.config, ", ".join(unknown)))
-    if args.command == "check":
-        return Checker(config, args.source).run()
-    if args.command == "cgroups":
+            log("netlock-killswitch watch: ignoring unknown keys in %s: %s" % (config_path, ", ".join(unknown)))
+    if command == "check":
+        return Checker(config, source).run()
+    if command == "cgroups":
         nft = which("nft")
         errors = refresh_cgroups(nft, config["table"], nft_file_applier(nft)) if nft else ["nft is not installed"]
         for error in errors:
             log("netlock-killswitch guard: cannot fill the cgroup set %s" % error)
         return 1 if errors else 0
-    return Watcher(args.config, config).run()
+    return Watcher(config_path, config).run()
 
 
 if __name__ == "__main__":

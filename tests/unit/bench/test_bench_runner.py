@@ -184,6 +184,29 @@ def test_rules_a_packet_evaluates_count_up_to_the_first_match():
         b4_datapath.rules_traversed(output, "tun9")
 
 
+PERF_REPORT = """\
+# Samples: 1K of event 'cpu-clock:ppp'
+#
+    14.42%  [k] _raw_spin_unlock_irqrestore
+     4.28%  [k] nft_do_chain
+     0.85%  [k] nft_lookup_eval
+     1.12%  [k] nf_conntrack_in
+     0.62%  [k] nf_confirm
+     0.30%  [k] ipv4_conntrack_local
+     1.12%  [k] nf_hook_slow
+     1.74%  [.] __GI___libc_write
+"""
+
+
+def test_perf_samples_are_shared_out_by_where_the_cost_lies():
+    from bench import b4_datapath
+
+    shares = b4_datapath.cost_shares(PERF_REPORT)
+    assert {kind: round(value, 2) for kind, value in shares.items()} == {
+        "nftables rule evaluation": 5.13, "connection tracking": 2.04, "netfilter hooks": 1.12}
+    assert set(b4_datapath.cost_shares("").values()) == {0.0}
+
+
 def test_main_writes_both_files_and_leaves_no_scratch(tmp_path, monkeypatch):
     """A run of the unmeasured benchmarks only: results written, its temporary directory gone, TMPDIR as before."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))

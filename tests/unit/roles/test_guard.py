@@ -241,6 +241,43 @@ def test_program_is_stdlib_only_and_python36_syntax():
     assert not source.startswith("#!"), "run as python3 guard.py by its units: no shebang (ansible-test: non-module shebang)"
 
 
+@pytest.mark.parametrize("argv", [
+    ["--config", "/etc/g.json", "check", "--from", "timer"], ["--config", "/etc/g.json", "check", "--from", "watch"],
+    ["--config", "/etc/g.json", "check"], ["--config", "/etc/g.json", "watch"], ["--config", "/etc/g.json", "cgroups"],
+    ["check", "--from", "watch"], ["watch"]])
+def test_unit_command_lines_parse_as_argparse_does(argv):
+    assert guard.unit_args(argv) == guard.parse_args(argv)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--config=/x", "check"], ["check", "--from", "cron"], ["bogus"], []])
+def test_other_command_lines_go_to_argparse(argv):
+    assert guard.unit_args(argv) is None
+
+
+def test_a_timer_check_starts_without_the_heavy_imports(tmp_path):
+    """As its unit runs it (python3 -I -S): no argparse, ctypes, difflib, tempfile nor shutil for a check (they cost
+    more CPU than a small table's whole check); the configuration missing, it exits 2 before any work."""
+    probe = ("import runpy, sys\n"
+             "sys.argv = [sys.argv[1], '--config', sys.argv[2], 'check', '--from', 'timer']\n"
+             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+             "except SystemExit as exc:\n    code = exc.code\n"
+             "heavy = sorted(m for m in ('argparse', 'ctypes', 'difflib', 'tempfile', 'shutil') if m in sys.modules)\n"
+             "print(code, ','.join(heavy) or '-')\n")
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", probe, str(GUARD_PATH), str(tmp_path / "missing.json")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.stdout.split()[-2:] == ["2", "-"], proc.stdout + proc.stderr
+
+
+def test_which_finds_programs_not_directories(tmp_path, monkeypatch):
+    (tmp_path / "bin" / "nft").mkdir(parents=True)
+    (tmp_path / "sbin").mkdir()
+    program = tmp_path / "sbin" / "nft"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (tmp_path / "bin", tmp_path / "sbin"))
+    assert guard.which("nft") == str(program)
+
+
 def test_check_without_expected_listing_does_nothing(tmp_path):
     config = guard.parse_config(json.dumps(dict(
         list_command="echo should-not-run >&2; exit 3", load_command="exit 3", expected_path=str(tmp_path / "none"),
@@ -647,7 +684,7 @@ def test_watch_without_libnftables_required_exits_1(tmp_path, monkeypatch):
     path = tmp_path / "guard.json"
     path.write_text(json.dumps(host_config))
     monkeypatch.setattr(guard, "LIBNFTABLES", "libnftables-missing.so.1")
-    monkeypatch.setattr(guard.ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(guard, "find_library", lambda name: None)
     monkeypatch.setattr(guard.signal, "signal", lambda signum, handler: None)  # keep pytest's handlers
     watcher = guard.Watcher(str(path), guard.load_config(str(path)))
     assert watcher.run() == 1
@@ -693,7 +730,7 @@ def test_watch_without_libnftables_auto_keeps_reacting(tmp_path):
         "import importlib.util, sys\n"
         "spec = importlib.util.spec_from_file_location('g', sys.argv[1]); g = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(g); g.LIBNFTABLES = 'libnftables-missing.so.1'\n"
-        "g.ctypes.util.find_library = lambda name: None\n"
+        "g.find_library = lambda name: None\n"
         "sys.exit(g.main(['--config', sys.argv[2], 'watch']))\n")
     proc = host.in_netns(WAIT_FENCE + """\
         cd "$(dirname "$CONFIG")"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.netlock.killswitch.plugins.module_utils.firewall import Rejected
 from ansible_collections.netlock.killswitch.plugins.module_utils.nft_live import Nft, normalize, plain_text
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.render_nftables import render
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
@@ -170,13 +171,31 @@ def test_desired_runs_in_a_private_network_namespace():
     # path and table are passed as positional parameters, never spliced into the script
     assert argv[-3:] == ["sh", "/etc/x y/r.nft", "killswitch"]
     assert "/etc/x y" not in argv[5] and "killswitch" not in argv[5]
-    assert argv[5].startswith('/usr/sbin/nft -f "$1" && ')
+    assert argv[5].startswith('/usr/sbin/nft -f "$1" || exit 65; ')
 
 
 def test_desired_failure_raises_with_nft_message():
     run = FakeRunner((1, "", "Error: Could not process rule"))
     with pytest.raises(RuntimeError, match="private network namespace.*Could not process rule"):
         Nft(run).desired("r.nft", "killswitch")
+
+
+def test_desired_tells_a_refused_file_from_a_namespace_failure():
+    """The module skips ``nft -c`` for nftables: the load in the namespace must say when nft refused the file."""
+    with pytest.raises(Rejected, match="syntax error"):
+        Nft(FakeRunner((65, "", "r.nft:1:1: Error: syntax error\n"))).desired("r.nft", "killswitch")
+    with pytest.raises(RuntimeError) as info:
+        Nft(FakeRunner((1, "", "unshare: unshare failed: Operation not permitted"))).desired("r.nft", "killswitch")
+    assert not isinstance(info.value, Rejected)
+
+
+def test_listing_runs_the_guards_list_command():
+    run = FakeRunner((0, "table inet killswitch {\n}\n", ""), (2, "", "sh: boom"))
+    nft = Nft(run, nft="/usr/sbin/nft")
+    assert nft.listing("killswitch") == "table inet killswitch {\n}\n"
+    assert run.calls[0] == ["/bin/sh", "-c", nft.list_command("killswitch")]
+    with pytest.raises(RuntimeError, match="boom"):
+        nft.listing("killswitch")
 
 
 def test_apply_and_delete():
@@ -226,7 +245,7 @@ def test_desired_twice_is_equal_with_real_nft(nft_binary, unshare_binary, tmp_pa
 def test_desired_of_a_bad_file_raises_with_real_nft(nft_binary, unshare_binary, tmp_path):
     path = tmp_path / "bad.nft"
     path.write_text("table inet killswitch {\n\tchain output { bogus }\n}\n")
-    with pytest.raises(RuntimeError, match="Error"):
+    with pytest.raises(Rejected, match="Error"):
         Nft(subprocess_runner, nft=nft_binary, unshare=unshare_binary).desired(str(path), "killswitch")
 
 

@@ -56,6 +56,7 @@ class FakeNft:
     """Scripted answers; records each call and the staged file's content when nft saw it."""
 
     name = "nftables"
+    desired_checks = False  # the real Nft's desired() is its check; here both are scripted apart
 
     def load_argv(self, path):
         return ["/usr/sbin/nft", "-f", path]
@@ -96,6 +97,10 @@ class FakeNft:
     def live(self, table):
         self.calls.append("live")
         return self.live_value
+
+    def listing(self, table):
+        self.calls.append("listing")
+        return self.live_value[1] if self.live_value else ""
 
     def apply(self, path):
         self.calls.append("apply")
@@ -655,3 +660,212 @@ def test_main_iptables_backend_uses_the_iptables_applier(monkeypatch, capsys, mo
                             None, module_tmpdir)
     assert code == 0 and result["backend"] == "iptables" and made == [("/bin/sh", "/bin/unshare")]
     assert result["commands"]["load"].startswith("/usr/sbin/nft")  # the fake's load_argv
+
+
+# --------------------------------------------------------------------------- the in-force shortcut
+
+
+def converged(new_module, target, expected):
+    """A first run that applies RULESET, writing the file, the expected listing and the record."""
+    result = mod.present(new_module(), FakeNft(live=None), "killswitch", str(target), RULESET, 0, str(expected))
+    assert result["changed"] is True
+    assert (target.parent / "expected-table.txt.sha256").exists()
+
+
+def test_in_force_is_one_listing_and_no_change(new_module, target):
+    expected = target.parent / "expected-table.txt"
+    converged(new_module, target, expected)
+    nft = FakeNft(live=(DESIRED, DESIRED_TEXT))
+    module = new_module()
+    result = mod.present(module, nft, "killswitch", str(target), RULESET, 0, str(expected))
+    assert nft.calls == ["listing"]
+    assert result["changed"] is False and not result["table_changed"] and not result["file_changed"]
+    assert not result["expected_changed"] and result["table"] == DESIRED_TEXT
+    assert result["diff"][0]["before"] == result["diff"][0]["after"] == DESIRED_TEXT
+    assert module.moves == []
+
+
+@pytest.mark.parametrize("live", [(OTHER, OTHER_TEXT), None], ids=["hand edit", "flushed"])
+def test_drift_takes_the_full_comparison_and_is_put_back(new_module, target, live):
+    expected = target.parent / "expected-table.txt"
+    converged(new_module, target, expected)
+    nft = FakeNft(live=live)
+    result = mod.present(new_module(), nft, "killswitch", str(target), RULESET, 0, str(expected))
+    assert nft.calls == ["listing", "check", "desired", "live", "apply"]
+    assert result["changed"] is True and result["table_changed"] is True and not result["file_changed"]
+
+
+def test_drift_in_check_mode_is_reported_and_left(new_module, target):
+    expected = target.parent / "expected-table.txt"
+    converged(new_module, target, expected)
+    nft = FakeNft(live=(OTHER, OTHER_TEXT))
+    result = mod.present(new_module(check_mode=True), nft, "killswitch", str(target), RULESET, 0, str(expected))
+    assert result["changed"] is True and "apply" not in nft.calls
+    assert result["diff"][0]["before"] == OTHER_TEXT and result["diff"][0]["after"] == DESIRED_TEXT
+
+
+@pytest.mark.parametrize("tamper", ["file", "expected", "record", "ruleset"])
+def test_anything_but_the_recorded_state_takes_the_full_comparison(new_module, target, tamper):
+    expected = target.parent / "expected-table.txt"
+    converged(new_module, target, expected)
+    ruleset = RULESET
+    if tamper == "file":
+        target.write_text(OLD_RULESET)
+    elif tamper == "expected":
+        expected.write_text(OTHER_TEXT)
+    elif tamper == "record":
+        (target.parent / "expected-table.txt.sha256").write_text("{}\n")
+    else:
+        ruleset = RULESET + "# another comment\n"
+    nft = FakeNft(live=(DESIRED, DESIRED_TEXT))
+    result = mod.present(new_module(), nft, "killswitch", str(target), ruleset, 0, str(expected))
+    assert "desired" in nft.calls and "live" in nft.calls
+    assert result["changed"] is (tamper != "record")
+    assert expected.read_text() == DESIRED_TEXT and target.read_text() == ruleset
+    # the full comparison recorded the state it saw: the next run is one listing again
+    nft = FakeNft(live=(DESIRED, DESIRED_TEXT))
+    assert mod.present(new_module(), nft, "killswitch", str(target), ruleset, 0, str(expected))["changed"] is False
+    assert nft.calls == ["listing"]
+
+
+def test_a_failing_listing_takes_the_full_comparison(new_module, target):
+    expected = target.parent / "expected-table.txt"
+    converged(new_module, target, expected)
+
+    class Failing(FakeNft):
+        def listing(self, table):
+            self.calls.append("listing")
+            raise RuntimeError("listing the live nftables rules failed: boom")
+    nft = Failing(live=(DESIRED, DESIRED_TEXT))
+    result = mod.present(new_module(), nft, "killswitch", str(target), RULESET, 0, str(expected))
+    assert nft.calls == ["listing", "check", "desired", "live"] and result["changed"] is False
+
+
+def test_a_pending_rollback_takes_the_full_comparison(new_module, target, rollback_dir):
+    expected = target.parent / "expected-table.txt"
+    converged(new_module, target, expected)
+    (rollback_dir / "armed").write_text("")
+    nft = FakeNft(live=(DESIRED, DESIRED_TEXT))
+    result = armed(new_module(), nft, target, expected=str(expected))
+    assert "listing" not in nft.calls and result["changed"] is True and result["rollback_pending"] is True
+
+
+def test_check_mode_writes_no_record(new_module, target):
+    expected = target.parent / "expected-table.txt"
+    mod.present(new_module(check_mode=True), FakeNft(live=None), "killswitch", str(target), RULESET, 0, str(expected))
+    assert listing(target.parent) == []
+
+
+def test_absent_removes_the_record(new_module, target):
+    expected = target.parent / "expected-table.txt"
+    converged(new_module, target, expected)
+    result = mod.absent(new_module(), FakeNft(live=(DESIRED, DESIRED_TEXT)), "killswitch", str(target), str(expected))
+    assert result["changed"] is True and listing(target.parent) == []
+
+
+class SelfCheckingNft(FakeNft):
+    """An applier whose desired() is its check (the real Nft): a refused file raises Rejected."""
+
+    desired_checks = True
+
+    def desired(self, path, table):
+        if self.check_error:
+            self.calls.append("desired")
+            raise mod.Rejected(self.check_error)
+        return super().desired(path, table)
+
+
+def test_a_self_checking_applier_is_not_checked_twice(new_module, target):
+    nft = SelfCheckingNft(live=None)
+    assert present(new_module(), nft, target)["changed"] is True
+    assert nft.calls == ["desired", "live", "apply"]
+
+
+def test_a_refused_file_fails_as_the_check_would(new_module, target):
+    target.write_text(OLD_RULESET)
+    nft = SelfCheckingNft(live=(OTHER, OTHER_TEXT), check_error="/tmp/x.nft:3:1: Error: syntax error")
+    with pytest.raises(FailJson) as info:
+        present(new_module(), nft, target)
+    assert "the nftables check rejected the ruleset, nothing was changed" in info.value.kwargs["msg"]
+    assert "Error: syntax error" in info.value.kwargs["msg"]
+    assert nft.calls == ["desired"] and target.read_text() == OLD_RULESET
+
+
+IN_FORCE_SCRIPT = r'''
+import json, os, subprocess, sys
+from ansible_collections.netlock.killswitch.plugins.module_utils.nft_live import Nft
+from ansible_collections.netlock.killswitch.plugins.modules import killswitch_firewall as mod
+
+nft_bin, unshare_bin, path, expected, ruleset_path, tmpdir = sys.argv[1:7]
+
+class Module:
+    check_mode = False
+    tmpdir = sys.argv[6]
+    def fail_json(self, **kwargs):
+        raise SystemExit("fail_json: %s" % kwargs["msg"])
+    def atomic_move(self, src, dest):
+        os.replace(src, dest)
+
+calls = []
+def run(argv):
+    calls.append(argv[0])
+    p = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    return p.returncode, p.stdout, p.stderr
+
+nft = Nft(run, nft=nft_bin, unshare=unshare_bin)
+text = open(ruleset_path).read()
+out = []
+def converge(label, check_mode=False):
+    del calls[:]
+    module = Module()
+    module.check_mode = check_mode
+    r = mod.present(module, nft, "killswitch", path, text, 0, expected)
+    out.append([label, r["changed"], r["table_changed"], len(calls)])
+converge("first")
+converge("again")
+subprocess.run([nft_bin, "add", "rule", "inet", "killswitch", "output", "accept"], check=True)
+converge("hand edit, check mode", check_mode=True)
+converge("hand edit")
+converge("after the repair")
+subprocess.run([nft_bin, "flush", "ruleset"], check=True)
+converge("flushed")
+subprocess.run([nft_bin, "flush", "chain", "inet", "killswitch", "output"], check=True)
+converge("chain flushed")
+converge("last")
+print(json.dumps(out))
+'''
+
+
+def test_in_force_shortcut_with_real_nft(nft_binary, unshare_binary, tmp_path):
+    """The shortcut (one listing) only when nothing changed; every tamper is seen and put back."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ansible_collections.netlock.killswitch.plugins.plugin_utils.render_nftables import render
+    from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import parse_policy
+
+    ruleset = tmp_path / "ruleset-in.nft"
+    ruleset.write_text(render(parse_policy({"killswitch_tunnel_interfaces": ["wg0"],
+                                            "killswitch_endpoints": [{"address": "198.51.100.7", "port": 1}],
+                                            "killswitch_extra_outbound": [{"cidr": "198.18.0.%d" % n} for n in range(1, 40, 2)]})))
+    etc = tmp_path / "etc"
+    module_tmpdir = tmp_path / "ansible-moduletmp"
+    module_tmpdir.mkdir()
+    collections = str(Path(__file__).resolve().parents[4] / ".collections")
+    proc = subprocess.run([unshare_binary, "--net", "--", sys.executable, "-c", IN_FORCE_SCRIPT, nft_binary, unshare_binary,
+                           str(etc / "ruleset.nft"), str(etc / "expected-table.txt"), str(ruleset), str(module_tmpdir)],
+                          capture_output=True, text=True, timeout=60, check=False, env=dict(os.environ, PYTHONPATH=collections))
+    assert proc.returncode == 0, proc.stderr
+    # [run, changed, table_changed, commands run]; the full comparison is 3 commands (load and list in a private
+    # namespace, live JSON, live text) and a 4th to load; the shortcut is 1 (the guard's list command).
+    assert json.loads(proc.stdout) == [
+        ["first", True, True, 3],
+        ["again", False, False, 1],
+        ["hand edit, check mode", True, True, 4],
+        ["hand edit", True, True, 5],
+        ["after the repair", False, False, 1],
+        ["flushed", True, True, 4],
+        ["chain flushed", True, True, 5],
+        ["last", False, False, 1],
+    ]
