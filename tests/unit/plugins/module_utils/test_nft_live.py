@@ -144,12 +144,34 @@ def test_live_missing_table_is_none():
 
 def test_live_returns_normalized_json_and_plain_text():
     text = "table inet killswitch {\n\tchain output {\n\t\tcounter packets 5 bytes 300 drop\n\t}\n}\n"
-    run = FakeRunner((0, json.dumps(listing(handle_base=9, packets=5)), ""), (0, text, ""))
+    run = FakeRunner((0, json.dumps(listing(handle_base=9, packets=5)), ""), (0, text, ""),
+                     (1, "", "Error: No such file or directory"))
     document, plain = Nft(run, nft="nft").live("killswitch")
     assert document == normalize(listing())
     assert plain == "table inet killswitch {\n\tchain output {\n\t\tcounter drop\n\t}\n}\n"
     assert run.calls == [["nft", "-j", "list", "table", "inet", "killswitch"],
-                         ["nft", "list", "table", "inet", "killswitch"]]
+                         ["nft", "list", "table", "inet", "killswitch"],
+                         ["nft", "-j", "list", "table", "bridge", "killswitch"]]
+
+
+def bridge_listing():
+    return {"nftables": [{"table": {"family": "bridge", "name": "killswitch", "handle": 4}},
+                         {"chain": {"family": "bridge", "table": "killswitch", "name": "forward", "handle": 1,
+                                    "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}]}
+
+
+BRIDGE_TEXT = "table bridge killswitch {\n\tchain forward {\n\t\tether type ip counter packets 2 bytes 84 drop\n\t}\n}\n"
+
+
+def test_live_covers_the_bridge_table_of_the_same_name():
+    text = "table inet killswitch {\n}\n"
+    run = FakeRunner((0, json.dumps(listing()), ""), (0, text, ""), (0, json.dumps(bridge_listing()), ""),
+                     (0, BRIDGE_TEXT, ""))
+    document, plain = Nft(run).live("killswitch")
+    assert document == normalize(listing()) + normalize(bridge_listing())
+    assert plain == text + "table bridge killswitch {\n\tchain forward {\n\t\tether type ip counter drop\n\t}\n}\n"
+    assert run.calls[2:] == [["nft", "-j", "list", "table", "bridge", "killswitch"],
+                             ["nft", "list", "table", "bridge", "killswitch"]]
 
 
 def test_live_text_listing_failure_raises():
@@ -159,7 +181,7 @@ def test_live_text_listing_failure_raises():
 
 
 def test_desired_runs_in_a_private_network_namespace():
-    out = json.dumps(listing(packets=3)) + "\n#--\n" + "table inet killswitch {\n\tcounter packets 3 bytes 9\n}\n"
+    out = json.dumps(listing(packets=3)) + "\n#--\n" + "table inet killswitch {\n\tcounter packets 3 bytes 9\n}\n#--\n"
     run = FakeRunner((0, out, ""))
     document, text = Nft(run, nft="/usr/sbin/nft", unshare="/usr/bin/unshare").desired("/etc/x y/r.nft", "killswitch")
     assert document == normalize(listing())
@@ -173,6 +195,14 @@ def test_desired_runs_in_a_private_network_namespace():
     assert argv[5].startswith('/usr/sbin/nft -f "$1" && ')
 
 
+def test_desired_lists_the_bridge_table_after_the_inet_table():
+    out = "\n#--\n".join([json.dumps(listing()), "table inet killswitch {\n}", json.dumps(bridge_listing()),
+                           BRIDGE_TEXT]) + "#--\n"
+    document, text = Nft(FakeRunner((0, out, ""))).desired("r.nft", "killswitch")
+    assert document == normalize(listing()) + normalize(bridge_listing())
+    assert text == "table inet killswitch {\n}\n" + BRIDGE_TEXT.replace(" packets 2 bytes 84", "")
+
+
 def test_desired_failure_raises_with_nft_message():
     run = FakeRunner((1, "", "Error: Could not process rule"))
     with pytest.raises(RuntimeError, match="private network namespace.*Could not process rule"):
@@ -180,15 +210,21 @@ def test_desired_failure_raises_with_nft_message():
 
 
 def test_apply_and_delete():
-    run = FakeRunner((0, "", ""), (1, "", "Error: busy\n"), (0, "", ""), (1, "", "Error: No such table\n"))
+    no_bridge = (1, "", "Error: No such file or directory\n")
+    run = FakeRunner((0, "", ""), (1, "", "Error: busy\n"), no_bridge, (0, "", ""), no_bridge,
+                     (1, "", "Error: No such table\n"), (0, BRIDGE_TEXT, ""), (0, "", ""))
     nft = Nft(run, nft="nft")
     assert nft.apply("/etc/r.nft") is None
     assert nft.apply("/etc/r.nft") == "Error: busy"
     assert nft.delete("killswitch") is None
     assert nft.delete("killswitch") == "Error: No such table"
+    assert nft.delete("killswitch") is None
+    listed = ["nft", "list", "table", "bridge", "killswitch"]
     assert run.calls == [["nft", "-f", "/etc/r.nft"], ["nft", "-f", "/etc/r.nft"],
-                         ["nft", "delete", "table", "inet", "killswitch"],
-                         ["nft", "delete", "table", "inet", "killswitch"]]
+                         listed, ["nft", "delete", "table", "inet", "killswitch"],
+                         listed, ["nft", "delete", "table", "inet", "killswitch"],
+                         # with a bridge table: both in one transaction
+                         listed, ["nft", "delete table inet killswitch; delete table bridge killswitch"]]
 
 
 # --------------------------------------------------------------------------- real nft (root, netns)

@@ -102,9 +102,9 @@ def test_the_renderer_writes_the_comment_the_status_reads():
                            "killswitch_management_cidrs": []}, resolve=lambda name: [])
     ruleset = render(policy)
     comments = [line.strip() for line in ruleset.splitlines() if line.strip().startswith("comment ")]
-    assert len(comments) == 1
-    comment = comments[0][len("comment "):].strip('"')
-    assert st.digest_from_comment(comment) == policy.digest()[:16]
+    assert len(comments) == 2  # the inet table's and the bridge table's
+    for comment in comments:
+        assert st.digest_from_comment(comment[len("comment "):].strip('"')) == policy.digest()[:16]
 
 
 def test_table_status_matching_digest():
