@@ -64,6 +64,13 @@ def plain_text(listing: str) -> str:
     return _CGROUP_ELEMENTS.sub(r"\1", _COUNTER_TEXT.sub("counter", listing))
 
 
+def _our_tables_awk(table: str) -> str:
+    """Shell: our tables' blocks out of ``nft list ruleset``, in FAMILIES order (as ``live`` concatenates them)."""
+    starts = " ".join('$0 == "table %s " t " {" {f = "%s"}' % (family, family) for family in FAMILIES)
+    return "awk -v t=%s '%s f {b[f] = b[f] $0 \"\\n\"} f && $0 == \"}\" {f = \"\"} END {printf \"%%s\", %s}'" % (
+        shlex.quote(table), starts, " ".join('b["%s"]' % family for family in FAMILIES))
+
+
 class Nft(Firewall):
     name = "nftables"
 
@@ -122,9 +129,10 @@ class Nft(Firewall):
         return [self.nft, "-f", path]
 
     def list_command(self, table: str) -> str:
-        listing = "; ".join("%s list table %s %s" % (shlex.quote(self.nft), family, shlex.quote(table)) for family in FAMILIES)
-        return "{ %s; } 2>/dev/null | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/' | %s" % (
-            listing, _CGROUP_ELEMENTS_AWK)
+        # One listing of the ruleset is one consistent snapshot (nft retries when the generation changes):
+        # two `nft list table` calls could catch one table before and the other after a reload.
+        return "%s list ruleset 2>/dev/null | %s | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/' | %s" % (
+            shlex.quote(self.nft), _our_tables_awk(table), _CGROUP_ELEMENTS_AWK)
 
     def previous_payload(self, table: str, live: Optional[Tuple[Any, str]]) -> str:
         """Restores the listed tables atomically, or removes them if there were none."""

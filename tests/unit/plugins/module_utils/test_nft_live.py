@@ -295,10 +295,18 @@ LIVE_SCRIPT = textwrap.dedent('''
     desired = nft.desired(path, "killswitch")
     out["same_json"] = live[0] == desired[0]
     out["same_text"] = live[1] == desired[1]
+    out["bridge_compared"] = any(item.get("table", {}).get("family") == "bridge" for item in live[0])
+    # what the guard lists is what the module recorded
+    guard = subprocess.run(["sh", "-c", nft.list_command("killswitch")], capture_output=True, text=True, check=True)
+    out["guard_listing_same"] = guard.stdout == desired[1]
+    subprocess.run([nft_bin, "add", "rule", "bridge", "killswitch", "forward", "accept"], check=True)
+    out["bridge_edited_differs"] = nft.live("killswitch")[0] != desired[0]
     subprocess.run([nft_bin, "add", "rule", "inet", "killswitch", "output", "accept"], check=True)
     out["edited_differs"] = nft.live("killswitch")[0] != desired[0]
     out["delete"] = nft.delete("killswitch")
     out["gone"] = nft.live("killswitch") is None
+    out["bridge_gone"] = subprocess.run([nft_bin, "list", "table", "bridge", "killswitch"], capture_output=True,
+                                        check=False).returncode != 0
     out["delete_again"] = nft.delete("killswitch") is not None
     print(json.dumps(out))
 ''')
@@ -316,5 +324,7 @@ def test_live_matches_desired_after_apply_in_a_netns(nft_binary, unshare_binary,
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=COLLECTIONS), timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"missing": True, "apply": None, "rejected": True, "counted": True,
-                                       "same_json": True, "same_text": True,
-                                       "edited_differs": True, "delete": None, "gone": True, "delete_again": True}
+                                       "same_json": True, "same_text": True, "bridge_compared": True,
+                                       "guard_listing_same": True, "bridge_edited_differs": True,
+                                       "edited_differs": True, "delete": None, "gone": True, "bridge_gone": True,
+                                       "delete_again": True}
