@@ -196,8 +196,8 @@ def test_desired_runs_in_a_private_network_namespace():
 
 
 def test_desired_lists_the_bridge_table_after_the_inet_table():
-    out = "\n#--\n".join([json.dumps(listing()), "table inet killswitch {\n}", json.dumps(bridge_listing()),
-                           BRIDGE_TEXT]) + "#--\n"
+    parts = [json.dumps(listing()), "table inet killswitch {\n}", json.dumps(bridge_listing()), BRIDGE_TEXT]
+    out = "\n#--\n".join(parts) + "#--\n"  # as the script prints it: each listing followed by a separator
     document, text = Nft(FakeRunner((0, out, ""))).desired("r.nft", "killswitch")
     assert document == normalize(listing()) + normalize(bridge_listing())
     assert text == "table inet killswitch {\n}\n" + BRIDGE_TEXT.replace(" packets 2 bytes 84", "")
