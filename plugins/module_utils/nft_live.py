@@ -65,10 +65,12 @@ def plain_text(listing: str) -> str:
 
 
 def _our_tables_awk(table: str) -> str:
-    """Shell: our tables' blocks out of ``nft list ruleset``, in FAMILIES order (as ``live`` concatenates them)."""
+    """Shell: our tables' blocks out of ``nft list ruleset``, in FAMILIES order (as ``live`` concatenates them);
+    nothing without the inet table, which is then missing for the guard (``live`` is None) whatever else is left."""
     starts = " ".join('$0 == "table %s " t " {" {f = "%s"}' % (family, family) for family in FAMILIES)
-    return "awk -v t=%s '%s f {b[f] = b[f] $0 \"\\n\"} f && $0 == \"}\" {f = \"\"} END {printf \"%%s\", %s}'" % (
-        shlex.quote(table), starts, " ".join('b["%s"]' % family for family in FAMILIES))
+    return ("awk -v t=%s '%s f {b[f] = b[f] $0 \"\\n\"} f && $0 == \"}\" {f = \"\"} "
+            "END {if (b[\"%s\"] != \"\") printf \"%%s\", %s}'") % (
+        shlex.quote(table), starts, FAMILIES[0], " ".join('b["%s"]' % family for family in FAMILIES))
 
 
 class Nft(Firewall):

@@ -328,3 +328,16 @@ def test_live_matches_desired_after_apply_in_a_netns(nft_binary, unshare_binary,
                                        "guard_listing_same": True, "bridge_edited_differs": True,
                                        "edited_differs": True, "delete": None, "gone": True, "bridge_gone": True,
                                        "delete_again": True}
+
+
+def test_guard_listing_is_empty_without_the_inet_table_whatever_else_is_left(nft_binary, unshare_binary, tmp_path):
+    """The inet table is the kill switch: gone, the guard sees our rules missing even if the bridge table stays;
+    the bridge table gone, it sees them changed."""
+    path = tmp_path / "ruleset.nft"
+    path.write_text(render(POLICY))
+    listing = Nft(subprocess_runner, nft=nft_binary).list_command("killswitch")
+    script = ('nft -f "$1"; %s | grep -c "^table" || true; nft delete table bridge killswitch; %s | grep "^table"; '
+              'nft -f "$1"; nft delete table inet killswitch; %s | wc -c') % (listing, listing, listing)
+    proc = subprocess.run([unshare_binary, "--net", "--", "sh", "-c", script, "sh", str(path)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.stdout.split("\n") == ["2", "table inet killswitch {", "0", ""], proc.stdout + proc.stderr
