@@ -86,21 +86,20 @@ class Nft(Firewall):
         return None if rc == 0 else (err or out).strip()
 
     def live(self, table: str) -> Optional[Tuple[List[Dict[str, Any]], str]]:
-        """Our live tables as normalized JSON and as text, or None when the inet table is not loaded."""
+        """Our live tables as normalized JSON and as text, or None when neither is loaded (a bridge table left
+        alone is listed, so that it is replaced or removed like the rest)."""
         document: List[Dict[str, Any]] = []
         text = ""
         for family in FAMILIES:
             rc, out, _err = self.run([self.nft, "-j", "list", "table", family, table])
             if rc != 0:
-                if family == "inet":
-                    return None
                 continue
             rc, listing, err = self.run([self.nft, "list", "table", family, table])
             if rc != 0:
                 raise RuntimeError("nft list table %s %s failed: %s" % (family, table, err))
             document += normalize(json.loads(out))
             text += listing
-        return document, plain_text(text)
+        return (document, plain_text(text)) if document else None
 
     def desired(self, path: str, table: str) -> Tuple[List[Dict[str, Any]], str]:
         """Load the file in a throwaway network namespace and list what the kernel made of it."""
@@ -120,11 +119,10 @@ class Nft(Firewall):
         return None if rc == 0 else (err or out).strip()
 
     def delete(self, table: str) -> Optional[str]:
-        """Both tables in one transaction (the bridge table only when it is loaded, so an absent inet table still fails)."""
-        with_bridge = self.run([self.nft, "list", "table", "bridge", table])[0] == 0
-        argv = ([self.nft, "delete table inet %s; delete table bridge %s" % (table, table)] if with_bridge
-                else [self.nft, "delete", "table", "inet", table])
-        rc, out, err = self.run(argv)
+        """Our loaded tables in one transaction; with none loaded, nft's error for the inet table."""
+        loaded = [family for family in FAMILIES if self.run([self.nft, "list", "table", family, table])[0] == 0]
+        commands = "; ".join("delete table %s %s" % (family, table) for family in loaded or FAMILIES[:1])
+        rc, out, err = self.run([self.nft, commands] if len(loaded) > 1 else [self.nft] + commands.split())
         return None if rc == 0 else (err or out).strip()
 
     def load_argv(self, path: str) -> List[str]:

@@ -137,9 +137,18 @@ def test_check_falls_back_to_stdout():
 
 
 def test_live_missing_table_is_none():
-    run = FakeRunner((1, "", "Error: No such file or directory"))
+    missing = (1, "", "Error: No such file or directory")
+    run = FakeRunner(missing, missing)
     assert Nft(run).live("killswitch") is None
-    assert run.calls == [["nft", "-j", "list", "table", "inet", "killswitch"]]
+    assert run.calls == [["nft", "-j", "list", "table", "inet", "killswitch"],
+                         ["nft", "-j", "list", "table", "bridge", "killswitch"]]
+
+
+def test_live_lists_a_bridge_table_left_without_the_inet_table():
+    run = FakeRunner((1, "", "Error: No such file or directory"), (0, json.dumps(bridge_listing()), ""),
+                     (0, BRIDGE_TEXT, ""))
+    document, _text = Nft(run).live("killswitch")
+    assert document == normalize(bridge_listing())  # not None: it is replaced, or removed with state=absent
 
 
 def test_live_returns_normalized_json_and_plain_text():
@@ -210,21 +219,25 @@ def test_desired_failure_raises_with_nft_message():
 
 
 def test_apply_and_delete():
-    no_bridge = (1, "", "Error: No such file or directory\n")
-    run = FakeRunner((0, "", ""), (1, "", "Error: busy\n"), no_bridge, (0, "", ""), no_bridge,
-                     (1, "", "Error: No such table\n"), (0, BRIDGE_TEXT, ""), (0, "", ""))
+    missing, listed = (1, "", "Error: No such file or directory\n"), (0, "table ...", "")
+    run = FakeRunner((0, "", ""), (1, "", "Error: busy\n"),
+                     listed, missing, (0, "", ""),             # the inet table only
+                     missing, missing, (1, "", "Error: No such table\n"),  # none
+                     listed, listed, (0, "", ""),              # both: one transaction
+                     missing, listed, (0, "", ""))             # a bridge table left alone
     nft = Nft(run, nft="nft")
     assert nft.apply("/etc/r.nft") is None
     assert nft.apply("/etc/r.nft") == "Error: busy"
     assert nft.delete("killswitch") is None
     assert nft.delete("killswitch") == "Error: No such table"
     assert nft.delete("killswitch") is None
-    listed = ["nft", "list", "table", "bridge", "killswitch"]
+    assert nft.delete("killswitch") is None
+    lists = [["nft", "list", "table", family, "killswitch"] for family in ("inet", "bridge")]
     assert run.calls == [["nft", "-f", "/etc/r.nft"], ["nft", "-f", "/etc/r.nft"],
-                         listed, ["nft", "delete", "table", "inet", "killswitch"],
-                         listed, ["nft", "delete", "table", "inet", "killswitch"],
-                         # with a bridge table: both in one transaction
-                         listed, ["nft", "delete table inet killswitch; delete table bridge killswitch"]]
+                         *lists, ["nft", "delete", "table", "inet", "killswitch"],
+                         *lists, ["nft", "delete", "table", "inet", "killswitch"],
+                         *lists, ["nft", "delete table inet killswitch; delete table bridge killswitch"],
+                         *lists, ["nft", "delete", "table", "bridge", "killswitch"]]
 
 
 # --------------------------------------------------------------------------- real nft (root, netns)
