@@ -268,7 +268,8 @@ class TunnelLab(NetnsLab):
 
     def load(self, ruleset: Optional[str], table: str = "killswitch") -> None:
         """The client's kill switch: this ruleset (``nft -f``), or none."""
-        self.exec("client", "nft", "delete", "table", "inet", table, check=False)
+        for family in ("inet", "bridge"):  # render_nftables makes both
+            self.exec("client", "nft", "delete", "table", family, table, check=False)
         if ruleset:
             self.exec("client", "nft", "-f", "-", stdin=ruleset)
 

@@ -191,6 +191,8 @@ class ActionModule(ActionBase):
             return dict(result, failed=True, msg=mismatch, problems=[mismatch], backend=backend)
         try:
             payload = backends.render_for(policy, backend, host)
+            for warning in backends.warnings_for(policy, backend, host):
+                result.setdefault("warnings", []).append(warning)
         except PolicyError as exc:
             return dict(result, failed=True, msg=str(exc), problems=[str(p) for p in exc.problems], backend=backend)
         fence, fence_problem = "", None

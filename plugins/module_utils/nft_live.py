@@ -7,6 +7,10 @@ What the kernel holds is the truth, so the desired side is also read back from t
 file is loaded into a private network namespace (``unshare --net``) and listed there.  No Python
 nftables bindings are needed on the host.
 
+Our tables are the ``inet`` table and, with bridged frames under the forward policy, the ``bridge`` table of the
+same name (``render_nftables``): each comparison and listing covers both, inet first, and the removal is one
+transaction.
+
 The members of a set of cgroup ids (a per-app exception's, ``typeof socket cgroupv2``) are host state that the
 guard keeps filled while the cgroup exists: both sides are compared without them.
 """
@@ -23,6 +27,8 @@ from ansible_collections.netlock.killswitch.plugins.module_utils.firewall import
 _COUNTER_TEXT = re.compile(r"counter packets \d+ bytes \d+")
 _VOLATILE_KEYS = ("handle", "metainfo")
 REJECTED_RC = 65  # desired(): the private namespace's ``nft -f`` refused the file
+FAMILIES = ("inet", "bridge")  # the inet table is the kill switch; the bridge table is optional
+_SEPARATOR = "\n#--\n"
 CGROUP_SET_TYPE = "cgroupsv2"
 # In ``nft list`` text: the elements of a set whose key is a socket's cgroup (they may span lines, never hold '}').
 _CGROUP_ELEMENTS = re.compile(r"(\tset [^\n]*\{\n\t\ttypeof socket cgroupv2 [^\n]*\n(?:\t\t(?!elements = )[^\n]*\n)*)"
@@ -59,6 +65,15 @@ def plain_text(listing: str) -> str:
     return _CGROUP_ELEMENTS.sub(r"\1", _COUNTER_TEXT.sub("counter", listing))
 
 
+def _our_tables_awk(table: str) -> str:
+    """Shell: our tables' blocks out of ``nft list ruleset``, in FAMILIES order (as ``live`` concatenates them);
+    nothing without the inet table, which is then missing for the guard (``live`` is None) whatever else is left."""
+    starts = " ".join('$0 == "table %s " t " {" {f = "%s"}' % (family, family) for family in FAMILIES)
+    return ("awk -v t=%s '%s f {b[f] = b[f] $0 \"\\n\"} f && $0 == \"}\" {f = \"\"} "
+            "END {if (b[\"%s\"] != \"\") printf \"%%s\", %s}'") % (
+        shlex.quote(table), starts, FAMILIES[0], " ".join('b["%s"]' % family for family in FAMILIES))
+
+
 class Nft(Firewall):
     name = "nftables"
     desired_checks = True  # desired() runs the full ``nft -f``: whatever ``nft -c`` refuses, it refuses too
@@ -73,42 +88,57 @@ class Nft(Firewall):
         return None if rc == 0 else (err or out).strip()
 
     def live(self, table: str) -> Optional[Tuple[List[Dict[str, Any]], str]]:
-        """The live table as normalized JSON and as text, or None when it is not loaded."""
-        rc, out, _err = self.run([self.nft, "-j", "list", "table", "inet", table])
-        if rc != 0:
-            return None
-        rc, text, err = self.run([self.nft, "list", "table", "inet", table])
-        if rc != 0:
-            raise RuntimeError("nft list table inet %s failed: %s" % (table, err))
-        return normalize(json.loads(out)), plain_text(text)
+        """Our live tables as normalized JSON and as text, or None when neither is loaded (a bridge table left
+        alone is listed, so that it is replaced or removed like the rest)."""
+        document: List[Dict[str, Any]] = []
+        text = ""
+        for family in FAMILIES:
+            rc, out, _err = self.run([self.nft, "-j", "list", "table", family, table])
+            if rc != 0:
+                continue
+            rc, listing, err = self.run([self.nft, "list", "table", family, table])
+            if rc != 0:
+                raise RuntimeError("nft list table %s %s failed: %s" % (family, table, err))
+            document += normalize(json.loads(out))
+            text += listing
+        return (document, plain_text(text)) if document else None
 
     def desired(self, path: str, table: str) -> Tuple[List[Dict[str, Any]], str]:
         """Load the file in a throwaway network namespace and list what the kernel made of it."""
-        script = '%s -f "$1" || exit %d; %s -j list table inet "$2" && echo "#--" && %s list table inet "$2"' % (
-            self.nft, REJECTED_RC, self.nft, self.nft)
+        listing = '{0} -j list table {1} "$2" && echo "#--" && {0} list table {1} "$2" && echo "#--"'
+        script = '%s -f "$1" || exit %d; %s && { %s 2>/dev/null || true; }' % (
+            self.nft, REJECTED_RC, listing.format(self.nft, "inet"), listing.format(self.nft, "bridge"))
         rc, out, err = self.run([self.unshare, "--net", "--", "sh", "-c", script, "sh", path, table])
         if rc == REJECTED_RC:
             raise Rejected((err or out).strip())
         if rc != 0:
             raise RuntimeError("loading the ruleset in a private network namespace failed: %s" % (err or out).strip())
-        document, _sep, text = out.partition("\n#--\n")
-        return normalize(json.loads(document)), plain_text(text)
+        parts = out.split(_SEPARATOR)
+        documents, texts = parts[0::2], parts[1::2]
+        document = [item for part in documents if part.strip() for item in normalize(json.loads(part))]
+        return document, plain_text("".join(text + "\n" for text in texts))
 
     def apply(self, path: str) -> Optional[str]:
         rc, out, err = self.run([self.nft, "-f", path])
         return None if rc == 0 else (err or out).strip()
 
     def delete(self, table: str) -> Optional[str]:
-        rc, out, err = self.run([self.nft, "delete", "table", "inet", table])
+        """Our loaded tables in one transaction; with none loaded, nft's error for the inet table."""
+        loaded = [family for family in FAMILIES if self.run([self.nft, "list", "table", family, table])[0] == 0]
+        commands = "; ".join("delete table %s %s" % (family, table) for family in loaded or FAMILIES[:1])
+        rc, out, err = self.run([self.nft, commands] if len(loaded) > 1 else [self.nft] + commands.split())
         return None if rc == 0 else (err or out).strip()
 
     def load_argv(self, path: str) -> List[str]:
         return [self.nft, "-f", path]
 
     def list_command(self, table: str) -> str:
-        return "%s list table inet %s 2>/dev/null | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/' | %s" % (
-            shlex.quote(self.nft), shlex.quote(table), _CGROUP_ELEMENTS_AWK)
+        # One listing of the ruleset is one consistent snapshot (nft retries when the generation changes):
+        # two `nft list table` calls could catch one table before and the other after a reload.
+        return "%s list ruleset 2>/dev/null | %s | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/' | %s" % (
+            shlex.quote(self.nft), _our_tables_awk(table), _CGROUP_ELEMENTS_AWK)
 
     def previous_payload(self, table: str, live: Optional[Tuple[Any, str]]) -> str:
-        """Restores the listed table atomically, or removes the table if there was none."""
-        return "table inet %s\ndelete table inet %s\n%s" % (table, table, live[1] if live else "")
+        """Restores the listed tables atomically, or removes them if there were none."""
+        return "".join("table %s %s\ndelete table %s %s\n" % (family, table, family, table) for family in FAMILIES) + (
+            live[1] if live else "")

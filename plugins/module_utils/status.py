@@ -64,13 +64,13 @@ def table_comment(listing: str) -> Optional[str]:
     return None
 
 
-def table_status(run: Runner, nft: str, table: str, digest: Optional[str]) -> Dict[str, Any]:
+def table_status(run: Runner, nft: str, table: str, digest: Optional[str], family: str = "inet") -> Dict[str, Any]:
     """``{present, digest, matches}``; ``matches`` is None when no digest is expected."""
-    rc, out, _err = run([nft, "list", "table", "inet", table])
+    rc, out, _err = run([nft, "list", "table", family, table])
     if rc != 0:
         return dict(present=False, digest=None, matches=False if digest else None)
-    if not out.lstrip().startswith("table inet %s {" % table):
-        raise RuntimeError("nft list table inet %s returned an unexpected listing: %s" % (table, out[:200]))
+    if not out.lstrip().startswith("table %s %s {" % (family, table)):
+        raise RuntimeError("nft list table %s %s returned an unexpected listing: %s" % (family, table, out[:200]))
     found = digest_from_comment(table_comment(out))
     matches = None
     if digest:
@@ -211,6 +211,17 @@ def installed_checks(found: Dict[str, Any], state: str = "present", digest: Opti
             guard_check]
 
 
+def bridge_table_problems(found: Dict[str, Any], state: str, digest: Optional[str], table: str) -> List[str]:
+    """The bridge table (bridged frames; none with forward off, so its absence is no problem while present):
+    never left behind, never from another policy."""
+    what = "table bridge %s" % table
+    if state != "present":
+        return ["%s is still loaded" % what] if found["present"] else []
+    if found["present"] and found["matches"] is False:
+        return ["%s carries policy digest %s, expected %s" % (what, found["digest"] or "none", digest.lower()[:DIGEST_LENGTH])]
+    return []
+
+
 def status(run: Runner, nft: str, systemctl: str, ping: Optional[str] = None, state: str = "present",
            table: str = "killswitch", digest: Optional[str] = None, boot_unit: str = "netlock-killswitch.service",
            guard_unit: str = "netlock-killswitch-guard.timer", guard: bool = True,
@@ -226,6 +237,9 @@ def status(run: Runner, nft: str, systemctl: str, ping: Optional[str] = None, st
     result: Dict[str, Any] = installed(run, nft, systemctl, table, digest, boot_unit, guard_unit, backend)
     result["tunnels"] = []
     problems = [c["detail"] for c in installed_checks(result, state, digest, guard, backend, table) if not c["ok"]]
+    if backend == "nftables":
+        result["bridge_table"] = table_status(run, nft, table, digest, family="bridge")
+        problems += bridge_table_problems(result["bridge_table"], state, digest, table)
     if state == "present":
         for name in tunnel_names(sys_class_net, tunnel_interfaces):
             up = interface_up(sys_class_net, name)

@@ -404,6 +404,20 @@ def traffic_probes(prober: Prober, policy: Dict[str, Any], addresses: Dict[int, 
     return probes, checks
 
 
+def bridge_table_check(found: Dict[str, Any], forward: str, table: str, digest: str) -> Dict[str, Any]:
+    """The bridge table (bridged guests' frames): loaded with this policy's digest unless forward is off."""
+    what = "table bridge %s" % table
+    if forward == "off":
+        return status.check("bridge_table", not found["present"], "%s is %s (killswitch_forward: off)" % (
+            what, "still loaded" if found["present"] else "not loaded"))
+    if not found["present"]:
+        return status.check("bridge_table", False, "%s is not loaded: bridged guests are not stopped" % what)
+    if found["matches"] is False:
+        return status.check("bridge_table", False, "%s carries policy digest %s, expected %s"
+                            % (what, found["digest"] or "none", digest.lower()[:status.DIGEST_LENGTH]))
+    return status.check("bridge_table", True, "%s is loaded with policy digest %s" % (what, found["digest"]))
+
+
 def verify(run: status.Runner, prober: Optional[Prober], nft: str, systemctl: str, policy: Dict[str, Any],
            fence_nft: Optional[str] = None, backend: str = "nftables", digest: Optional[str] = None,
            boot_unit: str = "netlock-killswitch.service", guard: bool = True,
@@ -435,6 +449,9 @@ def verify(run: status.Runner, prober: Optional[Prober], nft: str, systemctl: st
         if not fence_found["present"] and fence == "auto":
             unavailable = fence_unavailable((read or _read)(guard_state_path))
     checks.append(fence_check(fence_found, fence, guard, fence_table, digest, unavailable, nft_missing=not fence_nft))
+    if backend == "nftables":
+        checks.append(bridge_table_check(status.table_status(run, nft, table, digest, family="bridge"),
+                                         str(policy.get("forward", "tunnel")), table, digest))
     checks.append(status.check("probe_addresses", True, "; ".join(
         ["IPv%d %s, which the policy does not allow" % (f, addresses[f]) for f in FAMILIES] + notes)))
     probes: List[Dict[str, Any]] = []

@@ -13,7 +13,8 @@ version_added: 1.0.0
 description:
   - Loads a kill switch payload rendered on the controller for the host's backend (see
     M(netlock.killswitch.killswitch_policy)) and persists it under C(/etc) for the boot unit and the guard.
-  - "C(nftables): one dedicated C(inet) table, replaced atomically by a single C(nft -f) transaction."
+  - "C(nftables): one dedicated C(inet) table, and the C(bridge) table of the same name when the ruleset has one (bridged guests),
+    replaced atomically by a single C(nft -f) transaction; compared, listed for the guard and removed together."
   - "C(iptables): our own chains, jumped to first from C(INPUT), C(OUTPUT) and C(FORWARD), loaded by one
     C(iptables-restore --noflush) transaction per family (IPv4, then IPv6); rules of other tools are left
     alone. Works with iptables-nft and iptables-legacy, whichever the host's alternatives select."

@@ -125,6 +125,22 @@ table:
     matches:
       description: Whether that digest is the expected one; V(null) when O(digest) is not given.
       type: bool
+bridge_table:
+  description:
+    - The C(bridge) table of the same name, which filters bridged frames (none with C(killswitch_forward=off)).
+    - A problem when it carries another policy's digest, or is left after the kill switch was removed.
+  returned: with O(backend=nftables)
+  type: dict
+  contains:
+    present:
+      description: Whether the table is loaded.
+      type: bool
+    digest:
+      description: The digest prefix in the table's comment, or V(null) when there is none.
+      type: str
+    matches:
+      description: Whether that digest is the expected one; V(null) when O(digest) is not given.
+      type: bool
 boot_unit:
   description: The boot unit.
   returned: always

@@ -16,6 +16,8 @@ description:
   - B(Rules and units.) The main rules must be loaded and carry the policy digest (the nftables table, or the
     iptables backend's chains, read as M(netlock.killswitch.killswitch_status) reads them), the boot unit must be
     enabled and, when O(guard) is set, the guard timer and the watcher active and the fence loaded (see O(fence)).
+    With nftables the C(bridge) table of the same name (bridged guests) must be loaded with the digest too, and be
+    absent when the policy's C(forward) is C(off).
   - B(Traffic.) On every interface outside the tunnel that is administratively up (or those named in O(interfaces)),
     for IPv4 and IPv6 where the kernel has a route to the probe address through it, four probes go to an address the
     policy does not allow (O(probe_addresses)), each bound to the interface with C(SO_BINDTODEVICE) so that routing

@@ -53,6 +53,7 @@ class Backend:
     program_path: Optional[Pattern] = None   # what an endpoint_program must look like, when it takes one
     cgroups: bool = False               # matches a socket's cgroup v2 through a set the host fills (app exceptions)
     carriers: bool = True               # enforces an endpoint's via (the carrier tunnel of a nested one)
+    bridged_frames: bool = True         # filters what a Linux bridge forwards (bridged guests) itself, or has no bridges
 
     def problems(self, policy: Policy) -> List[Problem]:
         found = []
@@ -97,7 +98,8 @@ BACKENDS = {
                         cgroups=True),
     # iptables chain names hold at most 28 characters; ours are the table name plus "-out" and the like.
     "iptables": Backend("iptables", frozenset(("mark", "user")), render_iptables.render,
-                        28 - len(render_iptables.LONGEST_SUFFIX), frozenset(), ".sh", plus_wildcard=True),
+                        28 - len(render_iptables.LONGEST_SUFFIX), frozenset(), ".sh", plus_wildcard=True,
+                        bridged_frames=False),
     # Windows Firewall: allow rules in one group (netlock.killswitch <table>) under default-block profiles; it
     # matches programs, not marks or users, and takes interface aliases with '*' anywhere.
     "windows": Backend("windows", frozenset(("program",)), render_windows.render, 32, frozenset(), ".json",
@@ -121,6 +123,15 @@ def render_for(policy: Policy, name: str, host: str = "the host") -> str:
     if problems:
         raise PolicyError([Problem(p.variable, p.value, "%s, on %s" % (p.reason, host)) for p in problems])
     return chosen.render(policy)
+
+
+def warnings_for(policy: Policy, name: str, host: str = "the host") -> List[str]:
+    """What one host's backend leaves unenforced, for the operator (not an error: the routed traffic is covered)."""
+    if backend(name).bridged_frames or policy.forward == "off":
+        return []
+    return ["%s: %sforward: %r covers routed traffic only with the %s backend: frames a Linux bridge forwards (a "
+            "bridged VM's) meet its rules only while br_netfilter's net.bridge.bridge-nf-call-iptables is 1; the "
+            "nftables backend filters them in a bridge table" % (host, PREFIX, policy.forward, name)]
 
 
 def fence_for(policy: Policy, host: str = "the host") -> str:

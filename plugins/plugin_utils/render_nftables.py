@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: netlock.killswitch contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Print the rule list (``rules.py``) as one nftables ``inet`` table, replaced atomically by one ``nft -f``.
+"""Print the rule list (``rules.py``) as one nftables ``inet`` table, and the bridged rules (``bridge_rules``) as a
+``bridge`` table of the same name, both replaced atomically by one ``nft -f``.
 
 Addresses go into named interval sets, one per rule name and family; each base chain drops by default.
 A per-app exception matches the sending socket's cgroup through a set of cgroup ids that is empty in this file
@@ -16,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import Network, Policy
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.rules import (
-    ACCEPT, DIRECTIONS, DROP, LOG, REJECT, Rule, rule_list)
+    ACCEPT, BRIDGED, DIRECTIONS, DROP, LOG, REJECT, Rule, bridge_rules, rule_list)
 
 HEADER = "# Managed by netlock.killswitch: generated from the role variables, do not edit.\n"
 SET_TYPES = {4: ("ip", "ipv4_addr", "v4"), 6: ("ip6", "ipv6_addr", "v6")}
@@ -24,15 +25,18 @@ L4_ICMP = {4: "icmp", 6: "ipv6-icmp"}
 FENCE_SUFFIX = "_fence"
 CGROUP_SET_PREFIX = "cgroup_"
 CGROUP_COMMENT = "cgroup "
+# In a bridge table ``meta nfproto`` is always "bridge": a family is matched by the frame's ethertype.
+BRIDGE_FAMILY_MATCH = {"meta nfproto ipv4": "ether type ip", "meta nfproto ipv6": "ether type ip6"}
 
 
 class _Table:
     """Accumulates named sets and chains, and prints them in a stable order."""
 
-    def __init__(self, policy: Policy, name: str, owner: bool):
+    def __init__(self, policy: Policy, name: str, owner: bool, family: str = "inet"):
         self.policy = policy
         self.name = name
         self.owner = owner
+        self.family = family
         self.sets: Dict[str, Tuple[str, Tuple[Network, ...]]] = {}
         self.chains: List[Tuple[str, List[str]]] = []
         self.cgroup_sets: Dict[str, str] = {}  # set name: cgroup path
@@ -64,8 +68,8 @@ class _Table:
         # Create-then-delete makes the replacement one transaction that works whether or not the
         # table exists: there is never a moment with no table loaded.
         flags = " { flags owner; }" if self.owner else ""
-        out.append("table inet %s%s\ndelete table inet %s\n" % (self.name, flags, self.name))
-        out.append("table inet %s {\n" % self.name)
+        out.append("table %s %s%s\ndelete table %s %s\n" % (self.family, self.name, flags, self.family, self.name))
+        out.append("table %s %s {\n" % (self.family, self.name))
         if self.owner:
             # Only the netlink socket that loads this table may change or delete it (Linux >= 5.12).
             out.append("\tflags owner\n")
@@ -152,6 +156,25 @@ def rule_text(table: _Table, rule: Rule) -> str:
     return " ".join(parts)
 
 
+def bridge_rule_text(table: _Table, rule: Rule) -> str:
+    """``rule_text`` for a bridge table: families by ethertype, and non-IP link protocols (ARP)."""
+    text = rule_text(table, rule)
+    for inet_match, bridge_match in BRIDGE_FAMILY_MATCH.items():
+        text = text.replace(inet_match, bridge_match)
+    return "ether type %s %s" % (rule.ether_type, text) if rule.ether_type else text
+
+
+def bridge_table(policy: Policy) -> str:
+    """The ``bridge`` table's part of the file: the table emptied and removed, then (unless forward is off)
+    its forward chain.  Always present, so that the same transaction also removes a stale bridge table."""
+    rules = bridge_rules(policy)
+    if not rules:
+        return "table bridge %s\ndelete table bridge %s\n" % (policy.table, policy.table)
+    table = _Table(policy, policy.table, False, family="bridge")
+    table.chains.append(("forward", [bridge_rule_text(table, rule) for rule in rules if rule.direction == BRIDGED]))
+    return table.text().split("\n", 2)[2]  # the header and the digest are the inet table's
+
+
 def fence_table(policy: Policy) -> str:
     """The name of the second, owned table (docs/design/drift.md)."""
     return policy.table + FENCE_SUFFIX
@@ -169,4 +192,4 @@ def render(policy: Policy, fence: bool = False) -> str:
         chain = [rule_text(table, rule) for rule in rules if rule.direction == direction]
         if chain:
             table.chains.append((direction, chain))
-    return table.text()
+    return table.text() if fence else table.text() + bridge_table(policy)

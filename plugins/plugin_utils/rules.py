@@ -13,6 +13,8 @@ output   loopback, endpoints (scoped to address, protocol, port and owner; a nes
          address), reject
 input    loopback, replies to allowed flows, management, DHCP and neighbour discovery, drop
 forward  DNS refused outside the tunnel, tunnel interfaces, LAN, drop
+bridged  (frames a Linux bridge forwards between its ports, ``bridge_rules``; not in ``rule_list``)
+         DHCP and neighbour discovery, ARP, DNS dropped outside the tunnel, tunnel ports, LAN, drop
 
 A rule with ``family`` None applies to IPv4 and IPv6; rules with addresses carry their family, so a
 renderer never has to split or re-derive anything.
@@ -21,13 +23,15 @@ renderer never has to split or re-derive anything.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Tuple
 
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import (
     DNS_PORTS, AddressRule, Network, Owner, Policy, collapse)
 
 INPUT, OUTPUT, FORWARD = "input", "output", "forward"
+# Layer-2 forwarding between the ports of a Linux bridge: never meets the inet hooks without br_netfilter.
+BRIDGED = "bridged"
 DIRECTIONS = (INPUT, OUTPUT, FORWARD)
 ACCEPT, DROP, REJECT, LOG = "accept", "drop", "reject", "log"
 FAMILIES = (4, 6)
@@ -73,6 +77,7 @@ class Rule:
     reply: bool = False               # conntrack direction: reply packets of the flow only
     log_prefix: str = ""              # for verdict LOG: the rule logs (rate-limited) and matching goes on
     cgroup: Optional[str] = None      # the sending socket's cgroup v2 (path below the root) or one of its children
+    ether_type: Optional[str] = None  # bridged frames only: a link-layer protocol that is not IP ("arp")
 
 
 def _families(policy: Policy) -> Tuple[int, ...]:
@@ -251,6 +256,52 @@ def forward_rules(policy: Policy) -> List[Rule]:
         rules += _lan(policy, FORWARD)
         rules += _lan(policy, FORWARD, towards=False, states=("established", "related"))
     return rules + _log(policy, FORWARD, "final", FORWARD) + _final_drop(FORWARD)
+
+
+def _bridged_dhcp_and_neighbours(policy: Policy) -> List[Rule]:
+    """A bridged guest's own DHCP and neighbour discovery, both ways (no conntrack on a bridge: matched by
+    destination, which for these is the broadcast, the LAN, or on-link addresses only)."""
+    if not policy.allow_dhcp:
+        return []
+    dhcp_v4 = collapse((BROADCAST_V4,) + _by_family(policy.lan_networks, 4))
+    rules = [Rule(BRIDGED, "dhcp", ACCEPT, "dhcp", 4, destinations=dhcp_v4, protocols=("udp",),
+                  source_ports=(ports[0],), destination_ports=(ports[1],)) for ports in ((68, 67), (67, 68))]
+    if policy.ipv6 == "tunnel":
+        rules += [Rule(BRIDGED, "dhcp", ACCEPT, "dhcp6", 6, destinations=DHCP6_SERVERS, protocols=("udp",),
+                       source_ports=(546,), destination_ports=(547,)),
+                  Rule(BRIDGED, "dhcp", ACCEPT, "dhcp6_client", 6, destinations=LINK_LOCAL_V6, protocols=("udp",),
+                       source_ports=(547,), destination_ports=(546,))]
+    return rules + [
+        Rule(BRIDGED, "neighbour", ACCEPT, "onlink", 6, destinations=ON_LINK_V6,
+             icmp_types=tuple(sorted(set(ND_OUT + ND_IN))), hop_limit=ND_HOP_LIMIT),
+        Rule(BRIDGED, "neighbour", ACCEPT, "mld", 6, destinations=MLD_ROUTERS, icmp_types=MLD_REPORT),
+    ]
+
+
+def bridge_rules(policy: Policy) -> List[Rule]:
+    """What a Linux bridge may forward between its ports (a bridged guest's frames), by ``policy.forward``.
+
+    ``off``: nothing (no bridge rules at all).  ``block``: every bridged frame is dropped, as every routed one is.
+    ``tunnel``: the forward policy at layer 2.  A bridged frame never reaches a layer-3 tunnel (a guest reaches
+    the tunnel through the host, which routes it: the inet forward chain), so what may cross a bridge is: the
+    guest's DHCP and neighbour discovery (with ``allow_dhcp``), ARP (never leaves the link), DNS only into a
+    tunnel port, a tunnel that is itself a bridge port (an OpenVPN tap) both ways, and frames to the LAN
+    (with ``allow_lan``; both ways, and guest to guest, since replies are addressed to the guest's LAN address).
+    Nothing is rejected: reject is not allowed in a bridge's forward hook, so refused DNS is dropped.
+    The host's own traffic through a bridge (management included) takes the bridge's input and output hooks,
+    never this one: the inet table alone decides it.
+    """
+    if policy.forward == "off":
+        return []
+    rules: List[Rule] = []
+    if policy.forward == "tunnel":
+        rules += _bridged_dhcp_and_neighbours(policy)
+        rules.append(Rule(BRIDGED, "neighbour", ACCEPT, "arp", ether_type="arp"))
+        rules += [replace(rule, verdict=DROP) if rule.verdict == REJECT else rule for rule in _dns(policy, BRIDGED)]
+        rules += _tunnels(policy, BRIDGED)
+        rules += _tunnels(policy, BRIDGED, incoming=True)
+        rules += _lan(policy, BRIDGED)
+    return rules + _log(policy, BRIDGED, "final", BRIDGED) + _final_drop(BRIDGED)
 
 
 def rule_list(policy: Policy) -> List[Rule]:

@@ -51,7 +51,9 @@ class Client:
     def listing(self):
         """The live rules as the guard compares them (counter values removed)."""
         if self.backend == "nftables":
-            command = "nft list table inet killswitch | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/'"
+            # both our tables (inet, then bridge: bridged guests), as the guard records them
+            command = ("{ nft list table inet killswitch; nft list table bridge killswitch 2>/dev/null; } "
+                       "| sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/'")
         else:
             command = "sh %s list" % self.ruleset
         return sh(self.name, command).stdout

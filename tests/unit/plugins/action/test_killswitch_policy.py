@@ -302,6 +302,14 @@ def test_iptables_backend_renders_the_iptables_payload():
     assert not result.get("failed"), result
     assert result["backend"] == "iptables" and result["payload_suffix"] == ".sh"
     assert result["ruleset"].startswith("#!/bin/sh") and "iptables-restore" in result["ruleset"]
+    # bridged frames are not the iptables rules' to see without br_netfilter: the operator is told
+    assert [w for w in result["warnings"] if "bridge-nf-call-iptables" in w], result.get("warnings")
+
+
+def test_nftables_backend_has_no_bridged_frames_warning():
+    result = make_action(dict(ARGS, backend="nftables")).run(task_vars=dict(LOCAL))
+    assert not result.get("failed"), result
+    assert not [w for w in result.get("warnings", []) if "bridge" in w]
 
 
 @pytest.mark.parametrize("backend", ["nftables", "iptables"])

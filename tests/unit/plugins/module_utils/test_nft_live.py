@@ -138,19 +138,50 @@ def test_check_falls_back_to_stdout():
 
 
 def test_live_missing_table_is_none():
-    run = FakeRunner((1, "", "Error: No such file or directory"))
+    missing = (1, "", "Error: No such file or directory")
+    run = FakeRunner(missing, missing)
     assert Nft(run).live("killswitch") is None
-    assert run.calls == [["nft", "-j", "list", "table", "inet", "killswitch"]]
+    assert run.calls == [["nft", "-j", "list", "table", "inet", "killswitch"],
+                         ["nft", "-j", "list", "table", "bridge", "killswitch"]]
+
+
+def test_live_lists_a_bridge_table_left_without_the_inet_table():
+    run = FakeRunner((1, "", "Error: No such file or directory"), (0, json.dumps(bridge_listing()), ""),
+                     (0, BRIDGE_TEXT, ""))
+    document, _text = Nft(run).live("killswitch")
+    assert document == normalize(bridge_listing())  # not None: it is replaced, or removed with state=absent
 
 
 def test_live_returns_normalized_json_and_plain_text():
     text = "table inet killswitch {\n\tchain output {\n\t\tcounter packets 5 bytes 300 drop\n\t}\n}\n"
-    run = FakeRunner((0, json.dumps(listing(handle_base=9, packets=5)), ""), (0, text, ""))
+    run = FakeRunner((0, json.dumps(listing(handle_base=9, packets=5)), ""), (0, text, ""),
+                     (1, "", "Error: No such file or directory"))
     document, plain = Nft(run, nft="nft").live("killswitch")
     assert document == normalize(listing())
     assert plain == "table inet killswitch {\n\tchain output {\n\t\tcounter drop\n\t}\n}\n"
     assert run.calls == [["nft", "-j", "list", "table", "inet", "killswitch"],
-                         ["nft", "list", "table", "inet", "killswitch"]]
+                         ["nft", "list", "table", "inet", "killswitch"],
+                         ["nft", "-j", "list", "table", "bridge", "killswitch"]]
+
+
+def bridge_listing():
+    return {"nftables": [{"table": {"family": "bridge", "name": "killswitch", "handle": 4}},
+                         {"chain": {"family": "bridge", "table": "killswitch", "name": "forward", "handle": 1,
+                                    "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}]}
+
+
+BRIDGE_TEXT = "table bridge killswitch {\n\tchain forward {\n\t\tether type ip counter packets 2 bytes 84 drop\n\t}\n}\n"
+
+
+def test_live_covers_the_bridge_table_of_the_same_name():
+    text = "table inet killswitch {\n}\n"
+    run = FakeRunner((0, json.dumps(listing()), ""), (0, text, ""), (0, json.dumps(bridge_listing()), ""),
+                     (0, BRIDGE_TEXT, ""))
+    document, plain = Nft(run).live("killswitch")
+    assert document == normalize(listing()) + normalize(bridge_listing())
+    assert plain == text + "table bridge killswitch {\n\tchain forward {\n\t\tether type ip counter drop\n\t}\n}\n"
+    assert run.calls[2:] == [["nft", "-j", "list", "table", "bridge", "killswitch"],
+                             ["nft", "list", "table", "bridge", "killswitch"]]
 
 
 def test_live_text_listing_failure_raises():
@@ -160,7 +191,7 @@ def test_live_text_listing_failure_raises():
 
 
 def test_desired_runs_in_a_private_network_namespace():
-    out = json.dumps(listing(packets=3)) + "\n#--\n" + "table inet killswitch {\n\tcounter packets 3 bytes 9\n}\n"
+    out = json.dumps(listing(packets=3)) + "\n#--\n" + "table inet killswitch {\n\tcounter packets 3 bytes 9\n}\n#--\n"
     run = FakeRunner((0, out, ""))
     document, text = Nft(run, nft="/usr/sbin/nft", unshare="/usr/bin/unshare").desired("/etc/x y/r.nft", "killswitch")
     assert document == normalize(listing())
@@ -172,6 +203,14 @@ def test_desired_runs_in_a_private_network_namespace():
     assert argv[-3:] == ["sh", "/etc/x y/r.nft", "killswitch"]
     assert "/etc/x y" not in argv[5] and "killswitch" not in argv[5]
     assert argv[5].startswith('/usr/sbin/nft -f "$1" || exit 65; ')
+
+
+def test_desired_lists_the_bridge_table_after_the_inet_table():
+    parts = [json.dumps(listing()), "table inet killswitch {\n}", json.dumps(bridge_listing()), BRIDGE_TEXT]
+    out = "\n#--\n".join(parts) + "#--\n"  # as the script prints it: each listing followed by a separator
+    document, text = Nft(FakeRunner((0, out, ""))).desired("r.nft", "killswitch")
+    assert document == normalize(listing()) + normalize(bridge_listing())
+    assert text == "table inet killswitch {\n}\n" + BRIDGE_TEXT.replace(" packets 2 bytes 84", "")
 
 
 def test_desired_failure_raises_with_nft_message():
@@ -199,15 +238,25 @@ def test_listing_runs_the_guards_list_command():
 
 
 def test_apply_and_delete():
-    run = FakeRunner((0, "", ""), (1, "", "Error: busy\n"), (0, "", ""), (1, "", "Error: No such table\n"))
+    missing, listed = (1, "", "Error: No such file or directory\n"), (0, "table ...", "")
+    run = FakeRunner((0, "", ""), (1, "", "Error: busy\n"),
+                     listed, missing, (0, "", ""),             # the inet table only
+                     missing, missing, (1, "", "Error: No such table\n"),  # none
+                     listed, listed, (0, "", ""),              # both: one transaction
+                     missing, listed, (0, "", ""))             # a bridge table left alone
     nft = Nft(run, nft="nft")
     assert nft.apply("/etc/r.nft") is None
     assert nft.apply("/etc/r.nft") == "Error: busy"
     assert nft.delete("killswitch") is None
     assert nft.delete("killswitch") == "Error: No such table"
+    assert nft.delete("killswitch") is None
+    assert nft.delete("killswitch") is None
+    lists = [["nft", "list", "table", family, "killswitch"] for family in ("inet", "bridge")]
     assert run.calls == [["nft", "-f", "/etc/r.nft"], ["nft", "-f", "/etc/r.nft"],
-                         ["nft", "delete", "table", "inet", "killswitch"],
-                         ["nft", "delete", "table", "inet", "killswitch"]]
+                         *lists, ["nft", "delete", "table", "inet", "killswitch"],
+                         *lists, ["nft", "delete", "table", "inet", "killswitch"],
+                         *lists, ["nft", "delete table inet killswitch; delete table bridge killswitch"],
+                         *lists, ["nft", "delete", "table", "bridge", "killswitch"]]
 
 
 # --------------------------------------------------------------------------- real nft (root, netns)
@@ -278,10 +327,18 @@ LIVE_SCRIPT = textwrap.dedent('''
     desired = nft.desired(path, "killswitch")
     out["same_json"] = live[0] == desired[0]
     out["same_text"] = live[1] == desired[1]
+    out["bridge_compared"] = any(item.get("table", {}).get("family") == "bridge" for item in live[0])
+    # what the guard lists is what the module recorded
+    guard = subprocess.run(["sh", "-c", nft.list_command("killswitch")], capture_output=True, text=True, check=True)
+    out["guard_listing_same"] = guard.stdout == desired[1]
+    subprocess.run([nft_bin, "add", "rule", "bridge", "killswitch", "forward", "accept"], check=True)
+    out["bridge_edited_differs"] = nft.live("killswitch")[0] != desired[0]
     subprocess.run([nft_bin, "add", "rule", "inet", "killswitch", "output", "accept"], check=True)
     out["edited_differs"] = nft.live("killswitch")[0] != desired[0]
     out["delete"] = nft.delete("killswitch")
     out["gone"] = nft.live("killswitch") is None
+    out["bridge_gone"] = subprocess.run([nft_bin, "list", "table", "bridge", "killswitch"], capture_output=True,
+                                        check=False).returncode != 0
     out["delete_again"] = nft.delete("killswitch") is not None
     print(json.dumps(out))
 ''')
@@ -299,5 +356,20 @@ def test_live_matches_desired_after_apply_in_a_netns(nft_binary, unshare_binary,
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=COLLECTIONS), timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"missing": True, "apply": None, "rejected": True, "counted": True,
-                                       "same_json": True, "same_text": True,
-                                       "edited_differs": True, "delete": None, "gone": True, "delete_again": True}
+                                       "same_json": True, "same_text": True, "bridge_compared": True,
+                                       "guard_listing_same": True, "bridge_edited_differs": True,
+                                       "edited_differs": True, "delete": None, "gone": True, "bridge_gone": True,
+                                       "delete_again": True}
+
+
+def test_guard_listing_is_empty_without_the_inet_table_whatever_else_is_left(nft_binary, unshare_binary, tmp_path):
+    """The inet table is the kill switch: gone, the guard sees our rules missing even if the bridge table stays;
+    the bridge table gone, it sees them changed."""
+    path = tmp_path / "ruleset.nft"
+    path.write_text(render(POLICY))
+    listing = Nft(subprocess_runner, nft=nft_binary).list_command("killswitch")
+    script = ('nft -f "$1"; %s | grep -c "^table" || true; nft delete table bridge killswitch; %s | grep "^table"; '
+              'nft -f "$1"; nft delete table inet killswitch; %s | wc -c') % (listing, listing, listing)
+    proc = subprocess.run([unshare_binary, "--net", "--", "sh", "-c", script, "sh", str(path)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.stdout.split("\n") == ["2", "table inet killswitch {", "0", ""], proc.stdout + proc.stderr

@@ -162,9 +162,10 @@ def test_a_restore_that_fails_leaves_the_new_rules(tmp_path):
 
 
 def test_previous_table_replaces_atomically():
+    both = "table inet killswitch\ndelete table inet killswitch\ntable bridge killswitch\ndelete table bridge killswitch\n"
     text = Nft(None).previous_payload("killswitch", (None, OLD))
-    assert text.startswith("table inet killswitch\ndelete table inet killswitch\n") and text.endswith(OLD)
-    assert Nft(None).previous_payload("killswitch", None) == "table inet killswitch\ndelete table inet killswitch\n"
+    assert text.startswith(both) and text.endswith(OLD)
+    assert Nft(None).previous_payload("killswitch", None) == both
 
 
 def test_staged_files_sit_beside_their_targets():

@@ -32,8 +32,9 @@ def table_text(comment="netlock.killswitch " + DIGEST[:16], table="killswitch"):
 class Runner:
     """Scripted command results, keyed by the command's first words; records every command."""
 
-    def __init__(self, table=None, enabled=True, active=True, ping_ok=True):
+    def __init__(self, table=None, enabled=True, active=True, ping_ok=True, bridge=None):
         self.table = table_text() if table is None else table
+        self.bridge = bridge
         self.enabled = enabled
         self.active = active
         self.ping_ok = ping_ok
@@ -43,6 +44,8 @@ class Runner:
         argv = list(argv)
         self.calls.append(argv)
         name = argv[0].rsplit("/", 1)[-1]
+        if name == "nft" and argv[1:] == ["list", "table", "bridge", "killswitch"]:
+            return (0, self.bridge, "") if self.bridge else (1, "", "Error: No such file or directory")
         if name == "nft":
             assert argv[1:] == ["list", "table", "inet", "killswitch"], argv
             return (0, self.table, "") if self.table else (1, "", "Error: No such file or directory")
@@ -102,9 +105,9 @@ def test_the_renderer_writes_the_comment_the_status_reads():
                            "killswitch_management_cidrs": []}, resolve=lambda name: [])
     ruleset = render(policy)
     comments = [line.strip() for line in ruleset.splitlines() if line.strip().startswith("comment ")]
-    assert len(comments) == 1
-    comment = comments[0][len("comment "):].strip('"')
-    assert st.digest_from_comment(comment) == policy.digest()[:16]
+    assert len(comments) == 2  # the inet table's and the bridge table's
+    for comment in comments:
+        assert st.digest_from_comment(comment[len("comment "):].strip('"')) == policy.digest()[:16]
 
 
 def test_table_status_matching_digest():
@@ -233,10 +236,20 @@ def test_in_force(sysfs):
 
 
 def test_the_shape_is_always_the_same(sysfs):
-    keys = {"table", "boot_unit", "guard", "tunnels", "ok", "problems", "msg"}
+    keys = {"table", "bridge_table", "boot_unit", "guard", "tunnels", "ok", "problems", "msg"}
     assert set(run_status(Runner(), sysfs.root)) == keys
     assert set(run_status(Runner(table="", enabled=False, active=False), sysfs.root)) == keys
     assert set(run_status(Runner(), sysfs.root, state="absent")) == keys
+
+
+def test_the_bridge_table_is_judged_by_its_digest_and_must_go_with_the_kill_switch(sysfs):
+    bridge = table_text().replace("table inet", "table bridge")
+    assert run_status(Runner(bridge=bridge), sysfs.root)["ok"] is True
+    assert run_status(Runner(), sysfs.root)["ok"] is True  # forward off: no bridge table
+    stale = run_status(Runner(bridge=table_text(comment="netlock.killswitch " + "1" * 16).replace("inet", "bridge")), sysfs.root)
+    assert stale["problems"] == ["table bridge killswitch carries policy digest %s, expected %s" % ("1" * 16, DIGEST[:16])]
+    left = run_status(Runner(table="", enabled=False, active=False, bridge=bridge), sysfs.root, state="absent")
+    assert left["problems"] == ["table bridge killswitch is still loaded"]
 
 
 def test_every_problem_is_named(sysfs):

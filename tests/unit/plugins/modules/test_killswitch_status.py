@@ -26,6 +26,8 @@ def run_main(monkeypatch, capsys, args, answers, bins=("nft", "systemctl", "ping
         seen.append(argv)
         name = argv[0].rsplit("/", 1)[-1]
         key = name if name != "systemctl" else "%s %s" % (name, argv[1])
+        if name == "nft" and "bridge" in argv:  # the bridge table: none unless the test gives one
+            return answers.get("nft bridge", (1, "", "Error: No such file or directory"))
         return answers[key]
 
     def get_bin_path(self, name, required=False, opt_dirs=None):
@@ -115,6 +117,21 @@ def test_state_absent(monkeypatch, capsys):
                "systemctl is-active": (3, "inactive\n", "")}
     code, result, _seen = run_main(monkeypatch, capsys, {"state": "absent"}, answers)
     assert code == 0 and result["ok"] is True and result["msg"] == "kill switch removed"
+
+
+def test_a_stale_bridge_table_is_a_problem(monkeypatch, capsys):
+    bridge = TABLE.replace("table inet", "table bridge").replace(DIGEST[:16], "0" * 16)
+    code, result, _seen = run_main(monkeypatch, capsys, {"digest": DIGEST}, dict(IN_FORCE, **{"nft bridge": (0, bridge, "")}))
+    assert code == 0 and result["ok"] is False
+    assert result["problems"] == ["table bridge killswitch carries policy digest %s, expected %s" % ("0" * 16, DIGEST[:16])]
+    assert result["bridge_table"] == {"present": True, "digest": "0" * 16, "matches": False}
+
+
+def test_state_absent_with_the_bridge_table_left(monkeypatch, capsys):
+    answers = {"nft": (1, "", "Error"), "systemctl is-enabled": (1, "not-found\n", ""),
+               "systemctl is-active": (3, "inactive\n", ""), "nft bridge": (0, "table bridge killswitch {\n}\n", "")}
+    code, result, _seen = run_main(monkeypatch, capsys, {"state": "absent"}, answers)
+    assert code == 0 and result["ok"] is False and result["problems"] == ["table bridge killswitch is still loaded"]
 
 
 def test_nft_garbage_fails(monkeypatch, capsys):

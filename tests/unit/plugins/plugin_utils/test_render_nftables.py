@@ -103,10 +103,18 @@ def rendered(nft_accepts_or_none):
 # --------------------------------------------------------------------------- parsing the output
 
 
-def parse_ruleset(text):
-    """The rendered text as {"sets": {name: [elements]}, "chains": {name: {"hook", "policy", "rules"}}}."""
-    sets, chains = {}, {}
+def table_lines(text, family):
+    """The lines of one table's definition (``table <family> <name> {`` to its closing brace) in the file."""
     lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if re.match(r"^table %s \S+ \{$" % family, line)), None)
+    return [] if start is None else lines[start:lines.index("}", start) + 1]
+
+
+def parse_ruleset(text, family="inet"):
+    """One table of the rendered text (the inet table unless asked) as {"sets": {name: [elements]},
+    "chains": {name: {"hook", "policy", "rules"}}}."""
+    sets, chains = {}, {}
+    lines = table_lines(text, family)
     i = 0
     while i < len(lines):
         line = lines[i]
@@ -194,7 +202,11 @@ def test_file_replaces_the_table_atomically(rendered, table):
     # declare (no-op when present), delete, define: one transaction that works whether or not
     # the table already exists, never a moment without it.
     assert statements[:3] == ["table inet %s" % table, "delete table inet %s" % table, "table inet %s {" % table]
-    assert text.count("delete table") == 1
+    # the bridge table of the same name, in the same transaction
+    bridge = statements.index("table bridge %s" % table)
+    assert statements[bridge:bridge + 3] == ["table bridge %s" % table, "delete table bridge %s" % table,
+                                             "table bridge %s {" % table]
+    assert text.count("delete table") == 2
     assert "flush ruleset" not in text
     assert text.endswith("}\n")
     assert "# policy sha256 %s\n" % policy.digest() in text

@@ -344,8 +344,9 @@ TABLE = 'table inet killswitch {\n\tcomment "netlock.killswitch %s"\n\tchain out
 class Runner:
     """Scripted nft and systemctl; records every command."""
 
-    def __init__(self, table=True, fence=True, enabled=True, active=True, watching=True, digest=DIGEST):
+    def __init__(self, table=True, fence=True, enabled=True, active=True, watching=True, digest=DIGEST, bridge=True):
         self.tables = {"killswitch": table, "killswitch_fence": fence}
+        self.bridge = bridge
         self.enabled, self.active, self.watching, self.digest = enabled, active, watching, digest
         self.calls = []
 
@@ -353,6 +354,10 @@ class Runner:
         argv = list(argv)
         self.calls.append(argv)
         name = argv[0].rsplit("/", 1)[-1]
+        if name == "nft" and argv[1:5] == ["list", "table", "bridge", "killswitch"]:
+            if not self.bridge:
+                return 1, "", "Error: No such file or directory"
+            return 0, (TABLE % self.digest[:16]).replace("inet", "bridge"), ""
         if name == "nft":
             assert argv[1:4] == ["list", "table", "inet"], argv
             if not self.tables.get(argv[4]):
@@ -415,8 +420,8 @@ def test_in_force(host):
     assert result["open_paths"] == [] and result["warnings"] == []
     assert result["msg"] == "kill switch in force; refused by the local firewall: eth0 IPv4, eth0 IPv6, wg0 IPv6; passed " \
                             "through the tunnel: wg0 IPv4"
-    assert [c["name"] for c in result["checks"][:6]] == ["table", "boot_unit", "guard", "watcher", "fence",
-                                                         "probe_addresses"]
+    assert [c["name"] for c in result["checks"][:7]] == ["table", "boot_unit", "guard", "watcher", "fence",
+                                                         "bridge_table", "probe_addresses"]
     assert result["probe_addresses"] == {"ipv4": "198.51.100.1", "ipv6": "2001:db8:ffff::1"}
     assert result["digest"] == DIGEST[:16] and result["table"]["matches"] is True
     # four probes per interface and family; IPv6 through the tunnel is refused by a policy that blocks IPv6
@@ -546,3 +551,25 @@ def test_a_carrier_tunnel_is_probed_as_outside_the_tunnel(host, sysfs):
     opened = Prober(outcomes={**refused, ("wgo", 4, "udp"): "sent"})
     result = run_verify(host, runner=Runner(digest=vf.digest_of(policy)), prober=opened, policy=policy)
     assert [p["path"] for p in result["open_paths"]] == ["wgo IPv4 UDP to 198.51.100.1:443"]
+
+
+def test_a_missing_bridge_table_fails_the_verify(host):
+    result = run_verify(host, runner=Runner(bridge=False))
+    assert result["ok"] is False
+    check = [c for c in result["checks"] if c["name"] == "bridge_table"][0]
+    assert check == {"name": "bridge_table", "ok": False,
+                     "detail": "table bridge killswitch is not loaded: bridged guests are not stopped"}
+
+
+@pytest.mark.parametrize("present,ok", [(False, True), (True, False)])
+def test_with_forward_off_no_bridge_table_is_expected(host, present, ok):
+    policy = policy_of(forward="off")
+    runner = Runner(bridge=present, digest=vf.digest_of(policy))
+    check = [c for c in run_verify(host, runner=runner, policy=policy)["checks"] if c["name"] == "bridge_table"][0]
+    assert check["ok"] is ok, check
+
+
+def test_bridge_table_of_another_policy():
+    found = {"present": True, "digest": "0" * 16, "matches": False}
+    assert vf.bridge_table_check(found, "tunnel", "ks", DIGEST)["detail"] == \
+        "table bridge ks carries policy digest %s, expected %s" % ("0" * 16, DIGEST[:16])

@@ -80,6 +80,8 @@ def run_main(monkeypatch, capsys, args, answers=None, bins=("nft", "systemctl"),
         seen.append(argv)
         name = argv[0].rsplit("/", 1)[-1]
         key = name if name not in ("systemctl", "nft") else "%s %s" % (name, argv[-1] if name == "nft" else argv[1])
+        if name == "nft" and "bridge" in argv:
+            key = "nft bridge " + argv[-1]
         return answers[key]
 
     def get_bin_path(self, name, required=False, opt_dirs=None):
@@ -106,6 +108,7 @@ def run_main(monkeypatch, capsys, args, answers=None, bins=("nft", "systemctl"),
 
 IN_FORCE = {"nft killswitch": (0, TABLE % ("killswitch", DIGEST[:16]), ""),
             "nft killswitch_fence": (0, TABLE % ("killswitch_fence", DIGEST[:16]), ""),
+            "nft bridge killswitch": (0, (TABLE % ("killswitch", DIGEST[:16])).replace("inet", "bridge"), ""),
             "systemctl is-enabled": (0, "enabled\n", ""), "systemctl is-active": (0, "active\n", ""),
             "iptables-save": (0, '*filter\n:killswitch-out - [0:0]\n-A killswitch-out -m comment --comment '
                                  '"netlock.killswitch %s"\nCOMMIT\n' % DIGEST[:16], "")}
