@@ -74,6 +74,28 @@ def _our_tables_awk(table: str) -> str:
         shlex.quote(table), starts, FAMILIES[0], " ".join('b["%s"]' % family for family in FAMILIES))
 
 
+def _family_of_ours(item: Dict[str, Any], table: str) -> Optional[str]:
+    """The family of an ``nft -j list ruleset`` item that belongs to one of our tables, else None."""
+    kind, body = next(iter(item.items()))
+    if not isinstance(body, dict) or body.get("family") not in FAMILIES:
+        return None
+    return body["family"] if body.get("name" if kind == "table" else "table") == table else None
+
+
+def _our_blocks(listing: str, table: str) -> str:
+    """Our tables' blocks out of ``nft list ruleset`` text, in FAMILIES order (Python's ``_our_tables_awk``)."""
+    heads = {"table %s %s {" % (family, table): family for family in FAMILIES}
+    blocks: Dict[str, str] = {}
+    family = None
+    for line in listing.splitlines(keepends=True):
+        family = family or heads.get(line.rstrip("\n"))
+        if family:
+            blocks[family] = blocks.get(family, "") + line
+            if line.rstrip("\n") == "}":
+                family = None
+    return "".join(blocks.get(family, "") for family in FAMILIES)
+
+
 class Nft(Firewall):
     name = "nftables"
     desired_checks = True  # desired() runs the full ``nft -f``: whatever ``nft -c`` refuses, it refuses too
@@ -89,19 +111,19 @@ class Nft(Firewall):
 
     def live(self, table: str) -> Optional[Tuple[List[Dict[str, Any]], str]]:
         """Our live tables as normalized JSON and as text, or None when neither is loaded (a bridge table left
-        alone is listed, so that it is replaced or removed like the rest)."""
-        document: List[Dict[str, Any]] = []
-        text = ""
-        for family in FAMILIES:
-            rc, out, _err = self.run([self.nft, "-j", "list", "table", family, table])
-            if rc != 0:
-                continue
-            rc, listing, err = self.run([self.nft, "list", "table", family, table])
-            if rc != 0:
-                raise RuntimeError("nft list table %s %s failed: %s" % (family, table, err))
-            document += normalize(json.loads(out))
-            text += listing
-        return (document, plain_text(text)) if document else None
+        alone is listed, so that it is replaced or removed like the rest). Two listings of the ruleset, whatever
+        the number of our tables: inet first, then bridge, as ``desired`` lists them."""
+        rc, out, err = self.run([self.nft, "-j", "list", "ruleset"])
+        if rc != 0:
+            raise RuntimeError("nft -j list ruleset failed: %s" % (err or out).strip())
+        ours = [item for item in json.loads(out).get("nftables", []) if _family_of_ours(item, table)]
+        if not ours:
+            return None
+        ours.sort(key=lambda item: FAMILIES.index(_family_of_ours(item, table)))
+        rc, listing, err = self.run([self.nft, "list", "ruleset"])
+        if rc != 0:
+            raise RuntimeError("nft list ruleset failed: %s" % (err or listing).strip())
+        return normalize({"nftables": ours}), plain_text(_our_blocks(listing, table))
 
     def desired(self, path: str, table: str) -> Tuple[List[Dict[str, Any]], str]:
         """Load the file in a throwaway network namespace and list what the kernel made of it."""

@@ -137,31 +137,47 @@ def test_check_falls_back_to_stdout():
     assert Nft(FakeRunner((1, "  out text \n", ""))).check("f") == "out text"
 
 
+def ruleset(*documents):
+    """``nft -j list ruleset``: the documents' items after one metainfo, as nft prints a whole ruleset."""
+    items = [item for document in documents for item in document["nftables"] if "metainfo" not in item]
+    return json.dumps({"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}}] + items})
+
+
+def foreign_listing():
+    """Someone else's table, with a chain of the same name as ours: never listed as ours."""
+    return {"nftables": [{"table": {"family": "inet", "name": "filter", "handle": 7}},
+                         {"chain": {"family": "inet", "table": "filter", "name": "output", "handle": 1,
+                                    "type": "filter", "hook": "output", "prio": 0, "policy": "accept"}}]}
+
+
+FOREIGN_TEXT = "table inet filter {\n\tchain output {\n\t}\n}\n"
+
+
 def test_live_missing_table_is_none():
-    missing = (1, "", "Error: No such file or directory")
-    run = FakeRunner(missing, missing)
+    run = FakeRunner((0, ruleset(foreign_listing()), ""))
     assert Nft(run).live("killswitch") is None
-    assert run.calls == [["nft", "-j", "list", "table", "inet", "killswitch"],
-                         ["nft", "-j", "list", "table", "bridge", "killswitch"]]
+    assert run.calls == [["nft", "-j", "list", "ruleset"]]
+
+
+def test_live_listing_failure_raises():
+    with pytest.raises(RuntimeError, match="boom"):
+        Nft(FakeRunner((1, "", "boom"))).live("killswitch")
 
 
 def test_live_lists_a_bridge_table_left_without_the_inet_table():
-    run = FakeRunner((1, "", "Error: No such file or directory"), (0, json.dumps(bridge_listing()), ""),
-                     (0, BRIDGE_TEXT, ""))
+    run = FakeRunner((0, ruleset(bridge_listing()), ""), (0, BRIDGE_TEXT, ""))
     document, _text = Nft(run).live("killswitch")
     assert document == normalize(bridge_listing())  # not None: it is replaced, or removed with state=absent
 
 
 def test_live_returns_normalized_json_and_plain_text():
     text = "table inet killswitch {\n\tchain output {\n\t\tcounter packets 5 bytes 300 drop\n\t}\n}\n"
-    run = FakeRunner((0, json.dumps(listing(handle_base=9, packets=5)), ""), (0, text, ""),
-                     (1, "", "Error: No such file or directory"))
+    run = FakeRunner((0, ruleset(foreign_listing(), listing(handle_base=9, packets=5)), ""),
+                     (0, FOREIGN_TEXT + text, ""))
     document, plain = Nft(run, nft="nft").live("killswitch")
     assert document == normalize(listing())
     assert plain == "table inet killswitch {\n\tchain output {\n\t\tcounter drop\n\t}\n}\n"
-    assert run.calls == [["nft", "-j", "list", "table", "inet", "killswitch"],
-                         ["nft", "list", "table", "inet", "killswitch"],
-                         ["nft", "-j", "list", "table", "bridge", "killswitch"]]
+    assert run.calls == [["nft", "-j", "list", "ruleset"], ["nft", "list", "ruleset"]]
 
 
 def bridge_listing():
@@ -173,19 +189,18 @@ def bridge_listing():
 BRIDGE_TEXT = "table bridge killswitch {\n\tchain forward {\n\t\tether type ip counter packets 2 bytes 84 drop\n\t}\n}\n"
 
 
-def test_live_covers_the_bridge_table_of_the_same_name():
+def test_live_covers_the_bridge_table_of_the_same_name_inet_first():
+    """Listed in FAMILIES order whatever order the ruleset has them in (``desired`` lists inet, then bridge)."""
     text = "table inet killswitch {\n}\n"
-    run = FakeRunner((0, json.dumps(listing()), ""), (0, text, ""), (0, json.dumps(bridge_listing()), ""),
-                     (0, BRIDGE_TEXT, ""))
+    run = FakeRunner((0, ruleset(bridge_listing(), foreign_listing(), listing()), ""),
+                     (0, BRIDGE_TEXT + FOREIGN_TEXT + text, ""))
     document, plain = Nft(run).live("killswitch")
     assert document == normalize(listing()) + normalize(bridge_listing())
     assert plain == text + "table bridge killswitch {\n\tchain forward {\n\t\tether type ip counter drop\n\t}\n}\n"
-    assert run.calls[2:] == [["nft", "-j", "list", "table", "bridge", "killswitch"],
-                             ["nft", "list", "table", "bridge", "killswitch"]]
 
 
 def test_live_text_listing_failure_raises():
-    run = FakeRunner((0, json.dumps(listing()), ""), (1, "", "boom"))
+    run = FakeRunner((0, ruleset(listing()), ""), (1, "", "boom"))
     with pytest.raises(RuntimeError, match="boom"):
         Nft(run).live("killswitch")
 
