@@ -12,7 +12,6 @@ what is valid, and every error, stays the standard library's.
 from __future__ import annotations
 
 import ipaddress
-import re
 import socket
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -20,9 +19,8 @@ Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 _BITS = {4: 32, 6: 128}
 _CLASSES = {4: ipaddress.IPv4Network, 6: ipaddress.IPv6Network}
-_FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
-# A run of two or more zero hextets in "%x:%x:..." text (RFC 5952 compresses the longest, the first of equals).
-_ZERO_RUN = re.compile(r"(?:^|:)0(?::0)+(?=:|$)")
+# Runs of zero hextets, longest first, as they appear between colons in ":" + "%x:%x:...:%x" + ":".
+_ZERO_RUNS = tuple(":0" * length + ":" for length in range(8, 1, -1))
 # ::ffff:0:0/96, IPv4-mapped addresses: newer Pythons print them in mixed notation, so ipaddress prints them.
 _MAPPED_PREFIX = 0xFFFF
 
@@ -37,14 +35,13 @@ def v6_text(value: int) -> str:
         return str(ipaddress.IPv6Address(value))
     text = "%x:%x:%x:%x:%x:%x:%x:%x" % (value >> 112, value >> 96 & 0xFFFF, value >> 80 & 0xFFFF, value >> 64 & 0xFFFF,
                                         value >> 48 & 0xFFFF, value >> 32 & 0xFFFF, value >> 16 & 0xFFFF, value & 0xFFFF)
-    best, most = None, 1
-    for run in _ZERO_RUN.finditer(text):
-        zeros = run.group().count("0")
-        if zeros > most:
-            best, most = run, zeros
-    if best is None:
-        return text
-    return text[:best.start()] + "::" + text[best.end():].lstrip(":")
+    # RFC 5952, as ipaddress prints: the longest run of two or more zero hextets (the first of equals) becomes '::'.
+    padded = ":%s:" % text
+    for run in _ZERO_RUNS:
+        at = padded.find(run)
+        if at >= 0:
+            return padded[1:at] + "::" + padded[at + len(run):-1]
+    return text
 
 
 _TEXT = {4: v4_text, 6: v6_text}
@@ -61,16 +58,19 @@ def network_text(network: Network) -> str:
 
 
 def canonical_network(text: str) -> Optional[Network]:
-    """``ip_network(text, strict=False)`` when ``text`` is spelt as ``str()`` prints an address or network (prefix
-    optional); None for any other spelling, valid or not: the caller asks ``ipaddress``, which then judges it."""
+    """``ip_network(text, strict=False)`` when ``text`` is an address spelt as the C library prints it (no leading
+    zeros, lower case, zeros compressed: a spelling ipaddress reads the same), with or without a decimal prefix
+    length; None for any other spelling, valid or not: the caller asks ``ipaddress``, which then judges it."""
     address, slash, prefix = text.partition("/")
-    version = 6 if ":" in address else 4
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
-        value = int.from_bytes(socket.inet_pton(_FAMILIES[version], address), "big")
+        packed = socket.inet_pton(family, address)
+        if socket.inet_ntop(family, packed) != address:
+            return None  # leading zeros, upper case, uncompressed zeros...: ipaddress's rules decide
     except (OSError, ValueError):
         return None
-    if _TEXT[version](value) != address:
-        return None  # leading zeros, upper case, uncompressed zeros...: ipaddress's rules decide
+    value = int.from_bytes(packed, "big")
+    version = 6 if family == socket.AF_INET6 else 4
     bits = _BITS[version]
     if not slash:
         length = bits

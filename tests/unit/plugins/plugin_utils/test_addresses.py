@@ -89,7 +89,7 @@ def test_parse_is_the_standard_librarys_or_none(text):
 
 
 @pytest.mark.parametrize("text", ["01.2.3.4", "1.2.3.4/032", "2001:DB8::1", "2001:db8:0:0:0:0:0:1", "1.2.3.4/255.0.0.0",
-                                  "1.2.3.4/", "1.2.3.4/33", "::ffff:1.2.3.4", "fe80::1%eth0", "\u0661.2.3.4", "wg0", ""])
+                                  "1.2.3.4/", "1.2.3.4/33", "::ffff:01.2.3.4", "fe80::1%eth0", "\u0661.2.3.4", "wg0", ""])
 def test_other_spellings_go_to_ipaddress(text):
     assert canonical_network(text) is None
 
