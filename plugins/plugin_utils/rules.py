@@ -258,6 +258,15 @@ def rule_list(policy: Policy) -> List[Rule]:
     return input_rules(policy) + output_rules(policy) + forward_rules(policy)
 
 
+def policy_rules(policy: Policy) -> Tuple[Rule, ...]:
+    """``rule_list``, built once per policy (frozen, so it cannot change): a host's ruleset and fence share it."""
+    cached = policy.__dict__.get("_rules")
+    if cached is None:
+        cached = tuple(rule_list(policy))
+        object.__setattr__(policy, "_rules", cached)
+    return cached
+
+
 def in_order(rules: Sequence[Rule]) -> bool:
     """Whether each direction's rules follow GROUPS (used by tests and renderers' self-checks)."""
     for direction in DIRECTIONS:
