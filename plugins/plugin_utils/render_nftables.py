@@ -72,10 +72,16 @@ class _Table:
             # Only the netlink socket that loads this table may change or delete it (Linux >= 5.12).
             out.append("\tflags owner\n")
         out.append('\tcomment "netlock.killswitch %s"\n' % digest[:16])
+        # The ruleset and the fence print the same sets: their elements are printed once per policy.
+        printed = policy.__dict__.setdefault("_nft_elements", {})
         for name in sorted(self.sets):
             kind, members = self.sets[name]
             out.append("\tset %s {\n\t\ttype %s\n\t\tflags interval\n" % (name, kind))
-            out.append("\t\telements = { %s }\n\t}\n" % ",\n\t\t\t     ".join(map(network_text, members)))
+            known, elements = printed.get(name, ((), ""))
+            if known is not members:
+                elements = ",\n\t\t\t     ".join(map(network_text, members))
+                printed[name] = (members, elements)
+            out.append("\t\telements = { %s }\n\t}\n" % elements)
         for name, path in sorted(self.cgroup_sets.items()):
             out.append('\tset %s {\n\t\ttypeof socket cgroupv2 level %d\n\t\tcomment "%s%s"\n\t}\n'
                        % (name, path.count("/") + 1, CGROUP_COMMENT, path))
