@@ -66,13 +66,21 @@ def rule_lines(rule: Rule, chain: str, family: int) -> List[str]:
         return []
     if rule.sources or rule.destinations:
         return _rule_lines(rule, chain, family)
-    return list(_rule_lines_without_addresses(rule, chain, family))
+    return list(_lines_without_addresses(rule, chain)[family])
+
+
+def _lines_by_family(rule: Rule, chain: str) -> Dict[int, Sequence[str]]:
+    if rule.sources or rule.destinations:
+        return {family: rule_lines(rule, chain, family) for family in (4, 6)}
+    return _lines_without_addresses(rule, chain)
 
 
 @functools.lru_cache(maxsize=4096)
-def _rule_lines_without_addresses(rule: Rule, chain: str, family: int) -> Tuple[str, ...]:
-    """Remembered: most rules have no addresses, and every host of a fleet has the same ones (rules are frozen)."""
-    return tuple(_rule_lines(rule, chain, family))
+def _lines_without_addresses(rule: Rule, chain: str) -> Dict[int, Tuple[str, ...]]:
+    """Remembered: most rules have no addresses, and every host of a fleet has the same ones (rules are frozen).
+    Read only: the lines of both families, from one lookup."""
+    return {family: tuple(_rule_lines(rule, chain, family)) if rule.family in (None, family) else ()
+            for family in (4, 6)}
 
 
 def _rule_lines(rule: Rule, chain: str, family: int) -> List[str]:
@@ -121,12 +129,12 @@ def render(policy: Policy) -> str:
     chains = chain_names(policy.table)
     digest = policy.digest()
     rules = policy_rules(policy)
-    bodies: Dict[int, List[str]] = {}
-    for family in (4, 6):
-        # The digest rides on a rule with no target (it only counts), for killswitch_status and people.
-        lines = ['-A %s -m comment --comment "netlock.killswitch %s"' % (chains[OUTPUT], digest[:16])]
-        for rule in rules:
-            lines += rule_lines(rule, chains[rule.direction], family)
-        bodies[family] = lines
+    # The digest rides on a rule with no target (it only counts), for killswitch_status and people.
+    counter = '-A %s -m comment --comment "netlock.killswitch %s"' % (chains[OUTPUT], digest[:16])
+    bodies: Dict[int, List[str]] = {4: [counter], 6: [counter]}
+    for rule in rules:
+        lines = _lines_by_family(rule, chains[rule.direction])
+        bodies[4] += lines[4]
+        bodies[6] += lines[6]
     directions = [d for d in DIRECTIONS if any(r.direction == d for r in rules)]
     return script(policy.table, bodies, directions, HEADER + "# policy sha256 %s\n" % digest)
