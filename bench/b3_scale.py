@@ -90,13 +90,12 @@ def run(outcome: Outcome) -> None:
                     "in this benchmark run." % (entries, host["nft_f"]))
             if ratio > RATIO_TO_NFT.limit:
                 outcome.notes.append(
-                    "(render + apply) / nft -f over target at %d entries: the controller's parse + render alone is %.1f "
-                    "times `nft -f`, most of it the standard library's ipaddress parsing, sorting and collapsing 100k "
-                    "networks and printing them (profile below); the module's apply is %.1f times `nft -f`, nft's own "
-                    "check and listings (parts above). Both limits are outside nft's load; cutting them needs a faster "
-                    "address path in policy.py (integer ranges instead of ipaddress objects) and fewer nft passes in the "
-                    "module, neither small enough to make in this run. Profile of parse_policy + render_for at %d "
-                    "entries (by own time):\n\n%s" % (
+                    "(render + apply) / nft -f over target at %d entries: the controller's parse + render is %.1f "
+                    "times `nft -f`: addresses are already parsed, collapsed and printed as integers "
+                    "(plugins/plugin_utils/addresses.py), and what remains is building the 100k ipaddress network "
+                    "objects the Policy holds, checking each entry and printing (profile below); the module's apply is "
+                    "%.1f times `nft -f`, nft's own check and listings (parts above), which only fewer nft passes in the "
+                    "module can cut. Profile of parse_policy + render_for at %d entries (by own time):\n\n%s" % (
                         entries, controller / host["nft_f"], host["apply"] / host["nft_f"], entries,
                         top_entries(lambda: render_for(parse_policy(datapath_policy(entries)), "nftables"), 15)))
     if reason:
