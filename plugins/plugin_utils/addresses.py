@@ -16,6 +16,7 @@ import socket
 from typing import List, Optional, Sequence, Tuple, Union
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 _BITS = {4: 32, 6: 128}
 _CLASSES = {4: ipaddress.IPv4Network, 6: ipaddress.IPv6Network}
@@ -55,6 +56,13 @@ def network_text(network: Network) -> str:
     if getattr(address, "scope_id", None):
         return str(network)
     return "%s/%d" % (v6_text(int(address)), network.prefixlen)
+
+
+def host_network(address: Address) -> Network:
+    """``ip_network(address)`` for an address object, without the text round trip ipaddress makes."""
+    if getattr(address, "scope_id", None):
+        return ipaddress.ip_network(address)
+    return _CLASSES[address.version]((int(address), address.max_prefixlen))
 
 
 def canonical_network(text: str) -> Optional[Network]:

@@ -88,10 +88,13 @@ def _rule_lines(rule: Rule, chain: str, family: int) -> List[str]:
     # all but the addresses are the same on every line of the rule, so they are printed once (a rule may have
     # 100,000 addresses).
     before = " ".join(["-A", chain] + _interface("-i", rule.in_interface) + _interface("-o", rule.out_interface)) + " "
-    protocols: List[Optional[str]] = [ICMP[family] if p == "icmp" else p for p in rule.protocols] or [None]
+    icmp_types: List[Optional[str]] = [None]
+    protocols: List[Optional[str]] = [None]
     if rule.icmp_types:
         protocols = [ICMP[6]]
-    icmp_types: List[Optional[str]] = [ICMPV6_TYPES[t] for t in rule.icmp_types] or [None]
+        icmp_types = [ICMPV6_TYPES[t] for t in rule.icmp_types]
+    elif rule.protocols:
+        protocols = [ICMP[family] if p == "icmp" else p for p in rule.protocols]
     matches = []
     if rule.hop_limit is not None:
         matches += ["-m", "hl", "--hl-eq", str(rule.hop_limit)]

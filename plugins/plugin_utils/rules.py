@@ -24,6 +24,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.addresses import host_network
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import (
     DNS_PORTS, AddressRule, Network, Owner, Policy, collapse)
 
@@ -118,7 +119,7 @@ def _tunnels(policy: Policy, direction: str, verdict: str = ACCEPT, incoming: bo
 def _dns(policy: Policy, direction: str) -> List[Rule]:
     """DNS and DNS-over-TLS leave only through the tunnel (to the configured resolvers if any); refused elsewhere."""
     rules = []
-    resolvers = [ipaddress.ip_network(a) for a in policy.dns_servers]
+    resolvers = [host_network(a) for a in policy.dns_servers]
     match = dict(protocols=("tcp", "udp"), destination_ports=DNS_PORTS)
     if not resolvers:
         rules += _tunnels(policy, direction, group="dns", **match)

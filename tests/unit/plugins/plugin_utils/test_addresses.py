@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.addresses import (
-    canonical_network, collapse_family, network_text, v6_text)
+    canonical_network, collapse_family, host_network, network_text, v6_text)
 
 CLASSES = {4: ipaddress.IPv4Network, 6: ipaddress.IPv6Network}
 BITS = {4: 32, 6: 128}
@@ -104,3 +104,10 @@ def test_v6_text_compresses_the_first_longest_zero_run():
                  "1:0:2:0:3:0:4:0", "::ffff:0:0", "::ffff:102:304"):
         value = int(ipaddress.IPv6Address(text))
         assert v6_text(value) == str(ipaddress.IPv6Address(value))
+
+
+@pytest.mark.parametrize("text", ["198.18.0.53", "0.0.0.0", "255.255.255.255", "2001:db8::53", "::", "::ffff:1.2.3.4", "fe80::1%eth0"])
+def test_host_network_is_ip_network(text):
+    address = ipaddress.ip_address(text)
+    network = host_network(address)
+    assert network == ipaddress.ip_network(address) and str(network) == str(ipaddress.ip_network(address))
