@@ -91,14 +91,13 @@ def run(outcome: Outcome) -> None:
                     "Ansible's module boilerplate)." % (entries, host["nft_f"]))
             if ratio > RATIO_TO_NFT.limit:
                 outcome.notes.append(
-                    "(render + apply) / nft -f over target at %d entries: the controller's parse + render alone is %.1f "
-                    "times `nft -f`, most of it the standard library's ipaddress parsing, sorting and collapsing 100k "
-                    "networks and printing them (profile below); the module's apply is %.1f times `nft -f`: nft's load and "
-                    "listings in the private namespace (the check and the desired side), the live listing and the load "
-                    "itself (parts above), four passes over the table where `nft -f` makes one. Cutting the controller's "
-                    "share needs a faster address path in policy.py (integer ranges instead of ipaddress objects), "
-                    "outside this benchmark's change. Profile of parse_policy + render_for at %d "
-                    "entries (by own time):\n\n%s" % (
+                    "(render + apply) / nft -f over target at %d entries: the controller's parse + render is %.1f "
+                    "times `nft -f`: addresses are already parsed, collapsed and printed as integers "
+                    "(plugins/plugin_utils/addresses.py), and what remains is building the 100k ipaddress network "
+                    "objects the Policy holds, checking each entry and printing (profile below); the module's apply is "
+                    "%.1f times `nft -f`: nft's load and listings in the private namespace (the desired side, which is "
+                    "also the check), the live listing and the load itself (parts above), passes over the table where "
+                    "`nft -f` makes one. Profile of parse_policy + render_for at %d entries (by own time):\n\n%s" % (
                         entries, controller / host["nft_f"], host["apply"] / host["nft_f"], entries,
                         top_entries(lambda: render_for(parse_policy(datapath_policy(entries)), "nftables"), 15)))
     if reason:

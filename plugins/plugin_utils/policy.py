@@ -15,8 +15,13 @@ import hashlib
 import ipaddress
 import json
 import re
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from copy import deepcopy
+from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Mapping  # isinstance against it is faster than against typing.Mapping
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.addresses import (
+    canonical_network, collapse_family, network_text)
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -207,7 +212,7 @@ class Policy:
     def data(self) -> Dict[str, Any]:
         """The policy as plain data (``asdict``); an unset ``via`` and no ``app_exceptions`` are left out, so that a
         policy without nested tunnels or per-app exceptions keeps its shape and its fingerprint."""
-        data = asdict(self)
+        data = _plain(self)
         for rule in [*data["endpoints"], *data["extra_outbound"], *(e["rule"] for e in data["app_exceptions"])]:
             if rule["via"] is None:
                 del rule["via"]
@@ -223,9 +228,42 @@ class Policy:
         if cached is None:
             data = self.data()
             data.pop("warnings")
-            cached = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+            cached = hashlib.sha256(json.dumps(data, sort_keys=True, default=_json_text).encode()).hexdigest()
             object.__setattr__(self, "_digest", cached)
         return cached
+
+
+# What asdict copies and _plain shares: immutable leaves.
+_LEAVES = frozenset((str, int, bool, float, type(None), ipaddress.IPv4Network, ipaddress.IPv6Network,
+                     ipaddress.IPv4Address, ipaddress.IPv6Address))
+_FIELD_NAMES: Dict[type, Tuple[str, ...]] = {}
+
+
+def _plain(value: Any) -> Any:
+    """``asdict(value)`` without its deep copy of every leaf: addresses and networks are immutable, so the result
+    shares them (a deep copy of 100,000 networks prints and parses each one again)."""
+    kind = type(value)
+    names = _FIELD_NAMES.get(kind)
+    if names is None and is_dataclass(kind):
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in fields(kind))
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
+    if kind is tuple or kind is list:
+        if all(type(item) in _LEAVES for item in value):
+            return kind(value)
+        return kind(_plain(item) for item in value)
+    if kind is dict:
+        return {_plain(key): _plain(item) for key, item in value.items()}
+    if kind in _LEAVES:
+        return value
+    return deepcopy(value)
+
+
+def _json_text(value: Any) -> str:
+    """json.dumps' default for the digest: ``str()``, networks printed the fast way."""
+    if type(value) in (ipaddress.IPv4Network, ipaddress.IPv6Network):
+        return network_text(value)
+    return str(value)
 
 
 class _Checker:
@@ -285,8 +323,12 @@ class _Checker:
         if not isinstance(value, str) or "%" in value:
             self.fail(variable, value, "is not an IP address or CIDR")
             return None
+        text = value.strip()
+        network = canonical_network(text)  # the usual spellings without ipaddress's slow parse
+        if network is not None:
+            return network
         try:
-            return ipaddress.ip_network(value.strip(), strict=False)
+            return ipaddress.ip_network(text, strict=False)
         except ValueError:
             self.fail(variable, value, "is not an IP address or CIDR")
             return None
@@ -313,7 +355,20 @@ def collapse(networks: Sequence[Network]) -> Tuple[Network, ...]:
     """Merge overlaps per family (nft interval sets refuse them); IPv4 first, sorted."""
     v4 = [n for n in networks if n.version == 4]
     v6 = [n for n in networks if n.version == 6]
-    return tuple(ipaddress.collapse_addresses(v4)) + tuple(ipaddress.collapse_addresses(v6))
+    return collapse_family(v4) + collapse_family(v6)
+
+
+# Ranges that every Python's ipaddress calls private or link-local (the usual LANs): no need to ask it, which is slow.
+_SURELY_PRIVATE = tuple((net.version, int(net.network_address), int(net.broadcast_address)) for net in map(
+    ipaddress.ip_network, ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "fc00::/7", "fe80::/10")))
+
+
+def _private_or_link_local(network: Network) -> bool:
+    first = int(network.network_address)
+    last = first | ((1 << (network.max_prefixlen - network.prefixlen)) - 1)
+    if any(version == network.version and low <= first and last <= high for version, low, high in _SURELY_PRIVATE):
+        return True
+    return network.is_private or network.is_link_local
 
 
 def is_hostname(value: str) -> bool:
@@ -341,14 +396,14 @@ def _or_default(value: Any, default: Any) -> Any:
 def _entries(check: _Checker, variable: str, value: Any, keys: Sequence[str],
              allow_empty: bool = True) -> Iterator[Tuple[str, Mapping]]:
     """(name, entry) for each mapping in a list variable; other items and unknown keys are problems."""
+    known = frozenset(keys)
     for i, entry in enumerate(check.items(variable, value, allow_empty=allow_empty)):
         item = "%s[%d]" % (variable, i)
         if not isinstance(entry, Mapping):
             check.fail(item, entry, "is not a mapping with %s" % ", ".join(keys))
             continue
-        unknown = sorted(str(key) for key in entry if key not in keys)
-        if unknown:
-            check.fail(item, entry, "has unknown keys %s" % ", ".join(unknown))
+        if not known.issuperset(entry):
+            check.fail(item, entry, "has unknown keys %s" % ", ".join(sorted(str(key) for key in entry if key not in keys)))
         yield item, entry
 
 
@@ -435,31 +490,45 @@ def _endpoint_networks(check: _Checker, variable: str, value: Any, ipv6: str, re
 
 
 def _extra_outbound(check: _Checker, value: Any, ipv6: str) -> Tuple[AddressRule, ...]:
-    return _grouped([rule for _item, _entry, rule in _destinations(check, PREFIX + "extra_outbound", value, ipv6, ())])
+    return _grouped(destination[2:] for destination in _destinations(check, PREFIX + "extra_outbound", value, ipv6, ()))
 
 
 def _destinations(check: _Checker, variable: str, value: Any, ipv6: str,
-                  more_keys: Sequence[str]) -> Iterator[Tuple[str, Mapping, AddressRule]]:
-    """(item, entry, single-destination rule) for each valid {cidr, protocol, port} entry of a list variable."""
+                  more_keys: Sequence[str]) -> Iterator[Tuple[str, Mapping, str, Optional[int], Network]]:
+    """(item, entry, protocol, port, network) for each valid {cidr, protocol, port} entry of a list variable.
+
+    Run once per allowlist entry (100,000 of them in bench B3): the checks' variable names are built only for a
+    value that needs the checker."""
     for item, entry in _entries(check, variable, value, ("cidr", "port", "protocol") + tuple(more_keys)):
-        protocol = check.choice(item + ".protocol", _or_default(entry.get("protocol"), "any"), EXTRA_PROTOCOLS)
+        protocol = entry.get("protocol")
+        if protocol is None:
+            protocol = "any"
+        elif protocol not in EXTRA_PROTOCOLS:
+            protocol = check.choice(item + ".protocol", protocol, EXTRA_PROTOCOLS)
         port = entry.get("port")
         if port is not None:
             if protocol not in ("tcp", "udp"):
                 check.fail(item + ".port", port, "needs protocol tcp or udp")
             port = check.port(item + ".port", port)
-        network = check.network(item + ".cidr", entry.get("cidr"))
+        cidr = entry.get("cidr")
+        network = canonical_network(cidr.strip()) if type(cidr) is str and "%" not in cidr else None
+        if network is None:
+            network = check.network(item + ".cidr", cidr)
         if network is not None and network.version == 6 and ipv6 == "block":
-            check.fail(item + ".cidr", entry.get("cidr"), "is IPv6, and killswitch_ipv6 is 'block' (set it to 'tunnel')")
+            check.fail(item + ".cidr", cidr, "is IPv6, and killswitch_ipv6 is 'block' (set it to 'tunnel')")
         elif network is not None:
-            yield item, entry, AddressRule((network,), protocol, port)
+            yield item, entry, protocol, port, network
 
 
-def _grouped(rules: Sequence[AddressRule]) -> Tuple[AddressRule, ...]:
+def _grouped(destinations: Iterable[Tuple[str, Optional[int], Network]]) -> Tuple[AddressRule, ...]:
     """One rule per (protocol, port), its networks merged."""
     grouped: Dict[Tuple[str, Optional[int]], List[Network]] = {}
-    for rule in rules:
-        grouped.setdefault((rule.protocol, rule.port), []).extend(rule.networks)
+    for protocol, port, network in destinations:
+        key = (protocol, port)
+        networks = grouped.get(key)
+        if networks is None:
+            networks = grouped[key] = []
+        networks.append(network)
     ordered = sorted(grouped.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))
     return tuple(AddressRule(collapse(nets), proto, port) for (proto, port), nets in ordered)
 
@@ -489,18 +558,18 @@ def _cgroup_of(check: _Checker, item: str, entry: Mapping) -> Optional[str]:
 
 def _app_exceptions(check: _Checker, value: Any, ipv6: str) -> Tuple[AppException, ...]:
     variable = PREFIX + "app_exceptions"
-    by_cgroup: Dict[str, List[AddressRule]] = {}
-    for item, entry, rule in _destinations(check, variable, value, ipv6, ("service", "cgroup")):
+    by_cgroup: Dict[str, List[Tuple[str, Optional[int], Network]]] = {}
+    for item, entry, protocol, port, network in _destinations(check, variable, value, ipv6, ("service", "cgroup")):
         cgroup = _cgroup_of(check, item, entry)
-        if rule.port in DNS_PORTS:
+        if port in DNS_PORTS:
             # The DNS refusal comes first in the rule list: such an exception would never match.
-            check.fail(item + ".port", rule.port, "is a DNS port: DNS never leaves outside the tunnel, not for an "
-                                                  "app either (%sdns_servers are reached through it)" % PREFIX)
+            check.fail(item + ".port", port, "is a DNS port: DNS never leaves outside the tunnel, not for an "
+                                             "app either (%sdns_servers are reached through it)" % PREFIX)
         elif cgroup is not None:
-            by_cgroup.setdefault(cgroup, []).append(rule)
-            if rule.networks[0].prefixlen == 0:
+            by_cgroup.setdefault(cgroup, []).append((protocol, port, network))
+            if network.prefixlen == 0:
                 check.warnings.append("%s: %s may reach every %s address outside the tunnel (%s)"
-                                      % (item, cgroup, "IPv%d" % rule.networks[0].version, rule.networks[0]))
+                                      % (item, cgroup, "IPv%d" % network.version, network))
     return tuple(AppException(cgroup, rule) for cgroup in sorted(by_cgroup) for rule in _grouped(by_cgroup[cgroup]))
 
 
@@ -544,7 +613,7 @@ def parse_policy(variables: Mapping[str, Any], resolve: Optional[Resolver] = Non
     lan = check.networks(lan_name, lan_value)
     if allow_lan:
         for net in lan:
-            if not (net.is_private or net.is_link_local):
+            if not _private_or_link_local(net):
                 check.warnings.append("%s: %s is a public range; with %sallow_lan on, traffic to it leaves outside "
                                       "the tunnel (the TunnelCrack LocalNet attack relies on this)" % (lan_name, net, PREFIX))
 
@@ -580,7 +649,10 @@ def parse_policy(variables: Mapping[str, Any], resolve: Optional[Resolver] = Non
                    % PREFIX)
     if check.problems:
         raise PolicyError(check.problems)
-    return replace(policy, warnings=tuple(check.warnings))
+    # Warnings come from the checks that built the fields; the policy is new and unseen, so set them in place
+    # (replace() would build it all again).
+    object.__setattr__(policy, "warnings", tuple(check.warnings))
+    return policy
 
 
 def _table(check: _Checker, variable: str, value: Any) -> str:

@@ -12,12 +12,14 @@ while the cgroup exists (``CGROUP_SET_PREFIX``, the comment names the path; see 
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.addresses import network_text
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import Network, Policy
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.rules import (
-    ACCEPT, BRIDGED, DIRECTIONS, DROP, LOG, REJECT, Rule, bridge_rules, rule_list)
+    ACCEPT, BRIDGED, DIRECTIONS, DROP, LOG, REJECT, Rule, bridge_rules, policy_rules)
 
 HEADER = "# Managed by netlock.killswitch: generated from the role variables, do not edit.\n"
 SET_TYPES = {4: ("ip", "ipv4_addr", "v4"), 6: ("ip6", "ipv6_addr", "v6")}
@@ -74,10 +76,16 @@ class _Table:
             # Only the netlink socket that loads this table may change or delete it (Linux >= 5.12).
             out.append("\tflags owner\n")
         out.append('\tcomment "netlock.killswitch %s"\n' % digest[:16])
+        # The ruleset and the fence print the same sets: their elements are printed once per policy.
+        printed = policy.__dict__.setdefault("_nft_elements", {})
         for name in sorted(self.sets):
             kind, members = self.sets[name]
             out.append("\tset %s {\n\t\ttype %s\n\t\tflags interval\n" % (name, kind))
-            out.append("\t\telements = { %s }\n\t}\n" % ",\n\t\t\t     ".join(str(m) for m in members))
+            known, elements = printed.get(name, ((), ""))
+            if known is not members:
+                elements = ",\n\t\t\t     ".join(map(network_text, members))
+                printed[name] = (members, elements)
+            out.append("\t\telements = { %s }\n\t}\n" % elements)
         for name, path in sorted(self.cgroup_sets.items()):
             out.append('\tset %s {\n\t\ttypeof socket cgroupv2 level %d\n\t\tcomment "%s%s"\n\t}\n'
                        % (name, path.count("/") + 1, CGROUP_COMMENT, path))
@@ -133,6 +141,18 @@ def _interface(key: str, name: Optional[str]) -> List[str]:
 
 
 def rule_text(table: _Table, rule: Rule) -> str:
+    if rule.sources or rule.destinations or rule.cgroup is not None:
+        return _rule_text(table, rule)
+    return _rule_text_without_sets(rule)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rule_text_without_sets(rule: Rule) -> str:
+    """Remembered: most rules name no set, and every host of a fleet has the same ones (rules are frozen)."""
+    return _rule_text(None, rule)
+
+
+def _rule_text(table: Optional[_Table], rule: Rule) -> str:
     parts = _interface("iifname", rule.in_interface) + _interface("oifname", rule.out_interface) + _owner(rule)
     if rule.cgroup is not None:
         parts.append(table.cgroup_set(rule.cgroup))
@@ -187,9 +207,24 @@ def render(policy: Policy, fence: bool = False) -> str:
     through its own netlink socket, so that no other process can flush or delete it.
     """
     table = _Table(policy, fence_table(policy) if fence else policy.table, fence)
-    rules = rule_list(policy)
-    for direction in DIRECTIONS:
-        chain = [rule_text(table, rule) for rule in rules if rule.direction == direction]
-        if chain:
-            table.chains.append((direction, chain))
+    sets, cgroup_sets, chains = _contents(policy)
+    table.sets.update(sets)
+    table.cgroup_sets.update(cgroup_sets)
+    table.chains.extend(chains)
     return table.text() if fence else table.text() + bridge_table(policy)
+
+
+def _contents(policy: Policy) -> Tuple[Dict[str, Tuple[str, Tuple[Network, ...]]], Dict[str, str], List[Tuple[str, List[str]]]]:
+    """The sets and chains of the policy's table (whatever its name), built once per policy: the ruleset and the
+    fence of a host print the same ones."""
+    cached = policy.__dict__.get("_nft_contents")
+    if cached is None:
+        table = _Table(policy, policy.table, False)
+        rules = policy_rules(policy)
+        for direction in DIRECTIONS:
+            chain = [rule_text(table, rule) for rule in rules if rule.direction == direction]
+            if chain:
+                table.chains.append((direction, chain))
+        cached = (table.sets, table.cgroup_sets, table.chains)
+        object.__setattr__(policy, "_nft_contents", cached)
+    return cached

@@ -26,6 +26,7 @@ import ipaddress
 from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Tuple
 
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.addresses import host_network
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import (
     DNS_PORTS, AddressRule, Network, Owner, Policy, collapse)
 
@@ -123,7 +124,7 @@ def _tunnels(policy: Policy, direction: str, verdict: str = ACCEPT, incoming: bo
 def _dns(policy: Policy, direction: str) -> List[Rule]:
     """DNS and DNS-over-TLS leave only through the tunnel (to the configured resolvers if any); refused elsewhere."""
     rules = []
-    resolvers = [ipaddress.ip_network(a) for a in policy.dns_servers]
+    resolvers = [host_network(a) for a in policy.dns_servers]
     match = dict(protocols=("tcp", "udp"), destination_ports=DNS_PORTS)
     if not resolvers:
         rules += _tunnels(policy, direction, group="dns", **match)
@@ -307,6 +308,15 @@ def bridge_rules(policy: Policy) -> List[Rule]:
 def rule_list(policy: Policy) -> List[Rule]:
     """Every rule of the policy: input, output, forward, each in threat-model order."""
     return input_rules(policy) + output_rules(policy) + forward_rules(policy)
+
+
+def policy_rules(policy: Policy) -> Tuple[Rule, ...]:
+    """``rule_list``, built once per policy (frozen, so it cannot change): a host's ruleset and fence share it."""
+    cached = policy.__dict__.get("_rules")
+    if cached is None:
+        cached = tuple(rule_list(policy))
+        object.__setattr__(policy, "_rules", cached)
+    return cached
 
 
 def in_order(rules: Sequence[Rule]) -> bool:
