@@ -206,16 +206,22 @@ def unseen(probes, headers) -> List[str]:
             if (protocol, str(ipaddress.ip_address(destination)), int(port)) not in seen]
 
 
+def tcp_probe_command(address: str, port: int, marker: str) -> str:
+    """The shell command of tcp_probe (a lab service runs the very same probe)."""
+    return "echo %s | timeout %d nc -w %d %s %d" % (marker, PROBE_TIMEOUT + 1, PROBE_TIMEOUT, shlex.quote(address), port)
+
+
+def udp_probe_command(address: str, port: int, marker: str, count: int = 3) -> str:
+    return "for i in $(seq %d); do echo %s | timeout 2 nc -u -w 1 %s %d; done" % (count, marker, shlex.quote(address), port)
+
+
 def tcp_probe(container: str, address: str, port: int, marker: str) -> bool:
     """Send the marker over TCP; True when the connection was made."""
-    result = sh(container, "echo %s | timeout %d nc -w %d %s %d" % (
-        marker, PROBE_TIMEOUT + 1, PROBE_TIMEOUT, shlex.quote(address), port))
-    return result.returncode == 0
+    return sh(container, tcp_probe_command(address, port, marker)).returncode == 0
 
 
 def udp_probe(container: str, address: str, port: int, marker: str, count: int = 3) -> None:
-    sh(container, "for i in $(seq %d); do echo %s | timeout 2 nc -u -w 1 %s %d; done" % (
-        count, marker, shlex.quote(address), port))
+    sh(container, udp_probe_command(address, port, marker, count))
 
 
 def icmp_probe(container: str, address: str, marker: str, count: int = 2) -> bool:

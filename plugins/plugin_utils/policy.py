@@ -188,8 +188,14 @@ class Policy:
     def app_services(self) -> Tuple[str, ...]:
         """The systemd services whose cgroups have app exceptions (the role gives each one an ExecStartPre that fills
         the set with its new cgroup before it starts)."""
-        return tuple(sorted({e.cgroup[len(SERVICE_SLICE):] for e in self.app_exceptions
-                             if e.cgroup.startswith(SERVICE_SLICE) and _SERVICE_RE.fullmatch(e.cgroup[len(SERVICE_SLICE):])}))
+        # A system.slice below the root too: systemd in a container or nested cgroup keeps its tree under its own
+        # cgroup (docker/<id>/system.slice/x.service), which the cgroup path must name for the match's level.
+        services = set()
+        for exception in self.app_exceptions:
+            slice_path, _sep, service = ("/" + exception.cgroup).rpartition("/")
+            if slice_path.endswith("/" + SERVICE_SLICE.rstrip("/")) and _SERVICE_RE.fullmatch(service):
+                services.add(service)
+        return tuple(sorted(services))
 
     @property
     def carriers(self) -> Tuple[str, ...]:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import pytest
 
 from lab.cases import wireguard_message_bpf
-from lab.probe import (PAUSE_GUARD, Capture, canary, icmp_probe, leak_filter, restart, run_playbook, sh, tcp_probe, udp_probe,
-                       unseen, wait_for)
+from lab.probe import (PAUSE_GUARD, Capture, canary, icmp_probe, leak_filter, nft_table, restart, run_playbook, sh, tcp_probe,
+                       tcp_probe_command, udp_probe, udp_probe_command, unseen, wait_for)
 
 PEER = "ks-default-peer"
 PEER_V4, PEER_V6, PEER_TUNNEL = "198.18.20.20", "2001:db8:20::20", "198.18.200.1"
@@ -197,6 +197,77 @@ def test_unmarked_traffic_to_the_endpoint_is_blocked(client):
     assert not probe_endpoint()
     with killswitch_off(client):
         assert probe_endpoint(), "the probe itself is broken: nothing seen without the kill switch"
+
+
+# killswitch_app_exceptions (molecule.yml, nftables client): the lab service (prepare.yml) may reach the target's
+# TCP and UDP port 8080 outside the tunnel; the guard fills its cgroup set (its drop-in before each start).
+APP_SERVICE = "netlock-lab-backup.service"
+APP_DIR = "/run/netlock-lab-backup"
+APP_DROPIN = "/etc/systemd/system/%s.d/netlock-killswitch-app.conf" % APP_SERVICE
+APP_COUNT = 3  # TCP connections and UDP datagrams per run, each with its own marker
+
+
+def app_markers(marker):
+    return ["%s-%s%d" % (marker, protocol, i) for protocol in ("tcp", "udp") for i in range(1, APP_COUNT + 1)]
+
+
+def app_send(client, marker, how):
+    """The probes to the exception's destination, sent by the lab service ("service": systemctl restart, a new cgroup
+    each time) or by another process ("shell": docker exec; "scope": a transient scope of systemd's); the peer's
+    capture of everything the client sends to that address (any port) on the LAN link."""
+    probes = [tcp_probe_command(TARGET_V4, 8080, m) if "-tcp" in m else udp_probe_command(TARGET_V4, 8080, m, count=1)
+              for m in app_markers(marker)]
+    # The sender notes its cgroup's id (the inode of its cgroup v2 directory) before it sends.
+    script = ["mkdir -p %s" % APP_DIR,
+              "stat -c %%i /sys/fs/cgroup/unified$(sed -n 's/^0:://p' /proc/self/cgroup) >> %s/ids" % APP_DIR] + probes
+    assert sh(client.name, "mkdir -p %s && cat > %s/send" % (APP_DIR, APP_DIR) + " <<'EOF'\n%s\nEOF" % "\n".join(script)).returncode == 0
+    command = {"service": "systemctl restart " + APP_SERVICE, "shell": "sh %s/send" % APP_DIR,
+               "scope": "systemd-run --quiet --scope --unit=netlock-lab-other-%s sh %s/send" % (marker.lower(), APP_DIR)}[how]
+    with Capture(PEER, "src host %s and dst host %s" % (client.v4, TARGET_V4), interface="eth0") as capture:
+        result = sh(client.name, command, timeout=90)
+    assert how != "service" or result.returncode == 0, result.stderr
+    return capture
+
+
+def app_cgroup_members(client):
+    """The members of the cgroup sets in the main table and the fence, by table."""
+    members = {}
+    for table in ("killswitch", "killswitch_fence"):
+        document = nft_table(client.name, table) or {"nftables": []}
+        members[table] = [str(element) for item in document["nftables"] if item.get("set", {}).get("type") == "cgroupsv2"
+                          for element in item["set"].get("elem", [])]
+    return members
+
+
+def test_app_exception_admits_only_its_service():
+    """A per-app exception under real systemd: with the tunnel down, the lab service reaches the exception's
+    destination (each probe seen), also after a restart (a new cgroup); the same probes from any other process
+    are blocked, and are seen without the kill switch (control); once the service stopped, no set holds an id."""
+    client = CLIENTS[0]
+    assert sh(client.name, "test -f " + APP_DROPIN).returncode == 0, "no drop-in for " + APP_SERVICE
+    tunnel(client, "down")
+    sh(client.name, "rm -f %s/ids" % APP_DIR)
+    for run in (1, 2):  # the second start makes a new cgroup, which the drop-in puts in the set before it sends
+        marker = canary()
+        capture = app_send(client, marker, "service")
+        missing = [m for m in app_markers(marker) if not capture.saw(m)]
+        assert not missing, "run %d: the service's probes were not seen: %s" % (run, missing)
+    ids = sh(client.name, "cat %s/ids" % APP_DIR).stdout.split()
+    assert len(ids) == 2 and ids[0] != ids[1], "the restart did not make a new cgroup: %s" % ids
+
+    # The service stopped: its cgroup is gone, and the guard leaves its sets empty (within the watcher's 5 s).
+    assert wait_for(lambda: app_cgroup_members(client) == {"killswitch": [], "killswitch_fence": []}, timeout=15), \
+        "a stale cgroup id stayed: %s" % app_cgroup_members(client)
+    for how in ("shell", "scope"):
+        capture = app_send(client, canary(), how)
+        assert capture.packets == [], "%s leaked:\n%s" % (how, "\n".join(capture.packets))
+
+    # Positive control: those very probes from another process, seen without the kill switch, each of them.
+    with killswitch_off(client):
+        marker = canary()
+        capture = app_send(client, marker, "shell")
+    missing = [m for m in app_markers(marker) if not capture.saw(m)]
+    assert not missing, "the control did not see: %s" % missing
 
 
 # What killswitch_verify probes on the uplink: each family with each protocol.

@@ -76,6 +76,7 @@ CGROUP_COMMENT = "cgroup "
 NFT_CGROUP_DIR = "/sys/fs/cgroup"
 CGROUP_TYPEOF = "typeof socket cgroupv2"  # how such a set shows in the listing
 MOUNTINFO = "/proc/self/mountinfo"
+FENCE_CGROUP_WAIT = 5  # seconds the cgroups command waits for the watcher to fill the fence's sets (its interval)
 
 
 class ConfigError(Exception):
@@ -206,20 +207,39 @@ def table_json(nft, table, terse=False):
         return None
 
 
-def refresh_cgroups(nft, table, apply, document=None):
-    """Fill the cgroup sets of ``table`` (listed with the nft program unless ``document`` is that listing);
-    ``apply(text)`` loads a command, returns None or the error.  Returns the errors (a cgroup that vanished
-    meanwhile: the next check tries again)."""
+def cgroup_plan(nft, table, document=None):
+    """cgroup_commands for ``table`` as it is live (listed with the nft program unless ``document`` is that
+    listing, with its set elements), or None without the table."""
     document = document or table_json(nft, table)
     if document is None:
-        return []
+        return None
     try:
         with open(MOUNTINFO, encoding="utf-8") as handle:
             mount = cgroup2_mount(handle.read())
     except (IOError, OSError):
         mount = None
+    return cgroup_commands(document, table, mount)
+
+
+def wait_for_cgroups(plan, timeout=FENCE_CGROUP_WAIT, interval=0.05, clock=time.monotonic, sleep=time.sleep):
+    """Wait until ``plan()`` (cgroup_plan of the fence) has nothing left to do: only the watcher may fill the fence's
+    sets, and a packet must pass both tables, so a service's ExecStartPre returns once the fence admits its new
+    cgroup too.  True when it does or there is no fence; False after ``timeout`` seconds."""
+    deadline = clock() + timeout
+    while True:
+        if not plan():
+            return True
+        if clock() >= deadline:
+            return False
+        sleep(interval)
+
+
+def refresh_cgroups(nft, table, apply, document=None):
+    """Fill the cgroup sets of ``table`` (listed with the nft program unless ``document`` is that listing);
+    ``apply(text)`` loads a command, returns None or the error.  Returns the errors (a cgroup that vanished
+    meanwhile: the next check tries again)."""
     errors = []
-    for name, text in cgroup_commands(document, table, mount).items():
+    for name, text in (cgroup_plan(nft, table, document) or {}).items():
         error = apply(text)
         if error:
             errors.append("%s %s: %s" % (table, name, one_line(error)))
@@ -1074,6 +1094,8 @@ def main(argv=None):
     if command == "cgroups":
         nft = which("nft")
         errors = refresh_cgroups(nft, config["table"], nft_file_applier(nft)) if nft else ["nft is not installed"]
+        if not errors and not wait_for_cgroups(lambda: cgroup_plan(nft, config["fence_table"])):
+            errors = ["%s: the watcher did not fill it within %d s" % (config["fence_table"], FENCE_CGROUP_WAIT)]
         for error in errors:
             log("netlock-killswitch guard: cannot fill the cgroup set %s" % error)
         return 1 if errors else 0

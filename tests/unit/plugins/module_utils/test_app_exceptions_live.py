@@ -355,6 +355,15 @@ def test_the_watcher_fills_the_main_and_the_fence_sets_and_follows_a_restart(lab
         lab.probe("followed")
         assert lab.arrived("followed") == tags("followed", "app", "exc"), log.read_text()
         assert "drift" not in log.read_text(), "a filled set is host state, not drift"
+
+        # A service's ExecStartPre (the cgroups command) returns once the fence admits its new cgroup too, so the
+        # service's first packet passes both tables (under real systemd it was dropped by the fence before).
+        lab.restart_cgroup("app")
+        assert fill_sets(lab, lab.tmp / "guard.json").returncode == 0, log.read_text()
+        fence = lab.sh("nft list table inet killswitch_fence", lab.host).stdout
+        assert '/%s"' % lab.cgroup_path("app") in fence, fence  # the new id (nft lists a gone cgroup's id as a number)
+        lab.probe("prestart", cgroups=("app",), destinations=("exc",))
+        assert lab.arrived("prestart") == tags("prestart", "app", "exc"), log.read_text()
     finally:
         watcher.terminate()
         watcher.wait(timeout=10)

@@ -221,9 +221,41 @@ def test_cgroup_commands_fill_flush_and_leave_alone(tmp_path):
     assert guard.cgroup_commands(document(["1"], table="other"), "killswitch", str(mount), str(nft_dir)) == {}
 
 
+def test_cgroups_command_waits_for_the_fence_bounded():
+    """ExecStartPre returns once the watcher filled the fence's sets too (a packet must pass both tables: under real
+    systemd the service's first probes were dropped by the fence otherwise), at most FENCE_CGROUP_WAIT seconds."""
+    now = [0.0]
+
+    def clock():
+        return now[0]
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    def plans(*results):
+        pending = list(results)
+        return lambda: pending.pop(0) if len(pending) > 1 else pending[0]
+
+    flush = {"cgroup_b": "flush set inet killswitch_fence cgroup_b\n"}
+    assert guard.wait_for_cgroups(plans(flush, flush, {}), clock=clock, sleep=sleep)
+    assert 0 < now[0] < 1
+    now[0] = 0.0
+    assert guard.wait_for_cgroups(plans(None), clock=clock, sleep=sleep) and now[0] == 0  # no fence: nothing to wait for
+    assert not guard.wait_for_cgroups(plans(flush), clock=clock, sleep=sleep)  # the watcher never follows
+    assert guard.FENCE_CGROUP_WAIT <= now[0] < guard.FENCE_CGROUP_WAIT + 1
+
+
 def test_app_services_are_the_services_named_or_given_as_their_cgroup():
     parsed = policy([{"service": "backup.service", "cidr": "198.18.1.2"},
                      {"cgroup": "system.slice/sync.service", "cidr": "198.18.1.2", "protocol": "udp", "port": 4500},
                      {"cgroup": "system.slice/system-x.slice/x@1.service", "cidr": "198.18.1.2"},
                      {"cgroup": "user.slice/a.service", "cidr": "198.18.1.2"}])
     assert parsed.app_services == ("backup.service", "sync.service")
+
+
+def test_app_services_under_a_nested_systemd_root():
+    """systemd in a container keeps system.slice under its own cgroup; its services get the drop-in too."""
+    parsed = policy([{"cgroup": "docker/0123abcd/system.slice/backup.service", "cidr": "198.18.1.2"},
+                     {"cgroup": "docker/0123abcd/system.slice.other/x.service", "cidr": "198.18.1.2"},
+                     {"cgroup": "docker/0123abcd/other.slice/y.service", "cidr": "198.18.1.2"}])
+    assert parsed.app_services == ("backup.service",)
