@@ -49,6 +49,9 @@ def run(outcome: Outcome) -> None:
         return
     started = time.monotonic()
     load_before = os.getloadavg()
+    raised = fleet_lab.raise_inotify_instances()
+    if raised:
+        outcome.notes.append("On this machine: %s, so that %d systemd containers boot." % (raised, largest + 2))
     hosts = fleet_lab.ensure(largest)
     inventory = fleet_lab.inventory(hosts, tempfile.mkdtemp(prefix="netlock-bench-b6-"))
     first = checked(fleet_lab.playbook(inventory, fleet_lab.ROLE_PLAY, forks=20))

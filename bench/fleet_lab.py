@@ -80,10 +80,29 @@ def ensure(count: int) -> List[fleet.Host]:
     if _before is None:
         _before = running()
         atexit.register(restore)
+    if count > fleet.DEFAULT_COUNT:
+        raise_inotify_instances()
     names = running()
     if managed_count(names) < count or fleet.VPN.name not in names or fleet.SINK.name not in names:
         fleet.up(count=max(count, managed_count(names)))
     return list(fleet.managed_hosts(count))
+
+
+INOTIFY_INSTANCES = "/proc/sys/fs/inotify/max_user_instances"
+# systemd in each container takes several of root's inotify instances; at the kernel's default, 128, the 16th
+# fleet container's systemd does not boot ("Too many open files").
+INOTIFY_NEEDED = 1024
+
+
+def raise_inotify_instances() -> str:
+    """fs.inotify.max_user_instances raised to INOTIFY_NEEDED when below it; says what it did, or ''."""
+    with open(INOTIFY_INSTANCES, encoding="ascii") as handle:
+        current = int(handle.read())
+    if current >= INOTIFY_NEEDED:
+        return ""
+    with open(INOTIFY_INSTANCES, "w", encoding="ascii") as handle:
+        handle.write(str(INOTIFY_NEEDED))
+    return "fs.inotify.max_user_instances raised from %d to %d" % (current, INOTIFY_NEEDED)
 
 
 def restore() -> None:
