@@ -125,9 +125,9 @@ def test_baseline_extrapolation_adds_the_rules_left_out():
         b1_apply.extrapolated(20.0, 0.0, 0, 1000)
 
 
-def test_fan_out_plan_times_every_count_once_and_the_other_configs_at_the_largest():
+def test_fan_out_plan_times_the_ends_first_then_the_rest_and_the_other_configs_at_the_largest():
     assert b6_fanout.plan((1, 10, 20), ((20, "linear"), (5, "linear"), (20, "free"))) == [
-        (1, 20, "linear"), (10, 20, "linear"), (20, 20, "linear"), (20, 5, "linear"), (20, 20, "free")]
+        (1, 20, "linear"), (20, 20, "linear"), (10, 20, "linear"), (20, 5, "linear"), (20, 20, "free")]
 
 
 def test_the_callback_records_tasks_results_and_items_of_a_real_run(tmp_path):
