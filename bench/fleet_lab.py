@@ -145,7 +145,10 @@ def environment(count_file: str = "") -> Dict[str, str]:
                 "ANSIBLE_CALLBACKS_ENABLED": "bench_count", "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
                 "ANSIBLE_RETRY_FILES_ENABLED": "0", "BENCH_COUNT_OUT": count_file,
                 # Pipelining: one SSH round trip per module instead of mkdir, put and run (README, "Performance").
-                "ANSIBLE_PIPELINING": os.environ.get("ANSIBLE_PIPELINING", "1")})
+                "ANSIBLE_PIPELINING": os.environ.get("ANSIBLE_PIPELINING", "1"),
+                # 22 systemd containers and the controller on 2 shared cores: sshd can take over the default 10 s
+                # to answer (a first apply on 20 hosts lost one to it); a retry is counted in the wall time.
+                "ANSIBLE_TIMEOUT": "30", "ANSIBLE_SSH_RETRIES": "2"})
     return env
 
 
