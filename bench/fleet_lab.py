@@ -92,6 +92,7 @@ INOTIFY_INSTANCES = "/proc/sys/fs/inotify/max_user_instances"
 # systemd in each container takes several of root's inotify instances; at the kernel's default, 128, the 16th
 # fleet container's systemd does not boot ("Too many open files").
 INOTIFY_NEEDED = 1024
+_inotify_before: List[int] = []
 
 
 def raise_inotify_instances() -> str:
@@ -102,6 +103,7 @@ def raise_inotify_instances() -> str:
         return ""
     with open(INOTIFY_INSTANCES, "w", encoding="ascii") as handle:
         handle.write(str(INOTIFY_NEEDED))
+    _inotify_before.append(current)  # put back by restore()
     return "fs.inotify.max_user_instances raised from %d to %d" % (current, INOTIFY_NEEDED)
 
 
@@ -112,11 +114,14 @@ def restore() -> None:
     earlier = managed_count(_before)
     if not earlier:
         fleet.down()
-        return
-    added = [name for name in running() if name not in _before]
-    if added:
-        build.docker("rm", "-f", *added, timeout=180, check=False)
-        fleet.up(count=earlier)
+    else:
+        added = [name for name in running() if name not in _before]
+        if added:
+            build.docker("rm", "-f", *added, timeout=180, check=False)
+            fleet.up(count=earlier)
+    if _inotify_before:
+        with open(INOTIFY_INSTANCES, "w", encoding="ascii") as handle:
+            handle.write(str(_inotify_before[0]))
 
 
 # --- inventories and runs -------------------------------------------------------------------------
