@@ -31,15 +31,12 @@ from bench import report  # noqa: E402  (after the path set-up above)
 
 # Name: (title, module under bench/ with run(outcome), or None with the reason it is not measured).
 BENCHMARKS: Dict[str, Tuple[str, Optional[str], str]] = {
-    "B1": ("apply cost against a per-rule baseline", None,
-           "not measured yet: needs the SSH lab hosts (python -m lab fleet-up, docker), which this run does not start"),
-    "B2": ("no-op converge against ansible -m ping", None,
-           "not measured yet: needs the SSH lab hosts (python -m lab fleet-up, docker), which this run does not start"),
+    "B1": ("apply cost against a per-rule baseline", "bench.b1_apply", ""),
+    "B2": ("no-op converge against ansible -m ping", "bench.b2_noop", ""),
     "B3": ("ruleset scale", "bench.b3_scale", ""),
     "B4": ("datapath overhead", "bench.b4_datapath", ""),
     "B5": ("leak window against a reactive baseline", "bench.b5_leak", ""),
-    "B6": ("fleet fan-out", None,
-           "not measured yet: needs 20 SSH lab hosts (python -m lab fleet-up, docker), which this run does not start"),
+    "B6": ("fleet fan-out", "bench.b6_fanout", ""),
     "B7": ("controller render of a 10,000-host inventory", "bench.b7_render", ""),
     "B8": ("guard drift check and restore", "bench.b8_guard", ""),
 }

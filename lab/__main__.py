@@ -5,7 +5,7 @@
     python -m lab cases     run every leak case and the flap stream, print and write the report
     python -m lab demo      all three; exits 1 if anything leaked
     python -m lab down      remove the lab
-    python -m lab fleet-up    build the SSH fleet lab (managed hosts reached over SSH as operator)
+    python -m lab fleet-up    build the SSH fleet lab (managed hosts reached over SSH as operator; --fleet-count N)
     python -m lab fleet-down  remove the SSH fleet lab
     python -m lab drift-table print the drift scenario's measurements (reports/drift-measurements.json) as Markdown
 """
@@ -42,14 +42,15 @@ def up() -> None:
         display.update(task, description="lab ready", completed=steps)
 
 
-def fleet_up() -> None:
+def fleet_up(count: int = fleet.DEFAULT_COUNT) -> None:
+    steps = fleet.steps(count)
     with progress() as display:
-        task = display.add_task("building the SSH fleet lab", total=fleet.STEPS)
+        task = display.add_task("building the SSH fleet lab", total=steps)
 
         def step(message: str) -> None:
             display.update(task, description=message, advance=1)
-        fleet.up(step)
-        display.update(task, description="fleet lab ready", completed=fleet.STEPS)
+        fleet.up(step, count)
+        display.update(task, description="fleet lab ready", completed=steps)
 
 
 def rollout() -> None:
@@ -90,13 +91,14 @@ def main(argv=None) -> int:
     parser.add_argument("--flaps", type=int, default=20)
     parser.add_argument("--reports", default=os.path.join(build.ROOT, "reports"))
     parser.add_argument("--one-client-at-a-time", action="store_true", help="run the clients in turn, not side by side")
+    parser.add_argument("--fleet-count", type=int, default=fleet.DEFAULT_COUNT, help="fleet-up: managed hosts (ks-fleet1..N)")
     args = parser.parse_args(argv)
     names = args.case or list(cases.CASES)
     if args.command == "down":
         build.down()
         return 0
     if args.command == "fleet-up":
-        fleet_up()
+        fleet_up(args.fleet_count)
         return 0
     if args.command == "drift-table":
         with open(os.path.join(args.reports, "drift-measurements.json"), encoding="utf-8") as handle:

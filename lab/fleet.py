@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from lab import build
 from lab.topology import FWMARK, WG_PORT, Host, Net
@@ -32,11 +32,27 @@ TUNNEL_V4 = "198.18.130.0/24"
 
 VPN = Host("ks-fleet-vpn", {FLEET.name: ("198.18.30.20", "2001:db8:30::20")}, "vpn", tunnel=("198.18.130.1",))
 SINK = Host("ks-fleet-sink", {FLEET.name: ("198.18.30.30", "2001:db8:30::30")}, "sink")
-MANAGED = tuple(
-    Host("ks-fleet%d" % i, {FLEET.name: ("198.18.30.%d" % (10 + i), "2001:db8:30::%d" % (10 + i))}, "managed",
-         tunnel=("198.18.130.%d" % (10 + i),), sysctls=("net.ipv4.conf.all.src_valid_mark=1",))
-    for i in (1, 2, 3)
-)
+# ks-fleet1..N at 198.18.30.11..(10+N): at most 19 managed hosts below the VPN server's .20, the rest from .31 up.
+MAX_MANAGED = 200
+
+
+def managed_address(index: int) -> int:
+    """The last octet of managed host ``index`` (1-based): .11-.19, then .31 on (.20 and .30 are taken)."""
+    if not 1 <= index <= MAX_MANAGED:
+        raise ValueError("fleet host count: %d is not between 1 and %d" % (index, MAX_MANAGED))
+    return 10 + index if index < 10 else 21 + index
+
+
+def managed_hosts(count: int) -> tuple:
+    """ks-fleet1..``count``; the first three are the default lab the molecule fleet scenario and its tests use."""
+    return tuple(
+        Host("ks-fleet%d" % i, {FLEET.name: ("198.18.30.%d" % managed_address(i), "2001:db8:30::%d" % managed_address(i))},
+             "managed", tunnel=("198.18.130.%d" % managed_address(i),), sysctls=("net.ipv4.conf.all.src_valid_mark=1",))
+        for i in range(1, count + 1))
+
+
+DEFAULT_COUNT = 3
+MANAGED = managed_hosts(DEFAULT_COUNT)
 HOSTS: List[Host] = [VPN, SINK, *MANAGED]
 ENDPOINT = (VPN.v4(FLEET), WG_PORT)
 DNS = VPN.tunnel[0]
@@ -90,13 +106,13 @@ def ssh(host: Host, *command: str, timeout: float = 30) -> subprocess.CompletedP
     return subprocess.run(ssh_argv(host, *command), capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def scan_known_hosts() -> None:
+def scan_known_hosts(hosts: Sequence[Host] = MANAGED) -> None:
     """known_hosts from ssh-keyscan, each key checked against the one the container holds."""
-    addresses = [h.v4(FLEET) for h in MANAGED]
+    addresses = [h.v4(FLEET) for h in hosts]
     scanned = subprocess.run(["ssh-keyscan", "-T", str(SSH_TIMEOUT), "-t", "ed25519", *addresses],
                              capture_output=True, text=True, timeout=60, check=False).stdout
     lines = sorted(line for line in scanned.splitlines() if line and not line.startswith("#"))
-    for host in MANAGED:
+    for host in hosts:
         key = build.run_script(host.name, "cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub", "reading the host key")
         if "%s %s" % (host.v4(FLEET), key.strip()) not in lines:
             raise RuntimeError("ssh-keyscan of %s did not return the key %s holds: %s"
@@ -146,9 +162,9 @@ def listeners(host: Host, bind: str = "") -> None:
     build.service(host.name, "lab-udp", "socat -u %s OPEN:/dev/null" % udp)
 
 
-def setup_vpn(client_keys: Dict[str, str]) -> None:
+def setup_vpn(client_keys: Dict[str, str], clients: Sequence[Host] = MANAGED) -> None:
     """The WireGuard server; its resolver and listeners answer only inside the tunnel."""
-    build.run_script(VPN.name, build.wg_quick_unit(build.wg_server_config(VPN, MANAGED, client_keys)),
+    build.run_script(VPN.name, build.wg_quick_unit(build.wg_server_config(VPN, clients, client_keys)),
                      "setting up the VPN server")
     # No upstream: names outside fleet.test are refused at once (the fleet reaches no mirror).
     build.service(VPN.name, "lab-dns", "dnsmasq -k --no-resolv --no-hosts --listen-address=%s --bind-dynamic "
@@ -164,43 +180,52 @@ def setup_client(host: Host, server_key: str) -> None:
                      "starting %s's WireGuard client" % host.name)
 
 
-def check_ssh() -> None:
+def check_ssh(hosts: Sequence[Host] = MANAGED) -> None:
     """Every managed host answers a new SSH connection as the operator, and sudo needs no password."""
-    for host in MANAGED:
+    for host in hosts:
         result = ssh(host, "sudo", "-n", "true")
         if result.returncode != 0:
             raise RuntimeError("ssh %s@%s with sudo failed: %s" % (OPERATOR, host.v4(FLEET), result.stderr[-800:]))
 
 
-def up(step: Optional[Step] = None) -> None:
-    """Create the network and containers and configure every role; safe to run again."""
+def up(step: Optional[Step] = None, count: int = DEFAULT_COUNT) -> None:
+    """Create the network and containers and configure every role; safe to run again.
+
+    ``count`` managed hosts (ks-fleet1..count); the benchmarks ask for more than the default three.
+    """
     step = step or (lambda _message: None)
+    clients = managed_hosts(count)
     step("fleet network (overlap-checked)")
     build.create_networks(NETWORKS)
-    for host in HOSTS:
+    for host in (VPN, SINK, *clients):
         step("container %s" % host.name)
         build.start_container(host, LABEL)
     step("operator key and accounts")
     public_key = controller_key()
-    for host in MANAGED:
+    for host in clients:
         setup_operator(host, public_key)
     step("sink listeners")
     listeners(SINK)
     step("WireGuard server, resolver and listeners in the tunnel")
-    client_keys = {h.name: build.wg_key(h.name) for h in MANAGED}
+    client_keys = {h.name: build.wg_key(h.name) for h in clients}
     server_key = build.wg_key(VPN.name)
-    setup_vpn(client_keys)
-    for host in MANAGED:
+    setup_vpn(client_keys, clients)
+    for host in clients:
         step("WireGuard client %s" % host.name)
         setup_client(host, server_key)
     step("tunnels up")
-    build.wait_tunnel(MANAGED, VPN.tunnel[0])
+    build.wait_tunnel(clients, VPN.tunnel[0])
     step("known_hosts and SSH as %s" % OPERATOR)
-    scan_known_hosts()
-    check_ssh()
+    scan_known_hosts(clients)
+    check_ssh(clients)
 
 
-STEPS = 1 + len(HOSTS) + 1 + 1 + 1 + len(MANAGED) + 1 + 1
+def steps(count: int = DEFAULT_COUNT) -> int:
+    """How many times ``up`` calls its step function."""
+    return 1 + 2 + count + 1 + 1 + 1 + count + 1 + 1
+
+
+STEPS = steps()
 
 
 def down() -> None:
