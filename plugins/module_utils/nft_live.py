@@ -67,11 +67,13 @@ def plain_text(listing: str) -> str:
 
 def _our_tables_awk(table: str) -> str:
     """Shell: our tables' blocks out of ``nft list ruleset``, in FAMILIES order (as ``live`` concatenates them);
-    nothing without the inet table, which is then missing for the guard (``live`` is None) whatever else is left."""
+    nothing without the inet table, which is then missing for the guard (``live`` is None) whatever else is left.
+    The inet table (100k set elements, maybe) streams through; only the small others wait for the end."""
+    first, rest = FAMILIES[0], FAMILIES[1:]
     starts = " ".join('$0 == "table %s " t " {" {f = "%s"}' % (family, family) for family in FAMILIES)
-    return ("awk -v t=%s '%s f {b[f] = b[f] $0 \"\\n\"} f && $0 == \"}\" {f = \"\"} "
-            "END {if (b[\"%s\"] != \"\") printf \"%%s\", %s}'") % (
-        shlex.quote(table), starts, FAMILIES[0], " ".join('b["%s"]' % family for family in FAMILIES))
+    return ("awk -v t=%s '%s f == \"%s\" {seen = 1; print} f != \"\" && f != \"%s\" {b[f] = b[f] $0 \"\\n\"} "
+            "f != \"\" && $0 == \"}\" {f = \"\"} END {if (seen) printf \"%%s\", %s}'") % (
+        shlex.quote(table), starts, first, first, " ".join('b["%s"]' % family for family in rest))
 
 
 def _family_of_ours(item: Dict[str, Any], table: str) -> Optional[str]:
@@ -85,15 +87,15 @@ def _family_of_ours(item: Dict[str, Any], table: str) -> Optional[str]:
 def _our_blocks(listing: str, table: str) -> str:
     """Our tables' blocks out of ``nft list ruleset`` text, in FAMILIES order (Python's ``_our_tables_awk``)."""
     heads = {"table %s %s {" % (family, table): family for family in FAMILIES}
-    blocks: Dict[str, str] = {}
+    blocks: Dict[str, List[str]] = {family: [] for family in FAMILIES}
     family = None
     for line in listing.splitlines(keepends=True):
         family = family or heads.get(line.rstrip("\n"))
         if family:
-            blocks[family] = blocks.get(family, "") + line
+            blocks[family].append(line)  # a list: joining 100k lines once, not copying the text per line
             if line.rstrip("\n") == "}":
                 family = None
-    return "".join(blocks.get(family, "") for family in FAMILIES)
+    return "".join(line for family in FAMILIES for line in blocks[family])
 
 
 class Nft(Firewall):
