@@ -146,10 +146,35 @@ def document(outcomes: Sequence[Outcome], host: Dict[str, Any], selected: Sequen
 
 
 def summarize(figures: Sequence[Figure]) -> Dict[str, int]:
-    with_target = [f for f in figures if f.target is not None]
+    return _summary([f.as_dict() for f in figures])
+
+
+def _summary(figures: Sequence[Dict[str, Any]]) -> Dict[str, int]:
+    with_target = [f for f in figures if f["target"] is not None]
     return {"figures": len(figures), "with_target": len(with_target),
-            "met": sum(1 for f in with_target if f.met is True), "missed": sum(1 for f in with_target if f.met is False),
-            "not_measured": sum(1 for f in figures if f.value is None)}
+            "met": sum(1 for f in with_target if f["met"] is True), "missed": sum(1 for f in with_target if f["met"] is False),
+            "not_measured": sum(1 for f in figures if f["value"] is None)}
+
+
+class MergeError(Exception):
+    pass
+
+
+def merged(previous: Dict[str, Any], current: Dict[str, Any], order: Sequence[str]) -> Dict[str, Any]:
+    """``current`` plus the benchmarks it did not run, kept from ``previous`` (``--merge``: some benchmarks measured
+    again after a fix, the others as they were).  Every benchmark carries the date it was measured; both runs must
+    be on the same machine."""
+    same = ("cpu_model", "cpu_cores", "memory_mib", "kernel")
+    if any(previous["machine"].get(key) != current["machine"].get(key) for key in same):
+        raise MergeError("the previous results were measured on another machine (%s): run every benchmark" % ", ".join(
+            "%s %s" % (key, previous["machine"].get(key)) for key in same))
+    ran = {bench["benchmark"] for bench in current["benchmarks"]}
+    benchmarks = [dict(bench, date=bench.get("date", previous["date"])) for bench in previous["benchmarks"]
+                  if bench["benchmark"] not in ran]
+    benchmarks += [dict(bench, date=bench.get("date", current["date"])) for bench in current["benchmarks"]]
+    benchmarks.sort(key=lambda bench: order.index(bench["benchmark"]) if bench["benchmark"] in order else len(order))
+    return dict(current, selected=[bench["benchmark"] for bench in benchmarks], benchmarks=benchmarks,
+                summary=_summary([fig for bench in benchmarks for fig in bench["figures"]]))
 
 
 def verdict(met: Optional[bool]) -> str:
@@ -187,7 +212,8 @@ def markdown(doc: Dict[str, Any]) -> str:
             out.append("")
         for note in bench["notes"]:
             out += [note, ""]
-        out += ["(%s s)" % bench["seconds"], ""]
+        measured = bench.get("date", doc["date"])
+        out += ["(%s s%s)" % (bench["seconds"], "" if measured == doc["date"] else ", measured %s" % measured), ""]
     return "\n".join(out).rstrip("\n") + "\n"
 
 

@@ -6,12 +6,14 @@
     make bench                       # every benchmark, about 20 min on 2 cores
     BENCH_ONLY=B3,B7 make bench      # a subset
     python -m bench --only B7 --out /tmp/results   # results elsewhere (the committed ones stay untouched)
+    BENCH_ONLY=B3 BENCH_MERGE=1 make bench       # B3 measured again, the others kept with their dates
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import shutil
 import sys
@@ -80,6 +82,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""), help="e.g. B3,B7 (default: $BENCH_ONLY, else all)")
     parser.add_argument("--out", default=BENCH_DIR, help="directory for results.json and results.md")
+    parser.add_argument("--merge", action="store_true", default=os.environ.get("BENCH_MERGE") == "1",
+                        help="keep the benchmarks not run from the results already in --out (each keeps its date)")
     args = parser.parse_args(argv)
     try:
         names = selection(args.only)
@@ -109,6 +113,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             os.environ["TMPDIR"] = saved[0]
         shutil.rmtree(scratch, ignore_errors=True)
     doc = report.document(outcomes, report.machine(), names)
+    previous_path = os.path.join(args.out, "results.json")
+    if args.merge and os.path.exists(previous_path):
+        with open(previous_path, encoding="utf-8") as handle:
+            try:
+                doc = report.merged(json.load(handle), doc, ORDER)
+            except report.MergeError as exc:
+                print("not merged: %s" % exc, file=sys.stderr)
+                return 2
     os.makedirs(args.out, exist_ok=True)
     report.write(doc, args.out)
     report.console(doc)

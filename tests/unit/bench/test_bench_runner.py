@@ -231,3 +231,24 @@ def test_main_writes_both_files_and_leaves_no_scratch(tmp_path, monkeypatch):
     assert len(set(scratch_dirs)) == 1 and scratch_dirs[0] != str(tmp_path)
     assert not os.path.exists(scratch_dirs[0])
     assert os.environ["TMPDIR"] == str(tmp_path)
+
+
+def test_merge_keeps_what_was_not_run_with_its_date():
+    before = report.document(_outcomes(), HOST, ["B7", "B3", "B1"], now=NOW)
+    again = report.Outcome("B3", "ruleset scale", seconds=3.0)
+    again.figure("throughput ratio", 0.90, "x", report.Target(">=", 0.95))
+    later = report.document([again], HOST, ["B3"], now=NOW + datetime.timedelta(hours=1))
+    doc = report.merged(before, later, run.ORDER)
+    assert [b["benchmark"] for b in doc["benchmarks"]] == ["B7", "B3", "B1"] == doc["selected"]
+    assert {b["benchmark"]: b["date"] for b in doc["benchmarks"]} == {
+        "B7": "2026-12-04T12:00:00Z", "B3": "2026-12-04T13:00:00Z", "B1": "2026-12-04T12:00:00Z"}
+    assert [f["value"] for f in doc["benchmarks"][1]["figures"]] == [0.90]  # B3 replaced whole, not mixed
+    assert doc["summary"] == {"figures": 3, "with_target": 2, "met": 0, "missed": 2, "not_measured": 0}
+    text = report.markdown(doc)
+    assert "(12.34 s" not in text and "(3.0 s)" in text and "measured 2026-12-04T12:00:00Z" in text
+
+
+def test_merge_refuses_results_of_another_machine():
+    before = report.document(_outcomes(), dict(HOST, cpu_cores=64), ["B7"], now=NOW)
+    with pytest.raises(report.MergeError, match="another machine"):
+        report.merged(before, report.document([], HOST, [], now=NOW), run.ORDER)
