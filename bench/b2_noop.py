@@ -38,7 +38,7 @@ def run(outcome: Outcome) -> None:
     inventory = fleet_lab.inventory(hosts, tempfile.mkdtemp(prefix="netlock-bench-b2-"))
     checked(fleet_lab.playbook(inventory, fleet_lab.ROLE_PLAY))
     noop = checked(fleet_lab.playbook(inventory, fleet_lab.ROLE_PLAY))
-    pings = [checked(fleet_lab.ping(inventory)).seconds for _ in range(PINGS)]
+    pings = [checked(fleet_lab.ping(inventory)).seconds for _round in range(PINGS)]
     verbose = checked(fleet_lab.playbook(inventory, fleet_lab.ROLE_PLAY, verbose=True))
     summary = fleet_lab.summarize(noop.events)
     ping_seconds = statistics.median(pings)

@@ -181,11 +181,11 @@ def execute(argv: List[str], env: Dict[str, str], timeout: float = RUN_TIMEOUT, 
     with subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True) as process:
         try:
-            output, _ = process.communicate(timeout=timeout)
+            output = process.communicate(timeout=timeout)[0]
             returncode: Optional[int] = process.returncode
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-            output, _ = process.communicate()
+            output = process.communicate()[0]
             returncode = None
     seconds = time.monotonic() - started
     events = read_events(count_file) if count_file else []

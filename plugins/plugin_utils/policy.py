@@ -517,7 +517,7 @@ def _destinations(check: _Checker, variable: str, value: Any, ipv6: str,
                 check.fail(item + ".port", port, "needs protocol tcp or udp")
             port = check.port(item + ".port", port)
         cidr = entry.get("cidr")
-        network = canonical_network(cidr.strip()) if type(cidr) is str and "%" not in cidr else None
+        network = canonical_network(cidr.strip()) if isinstance(cidr, str) and "%" not in cidr else None
         if network is None:
             network = check.network(item + ".cidr", cidr)
         if network is not None and network.version == 6 and ipv6 == "block":
