@@ -198,26 +198,17 @@ rollback:
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import os
 import pwd
 import socket
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.netlock.killswitch.plugins.module_utils import rollback
+from ansible_collections.netlock.killswitch.plugins.module_utils import applied, rollback
 from ansible_collections.netlock.killswitch.plugins.module_utils.firewall import Rejected
-from ansible_collections.netlock.killswitch.plugins.module_utils.iptables import Iptables
-from ansible_collections.netlock.killswitch.plugins.module_utils.nft_live import Nft
 
 
-def _read(path):
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
+_read = applied.read_text
 
 
 def _write(directory, content):
@@ -228,8 +219,7 @@ def _write(directory, content):
     return tmp
 
 
-def _rollback_files():
-    return rollback.paths(rollback.ROLLBACK_DIR)
+_rollback_files = applied.rollback_files
 
 
 @contextlib.contextmanager
@@ -306,42 +296,6 @@ def arm_rollback(module, firewall, table, path, expected_path, live, timeout, ta
                 unit=rollback.ROLLBACK_UNIT, confirm=rollback.confirm_command(files))
 
 
-def applied_record_path(expected_path):
-    """Beside the expected listing: the digests of a ruleset and of the listing the kernel made of it."""
-    return expected_path + ".sha256"
-
-
-def _sha256(text):
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _record(ruleset, listing):
-    return json.dumps({"ruleset": _sha256(ruleset), "listing": _sha256(listing)}, sort_keys=True) + "\n"
-
-
-def in_force(firewall, table, path, ruleset, expected_path):
-    """The live listing when ``ruleset`` is already in force, else None: one listing of the live rules instead of
-    the check, the load in a private namespace and the live listings of a full comparison.
-
-    In force means: a record says the kernel listed this very ruleset as the expected listing now on disk (written
-    when a full comparison saw it, so it stays true whatever happens to the files), the persisted file is this
-    ruleset, and the live rules list exactly as that.  Anything else (a hand edit, a flush, another file) is left
-    to the full comparison.
-    """
-    if not expected_path:
-        return None
-    expected = _read(expected_path)
-    if expected is None or _read(applied_record_path(expected_path)) != _record(ruleset, expected):
-        return None
-    if _read(path) != ruleset:
-        return None
-    try:
-        live = firewall.listing(table)
-    except RuntimeError:  # the full comparison tells what is wrong
-        return None
-    return live if live == expected else None
-
-
 def _result(firewall, table, path, live_text, desired_text, changes, pending):
     table_changed, file_changed, expected_changed = changes
     return dict(
@@ -354,14 +308,14 @@ def _result(firewall, table, path, live_text, desired_text, changes, pending):
         table=desired_text if table_changed else live_text,
         diff=[dict(before_header="%s %s (live)" % (firewall.name, table), before=live_text or "",
                    after_header="%s %s (desired)" % (firewall.name, table), after=desired_text)],
-        commands=dict(load=rollback.command(firewall.load_argv(path)), list=firewall.list_command(table)),
+        commands=applied.commands(firewall, table, path),
     )
 
 
 def present(module, firewall, table, path, ruleset, rollback_timeout=0, expected_path=None):
-    pending = os.path.exists(_rollback_files()["armed"])
+    pending = applied.rollback_pending()
     if not pending:
-        live_text = in_force(firewall, table, path, ruleset, expected_path)
+        live_text = applied.in_force(firewall, table, path, applied.sha256_text(ruleset), expected_path)
         if live_text is not None:
             return _result(firewall, table, path, live_text, live_text, (False, False, False), False)
     # Checked and compared from the module's temp dir: check mode must not write under /etc.
@@ -383,9 +337,10 @@ def present(module, firewall, table, path, ruleset, rollback_timeout=0, expected
         result["diff"].append(dict(before_header=path, before=_read(path) or "", after_header=path, after=ruleset))
     if module.check_mode:
         return result
-    if expected_path and _read(applied_record_path(expected_path)) != _record(ruleset, desired_text):
+    record = applied.applied_record(applied.sha256_text(ruleset), desired_text) if expected_path else None
+    if record and _read(applied.applied_record_path(expected_path)) != record:
         # A fact whatever happens next (apply, rollback, failure): this ruleset lists as desired_text.
-        _stage(module, applied_record_path(expected_path), _record(ruleset, desired_text))
+        _stage(module, applied.applied_record_path(expected_path), record)
     if not result["changed"]:
         return result
     if rollback_timeout and (table_changed or pending):
@@ -421,10 +376,8 @@ def disarm(module):
 
 
 def absent(module, firewall, table, path, expected_path=None):
-    live = firewall.live(table) if firewall else None
-    record = applied_record_path(expected_path) if expected_path else None
-    files = [p for p in (path, expected_path, record) if p and os.path.exists(p)]
-    pending = os.path.exists(_rollback_files()["armed"])
+    live, files = applied.leftovers(firewall, table, path, expected_path)
+    pending = applied.rollback_pending()
     result = dict(changed=live is not None or bool(files) or pending, table_changed=live is not None,
                   file_changed=path in files, rollback_pending=pending, path=path, table="",
                   diff=dict(before=live[1] if live else "", after=""))
@@ -452,18 +405,6 @@ def check_user(module, user):
                              "nothing was changed" % (user, socket.gethostname(), module.params["backend"]))
 
 
-def firewall_for(module, backend, required=True):
-    """The host's applier for a backend; None when its tools are missing and not required (nothing to remove)."""
-    def run(argv):
-        return module.run_command(list(argv))
-    unshare = module.get_bin_path("unshare", required=required)
-    if backend == "iptables":
-        tool = module.get_bin_path("iptables-restore", required=required)
-        return Iptables(run, sh=module.get_bin_path("sh", required=True), unshare=unshare) if tool else None
-    nft = module.get_bin_path("nft", required=required)
-    return Nft(run, nft=nft, unshare=unshare) if nft else None
-
-
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -482,7 +423,7 @@ def main():
     )
     params = module.params
     present_state = params["state"] == "present"
-    firewall = firewall_for(module, params["backend"], required=present_state)
+    firewall = applied.firewall_for(module, params["backend"], required=present_state)
     try:
         if present_state:
             check_user(module, params["endpoint_user"])

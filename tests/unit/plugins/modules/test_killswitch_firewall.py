@@ -503,7 +503,7 @@ def run_main(monkeypatch, capsys, args, fake, tmpdir):
         made.append((nft, unshare))
         return fake
 
-    monkeypatch.setattr(mod, "Nft", factory)
+    monkeypatch.setattr(mod.applied, "Nft", factory)
     monkeypatch.setattr(mod.AnsibleModule, "get_bin_path", lambda self, name, required=False, opt_dirs=None: "/bin/" + name)
     with patch_module_args(args):
         with pytest.raises(SystemExit) as info:
@@ -655,7 +655,7 @@ def test_main_iptables_backend_uses_the_iptables_applier(monkeypatch, capsys, mo
     def factory(run, sh="/bin/sh", unshare="unshare"):
         made.append((sh, unshare))
         return FakeIptables(live=None)
-    monkeypatch.setattr(mod, "Iptables", factory)
+    monkeypatch.setattr(mod.applied, "Iptables", factory)
     code, result = run_main(monkeypatch, capsys, {"ruleset": RULESET, "path": str(target), "backend": "iptables"},
                             None, module_tmpdir)
     assert code == 0 and result["backend"] == "iptables" and made == [("/bin/sh", "/bin/unshare")]
