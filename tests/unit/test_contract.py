@@ -42,8 +42,17 @@ def module_options():
     return yaml.safe_load(policy_module.DOCUMENTATION)["options"]
 
 
+# Role variables that are not policy options (how the role runs, not what it enforces), with their defaults.
+ROLE_ONLY = {"killswitch_in_force_check": True}
+
+
 def test_argument_specs_and_policy_name_the_same_variables():
-    assert set(argument_specs()) == {policy.PREFIX + name for name in policy.DEFAULTS}
+    assert set(argument_specs()) == {policy.PREFIX + name for name in policy.DEFAULTS} | set(ROLE_ONLY)
+
+
+@pytest.mark.parametrize("name", sorted(ROLE_ONLY))
+def test_role_only_variables_have_one_default(name):
+    assert argument_specs()[name]["default"] == ROLE_ONLY[name] == role_defaults()[name]
 
 
 @pytest.mark.parametrize("name", sorted(policy.DEFAULTS))

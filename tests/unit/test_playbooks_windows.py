@@ -139,7 +139,7 @@ def converge_tasks():
 def test_the_post_check_runs_the_module_of_the_hosts_os(os_family):
     linux = next(t for t in converge_tasks() if "netlock.killswitch.killswitch_status" in t)
     windows = next(t for t in converge_tasks() if "netlock.killswitch.killswitch_windows_firewall" in t)
-    context = {"ansible_check_mode": False, "ansible_facts": {"os_family": os_family}}
+    context = {"ansible_check_mode": False, "killswitch_windows": os_family == "Windows"}
     assert holds(linux["when"], context) is (os_family != "Windows")
     assert holds(windows["when"], context) is (os_family == "Windows")
     assert not holds(windows["when"], dict(context, ansible_check_mode=True))

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -390,9 +391,55 @@ def test_absent_restores_open_traffic():
         assert result.returncode == 0, result.stdout[-3000:]
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def task_lines(output, title):
+    """The lines Ansible printed under the task whose header names ``title`` (up to the next header), uncoloured."""
+    lines, inside = [], False
+    for line in ANSI.sub("", output).splitlines():
+        if line.startswith("TASK ["):
+            inside = title in line
+        elif inside:
+            lines.append(line)
+    return lines
+
+
+CONVERGE_PARTS = "killswitch : Converge the parts of the kill switch"
+
+
 def test_reconverge_changes_nothing():
+    """A second run is proven in force by one module run per host: the converge tasks are skipped."""
     result = run_playbook(CONVERGE)
     assert result.returncode == 0 and "changed=0" in result.stdout, result.stdout[-3000:]
+    lines = task_lines(result.stdout, CONVERGE_PARTS)
+    for c in CLIENTS:
+        assert "skipping: [%s]" % c.name in lines, (c.name, lines, result.stdout[-3000:])
+    assert not any(line.startswith("included:") for line in lines), lines
+
+
+def test_reconverge_without_the_in_force_check_changes_nothing_either():
+    """The control: with killswitch_in_force_check off every converge task runs, and still finds nothing to change."""
+    result = run_playbook(CONVERGE, "-e", "killswitch_in_force_check=false")
+    assert result.returncode == 0 and "changed=0" in result.stdout, result.stdout[-3000:]
+    lines = task_lines(result.stdout, CONVERGE_PARTS)
+    for c in CLIENTS:
+        assert any(line.startswith("included:") and c.name in line for line in lines), (c.name, lines)
+
+
+def test_a_changed_part_is_not_in_force_and_is_converged():
+    """One file changed by hand (the guard's timer unit) takes the host out of the fast path; the converge puts it
+    back, and the next run is in force again."""
+    timer = "/etc/systemd/system/netlock-killswitch-guard.timer"
+    client = CLIENTS[0]
+    assert sh(client.name, "echo '# hand edit' >> %s" % timer).returncode == 0
+    result = run_playbook(CONVERGE, "--limit", client.name)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert any(line.startswith("included:") for line in task_lines(result.stdout, CONVERGE_PARTS)), result.stdout[-3000:]
+    assert "hand edit" not in sh(client.name, "cat %s" % timer).stdout
+    again = run_playbook(CONVERGE, "--limit", client.name)
+    assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-3000:]
+    assert "skipping: [%s]" % client.name in task_lines(again.stdout, CONVERGE_PARTS), again.stdout[-3000:]
 
 
 def test_drift_is_reported_and_enforced(tmp_path):

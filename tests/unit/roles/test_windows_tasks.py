@@ -33,10 +33,24 @@ LINUX_ONLY = ("ansible.builtin.package", "ansible.builtin.systemd_service", "ans
               "netlock.killswitch.killswitch_firewall")
 ENV = jinja2.Environment(undefined=jinja2.StrictUndefined)
 ENV.filters["netlock.killswitch.drift_status"] = drift_status
+ENV.filters["bool"] = lambda value: value if isinstance(value, bool) else str(value).strip().lower() in ("true", "yes", "1")
 
 
 def tasks(name):
     return yaml.safe_load((ROLE / "tasks" / name).read_text())
+
+
+ROLE_VARS = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+
+
+def windows(**host_vars):
+    """killswitch_windows as vars/main.yml computes it for a host with these variables."""
+    return ENV.from_string(ROLE_VARS["killswitch_windows"]).render(**host_vars).strip() == "True"
+
+
+def facts_context(os_family):
+    facts = {"ansible_facts": {"os_family": os_family}}
+    return dict(facts, killswitch_windows=windows(**facts))
 
 
 def included(os_family, state):
@@ -49,7 +63,7 @@ def included(os_family, state):
         if not isinstance(target, str) or target == "setup.yml":
             continue
         condition = task.get("when", "true")
-        context = {"ansible_facts": {"os_family": os_family}, "killswitch_state": state}
+        context = dict(facts_context(os_family), killswitch_state=state)
         if ENV.compile_expression(condition)(**context):
             files.append(ENV.from_string(target).render(**context))
     return files
@@ -141,8 +155,7 @@ def what_runs(task_list, context):
 
 
 def context(os_family, **extra):
-    return dict({"ansible_facts": {"os_family": os_family}, "killswitch_state": "present",
-                 "inventory_hostname": "win1"}, **extra)
+    return dict(facts_context(os_family), killswitch_state="present", inventory_hostname="win1", **extra)
 
 
 def test_preflight_on_windows_is_the_controller_render_only():
@@ -152,7 +165,7 @@ def test_preflight_on_windows_is_the_controller_render_only():
 
 def test_setup_runs_nothing_posix_on_a_host():
     used = {key for task in tasks("setup.yml") for key in task if "." in key}
-    assert used == {"ansible.builtin.setup", "ansible.builtin.include_vars", "netlock.killswitch.killswitch_policy"}
+    assert used == {"netlock.killswitch.killswitch_policy"}
     assert not used & set(POSIX)
 
 
@@ -190,3 +203,20 @@ def test_verify_fails_on_windows_before_any_linux_check_saying_why():
 def test_verify_on_linux_runs_killswitch_verify(os_family):
     ran = what_runs(tasks("verify.yml"), context(os_family))
     assert [action for action, _argument in ran] == ["ansible.builtin.include_tasks", "netlock.killswitch.killswitch_verify"]
+
+
+@pytest.mark.parametrize("host_vars,expected", [
+    ({"ansible_facts": {"os_family": "Windows"}}, True),
+    ({"ansible_facts": {"os_family": "Debian"}, "ansible_connection": "winrm"}, False),  # gathered facts win
+    ({"ansible_facts": {}}, False),
+    ({"ansible_facts": {}, "ansible_connection": "winrm"}, True),
+    ({"ansible_facts": {}, "ansible_connection": "ansible.builtin.psrp"}, True),
+    ({"ansible_facts": {}, "ansible_connection": "ssh", "ansible_shell_type": "powershell"}, True),
+    ({"ansible_facts": {}, "ansible_connection": "ssh", "ansible_shell_type": "cmd"}, True),
+    ({"ansible_facts": {}, "ansible_connection": "ssh", "ansible_shell_type": "sh"}, False),
+    ({"ansible_facts": {}, "ansible_connection": "community.docker.docker"}, False),
+])
+def test_windows_is_told_without_gathering_facts(host_vars, expected):
+    """The role gathers no facts (bench B2): a Windows host is told by its connection or shell, as killswitch_policy
+    tells it."""
+    assert windows(**host_vars) is expected

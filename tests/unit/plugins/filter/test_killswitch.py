@@ -51,7 +51,7 @@ def test_status_yml_is_one_set_fact_with_the_filter():
     tasks = yaml.safe_load(STATUS_TASKS.read_text())
     assert len(tasks) == 1
     task = tasks[0]
-    assert set(task["ansible.builtin.set_fact"]) == {"killswitch_status"}
+    assert set(task["ansible.builtin.set_fact"]) == {"killswitch_status", "killswitch_changed"}
     assert "netlock.killswitch.drift_status(" in task["ansible.builtin.set_fact"]["killswitch_status"]
     assert task["tags"] == ["always"]
 
