@@ -61,6 +61,7 @@ def run(outcome: Outcome) -> None:
     started = time.monotonic()
     walls = {}
     summaries = {}
+    cpu = {}  # hosts: (controller CPU s, containers' CPU s or None), at the first (forks, strategy)
     for count, forks, strategy in plan():
         name = "converge, %d hosts, forks %d, %s" % (count, forks, strategy)
         spent = time.monotonic() - started
@@ -68,10 +69,18 @@ def run(outcome: Outcome) -> None:
             outcome.figure(name, None, "s", note="not run: B6's time budget (%.0f s, BENCH_B6_BUDGET) was spent" % BUDGET)
             continue
         limit = [host.name for host in hosts[:count]]
+        hosts_before = fleet_lab.hosts_cpu_seconds(limit)
         timed = checked(fleet_lab.playbook(inventory, fleet_lab.ROLE_PLAY, forks=forks, strategy=strategy, limit=limit))
+        hosts_after = fleet_lab.hosts_cpu_seconds(limit)
         walls[count, forks, strategy] = timed.seconds
         summaries[count, forks, strategy] = fleet_lab.summarize(timed.events)
         outcome.figure(name, round(timed.seconds, 2), "s")
+        if (forks, strategy) == CONFIGS[0] and count in (min(COUNTS), largest):
+            host_cpu = None if hosts_before is None or hosts_after is None else hosts_after - hosts_before
+            cpu[count] = (timed.controller_cpu, host_cpu)
+            outcome.figure("CPU of the converge on %d hosts, controller" % count, round(timed.controller_cpu, 2), "s")
+            outcome.figure("CPU of the converge on %d hosts, the hosts' containers" % count, None if host_cpu is None else round(host_cpu, 2),
+                           "s", note="" if host_cpu is not None else "the containers' cgroup CPU accounting is not readable")
     single = walls.get((min(COUNTS), CONFIGS[0][0], CONFIGS[0][1]))
     for count, forks, strategy in plan():
         if count != min(COUNTS):
@@ -88,6 +97,17 @@ def run(outcome: Outcome) -> None:
                                                                        fleet_lab.spread(summary.executions),
                                                                        fleet_lab.slowest(summary, 5)))
     cores = os.cpu_count() or 1
+    if largest in cpu and cpu[largest][1] is not None:
+        controller, on_hosts = cpu[largest]
+        outcome.notes.append(
+            "CPU of the converge on %d hosts (forks %d, %s): controller %.1f s, the hosts' containers %.1f s, together "
+            "%.1f s; on %d cores that alone takes %.1f s of the %.1f s it ran (%.2f CPU seconds per host). On one "
+            "host: %.1f s of CPU in %.1f s. Fan-out on this machine is bounded by that CPU, the controller's and the "
+            "hosts' on the same cores, not by waiting." % (
+                largest, CONFIGS[0][0], CONFIGS[0][1], controller, on_hosts, controller + on_hosts, cores,
+                (controller + on_hosts) / cores, walls[(largest,) + CONFIGS[0]], (controller + on_hosts) / largest,
+                sum(v for v in cpu.get(min(COUNTS), (0.0, 0.0)) if v is not None),
+                walls.get((min(COUNTS),) + CONFIGS[0], 0.0)))
     outcome.notes.append(
         "Where the time goes: each host's module runs are remote Python start-ups, and the controller starts one "
         "worker process per fork plus an ssh per connection; on %d cores the controller's and the %d containers' "

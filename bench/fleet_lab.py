@@ -14,6 +14,7 @@ import atexit
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -164,6 +165,7 @@ class Run:
     returncode: Optional[int]   # None: stopped at its time bound
     output: str
     events: List[Dict[str, Any]] = field(default_factory=list)
+    controller_cpu: float = 0.0  # user + system seconds of the command and every process it waited for
 
     @property
     def ok(self) -> bool:
@@ -178,6 +180,7 @@ class Run:
 def execute(argv: List[str], env: Dict[str, str], timeout: float = RUN_TIMEOUT, count_file: str = "") -> Run:
     """Run ``argv`` timed, in its own process group, killed with its SSH children at ``timeout``."""
     started = time.monotonic()
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True) as process:
         try:
@@ -188,8 +191,38 @@ def execute(argv: List[str], env: Dict[str, str], timeout: float = RUN_TIMEOUT, 
             output = process.communicate()[0]
             returncode = None
     seconds = time.monotonic() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     events = read_events(count_file) if count_file else []
-    return Run(argv, seconds, returncode, output, events)
+    return Run(argv, seconds, returncode, output, events, cpu)
+
+
+# Where a container's CPU time is counted: cgroup v1 (cpuacct.usage, nanoseconds) or v2 (cpu.stat usage_usec).
+CPU_ACCOUNTING = ("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage",
+                  "/sys/fs/cgroup/cpu,cpuacct/docker/{id}/cpuacct.usage",
+                  "/sys/fs/cgroup/cpuacct/system.slice/docker-{id}.scope/cpuacct.usage",
+                  "/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat",
+                  "/sys/fs/cgroup/docker/{id}/cpu.stat")
+
+
+def hosts_cpu_seconds(names: Sequence[str]) -> Optional[float]:
+    """The CPU seconds the named containers have used so far (every process in them), or None when not readable."""
+    total = 0.0
+    for name in names:
+        inspected = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", name], capture_output=True, text=True,
+                                   timeout=30, check=False)
+        container = inspected.stdout.strip()
+        path = next((candidate.format(id=container) for candidate in CPU_ACCOUNTING
+                     if container and os.path.exists(candidate.format(id=container))), None)
+        if path is None:
+            return None
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        if path.endswith("cpuacct.usage"):
+            total += int(text.strip()) / 1e9
+        else:
+            total += int(dict(line.split() for line in text.splitlines())["usage_usec"]) / 1e6
+    return total
 
 
 def read_events(path: str) -> List[Dict[str, Any]]:

@@ -188,8 +188,8 @@ def test_the_action_renders_what_template_and_copy_write(tmp_path):
     assert file_problems(out["after"]) == [], out["after"]["differences"]
     assert any(p.startswith("the ruleset is not proven in force") for p in out["after"]["differences"])
     written = sorted(out["written"]["changed_paths"])
-    assert written == sorted("%s/files/%s" % (ours, name) for name in ("content.txt", "demo.service", "notes.txt",
-                                                                         "policy"))
+    names = ("content.txt", "demo.service", "notes.txt", "policy")
+    assert written == sorted("%s/files/%s" % (ours, name) for name in names)
     assert not [p for p in file_problems(out["after_files"]) if p.startswith(ours + "/files/")], out["after_files"]
     for name in ("demo.service", "content.txt"):  # byte for byte what template and copy wrote (before the drift)
         by_modules = out["after"]["observed"]["paths"]["%s/%s" % (ours, name)]["sha256"]
