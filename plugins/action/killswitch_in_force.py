@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 
+from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.netlock.killswitch.plugins.module_utils.role_parts import app_dropin_parts, parts
@@ -45,9 +46,7 @@ class ActionModule(ActionBase):
         observed = answer["observed"]
         commands = answer.get("commands") or {}
         expected = dict(
-            files={item["dest"]: dict(type="file", mode=item["mode"],
-                                      sha256=sha256_bytes(role_files.content(self, item, task_vars, commands)))
-                   for item in files},
+            files={item["dest"]: self._expected_file(item, task_vars, commands) for item in files},
             absent=list(args.get("absent") or []),
             only={item["pattern"]: list(item.get("paths") or []) for item in only},
             units={item["name"]: item for item in args.get("units") or []},
@@ -61,3 +60,14 @@ class ActionModule(ActionBase):
         result.update(changed=False, in_force=not found, differences=[text for _kind, _key, text in found], todo=todo,
                       commands=commands, observed=observed)
         return result
+
+    def _expected_file(self, item, task_vars, commands):
+        try:
+            data = role_files.content(self, item, task_vars, commands)
+        except AnsibleActionFail:
+            raise  # the role names a file it does not have
+        except AnsibleError as exc:
+            # A template reading what only the apply returns, on a host whose firewall tools are missing (no
+            # commands): not in force, and the converge's own write says what is wrong, if anything.
+            return dict(type="file", mode=item["mode"], unrendered=str(exc).splitlines()[0] if str(exc) else repr(exc))
+        return dict(type="file", mode=item["mode"], sha256=sha256_bytes(data))

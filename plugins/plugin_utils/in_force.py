@@ -14,6 +14,8 @@ ROOT = "root"
 
 def file_differences(path: str, want: Mapping[str, Any], have: Mapping[str, Any] | None) -> List[str]:
     """A file or directory the role writes: its type, content digest, mode, owner and group."""
+    if want.get("unrendered"):
+        return ["%s: not compared, its template could not be rendered before the apply: %s" % (path, want["unrendered"])]
     if have is None:
         return ["%s: missing" % path]
     problems = []

@@ -144,6 +144,11 @@ PLAYBOOK = """
     - name: After killswitch_files
       netlock.killswitch.killswitch_in_force: "{{{{ check | combine(files) }}}}"
       register: after_files
+    - name: A template that reads what only an apply returns, on a host without the firewall's tools
+      netlock.killswitch.killswitch_in_force:
+        firewall: "{{{{ check.firewall }}}}"
+        templates: [{{src: later.j2, dest: "{dir}/later.service", mode: "0644"}}]
+      register: unrendered
     - name: A stale drop-in and a changed file
       ansible.builtin.shell: "mkdir -p {dir}/units/gone.service.d && echo x > {dir}/units/gone.service.d/app.conf && echo >> {dir}/demo.service"
     - name: Drifted
@@ -151,7 +156,7 @@ PLAYBOOK = """
       register: drifted
     - ansible.builtin.copy:
         content: "{{{{ {{'before': before, 'after': after, 'drifted': drifted, 'written': written,
-                        'after_files': after_files}} | to_json }}}}"
+                        'after_files': after_files, 'unrendered': unrendered}} | to_json }}}}"
         dest: "{dir}/out.json"
 """
 
@@ -163,6 +168,7 @@ def test_the_action_renders_what_template_and_copy_write(tmp_path):
     work.mkdir()
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "demo.j2").write_text(TEMPLATE)
+    (tmp_path / "templates" / "later.j2").write_text("ExecStart={{ not_applied_yet.commands.load }}\n")
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "payload.bin").write_bytes(bytes(range(256)) * 4)
     (tmp_path / "files" / "notes.txt").write_text("Ünïcode text\n")
@@ -195,5 +201,9 @@ def test_the_action_renders_what_template_and_copy_write(tmp_path):
         by_modules = out["after"]["observed"]["paths"]["%s/%s" % (ours, name)]["sha256"]
         assert out["after_files"]["observed"]["paths"]["%s/files/%s" % (ours, name)]["sha256"] == by_modules
     assert oct((work / "files" / "content.txt").stat().st_mode & 0o777) == "0o640"
+    assert out["unrendered"]["in_force"] is False and not out["unrendered"].get("failed")
+    assert [p.split(":")[0] for p in file_problems(out["unrendered"])] == ["%s/later.service" % ours]
+    assert "could not be rendered" in file_problems(out["unrendered"])[0]
+    assert "%s/later.service" % ours in out["unrendered"]["todo"]["paths"]
     assert file_problems(out["drifted"]) == ["%s/demo.service: content differs" % ours,
                                              "%s/units/gone.service.d/app.conf: stale" % ours]

@@ -87,3 +87,10 @@ def test_nothing_observed_is_not_in_force():
 @pytest.mark.parametrize("mode", ["0644", "644", 0o644, 420])
 def test_modes_compare_in_any_spelling(mode):
     assert normal_mode(mode) == "0644"
+
+
+def test_a_file_that_could_not_be_rendered_is_not_in_force():
+    expected = copy.deepcopy(EXPECTED)
+    expected["files"]["/etc/k/guard.json"] = {"type": "file", "mode": "0644", "unrendered": "'commands' is undefined"}
+    assert differences(expected, OBSERVED) == [
+        "/etc/k/guard.json: not compared, its template could not be rendered before the apply: 'commands' is undefined"]
