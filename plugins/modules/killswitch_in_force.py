@@ -20,7 +20,7 @@ description:
     the firewall tools, the ruleset in force (the same test M(netlock.killswitch.killswitch_firewall) makes before
     a full comparison) and what another backend left.
   - It changes nothing. Anything it cannot prove in force (a missing record, a hand edit, a pending rollback) counts
-    as not in force, and the role's full converge decides what to change.
+    as not in force, and the role's converge tasks for that part decide what to change.
 author:
   - netlock.killswitch contributors (@netlock)
 options:
