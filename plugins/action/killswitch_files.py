@@ -20,10 +20,10 @@ class ActionModule(ActionBase):
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
         args = self._task.args
-        files, directories, _only = parts(args)
+        files, directories, only = parts(args)
         role_files.check_items(files)
         copies = [dict(dest=item["dest"], mode=item["mode"],
                        content=role_files.content(self, item, task_vars).decode("utf-8")) for item in files]
         result.update(self._execute_module(module_name=MODULE, task_vars=task_vars,
-                                           module_args=dict(copies=copies, directories=directories)))
+                                           module_args=dict(copies=copies, directories=directories, only=only)))
         return result

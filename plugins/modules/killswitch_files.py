@@ -37,6 +37,20 @@ options:
     type: list
     elements: dict
     default: []
+  app_dropins:
+    description:
+      - The ExecStartPre drop-ins of the services with app exceptions, as a dict with C(template), C(unit_dir),
+        C(name) (the drop-in's file name) and C(services). Each service's C(<unit_dir>/<service>.d/<name>) is rendered
+        with C(item) set to the service, and every other drop-in of that name is removed (the shape
+        M(netlock.killswitch.killswitch_in_force) checks).
+    type: dict
+  only:
+    description:
+      - Glob patterns and the paths each may match, as dicts with C(pattern) and C(paths); anything else matching is
+        removed (a directory with its content), after the files are written.
+    type: list
+    elements: dict
+    default: []
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -64,14 +78,16 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changed_paths:
-  description: The files and directories written or changed (or, in check mode, that would be).
+  description: The files and directories written, changed or removed (or, in check mode, that would be).
   returned: always
   type: list
   elements: str
   sample: [/etc/netlock-killswitch/guard.json]
 """
 
+import glob
 import os
+import shutil
 import stat
 import tempfile
 
@@ -160,7 +176,14 @@ def _text(data):
         return "(%d bytes, not UTF-8 text)\n" % len(data)
 
 
-def converge(module, directories, files):
+def remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def converge(module, directories, files, only=()):
     changed, diff = [], []
     for item in directories:
         mode = _mode(item["mode"])
@@ -177,6 +200,12 @@ def converge(module, directories, files):
         diff.append(dict(before_header=item["dest"], before=_text(before), after_header=item["dest"], after=_text(data)))
         if not module.check_mode:
             write_file(item["dest"], data, mode)
+    for item in only:
+        for path in sorted(set(glob.glob(item["pattern"])) - set(item.get("paths") or [])):
+            changed.append(path)
+            diff.append(dict(before_header=path, before="(present)\n", after_header=path, after="(absent)\n"))
+            if not module.check_mode:
+                remove(path)
     return changed, diff
 
 
@@ -186,15 +215,18 @@ def main():
             templates=dict(type="list", elements="dict", default=[]),
             copies=dict(type="list", elements="dict", default=[]),
             directories=dict(type="list", elements="dict", default=[]),
+            app_dropins=dict(type="dict"),
+            only=dict(type="list", elements="dict", default=[]),
         ),
         supports_check_mode=True,
     )
-    # The action plugin sends every file as a copy with its content (templates rendered, role files read).
+    # The action plugin sends every file as a copy with its content (templates rendered, role files read), and
+    # app_dropins expanded into those, directories and only.
     files = module.params["copies"]
-    if module.params["templates"] or any("content" not in item for item in files):
+    if module.params["templates"] or module.params["app_dropins"] or any("content" not in item for item in files):
         module.fail_json(msg="killswitch_files runs through its action plugin, which sends each file's content")
     try:
-        changed, diff = converge(module, module.params["directories"], files)
+        changed, diff = converge(module, module.params["directories"], files, module.params["only"])
     except (OSError, ValueError) as exc:
         module.fail_json(msg="writing the kill switch's files failed: %s" % exc)
     result = dict(changed=bool(changed), changed_paths=changed)

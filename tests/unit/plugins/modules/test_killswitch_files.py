@@ -87,3 +87,27 @@ def test_large_or_binary_content_shows_its_size_in_the_diff():
 def test_templates_without_the_action_are_refused(monkeypatch, capsys, tmp_path):
     code, result = run(monkeypatch, capsys, tmp_path, [], [{"dest": str(tmp_path / "f"), "mode": "0600"}])
     assert code == 1 and "action plugin" in result["msg"]
+
+
+def test_only_removes_what_else_matches_after_writing(monkeypatch, capsys, tmp_path):
+    policies = tmp_path / "policies"
+    for name in ("old", "older"):
+        (policies / name).mkdir(parents=True)
+        (policies / name / "ruleset").write_text("x")
+    (policies / "stray-file").write_text("y")
+    keep = policies / "new"
+    args = ([{"path": str(keep), "mode": "0700"}], [{"dest": str(keep / "ruleset"), "content": "z", "mode": "0600"}])
+
+    def go(check):
+        with patch_module_args(dict(directories=args[0], copies=args[1], _ansible_check_mode=check, _ansible_diff=True,
+                                    only=[{"pattern": str(policies / "*"), "paths": [str(keep)]}],
+                                    _ansible_tmpdir=str(tmp_path))):
+            with pytest.raises(SystemExit):
+                mod.main()
+        return json.loads(capsys.readouterr().out)
+
+    checked = go(True)
+    assert checked["changed_paths"][-3:] == [str(policies / name) for name in ("old", "older", "stray-file")]
+    assert (policies / "old").exists(), "check mode removes nothing"
+    go(False)
+    assert sorted(p.name for p in policies.iterdir()) == ["new"] and (keep / "ruleset").read_text() == "z"
