@@ -9,6 +9,15 @@ hold), so that both expand ``app_dropins`` the same way.
 
 from __future__ import annotations
 
+# The argument spec of the file options both modules take (documented once, doc_fragments/role_files.py).
+FILE_OPTIONS = dict(
+    templates=dict(type="list", elements="dict", default=[]),
+    copies=dict(type="list", elements="dict", default=[]),
+    directories=dict(type="list", elements="dict", default=[]),
+    app_dropins=dict(type="dict"),
+    only=dict(type="list", elements="dict", default=[]),
+)
+
 
 def app_dropin_parts(spec):
     """One drop-in per service with an app exception, in ``<unit_dir>/<service>.d/``; any other is stale.

@@ -19,38 +19,8 @@ description:
     renders them.
 author:
   - netlock.killswitch contributors (@netlock)
-options:
-  templates:
-    description:
-      - Files rendered from templates of the role, as dicts with C(src), C(dest), C(mode) and, for a template rendered
-        in a loop, C(item). The templates see C(killswitch_apply) as the play has it.
-    type: list
-    elements: dict
-    default: []
-  copies:
-    description: Files copied, as dicts with C(dest), C(mode) and one of C(src) (a file of the role) or C(content).
-    type: list
-    elements: dict
-    default: []
-  directories:
-    description: Directories made (parents included), as dicts with C(path) and C(mode).
-    type: list
-    elements: dict
-    default: []
-  app_dropins:
-    description:
-      - The ExecStartPre drop-ins of the services with app exceptions, as a dict with C(template), C(unit_dir),
-        C(name) (the drop-in's file name) and C(services). Each service's C(<unit_dir>/<service>.d/<name>) is rendered
-        with C(item) set to the service, and every other drop-in of that name is removed (the shape
-        M(netlock.killswitch.killswitch_in_force) checks).
-    type: dict
-  only:
-    description:
-      - Glob patterns and the paths each may match, as dicts with C(pattern) and C(paths); anything else matching is
-        removed (a directory with its content), after the files are written.
-    type: list
-    elements: dict
-    default: []
+extends_documentation_fragment:
+  - netlock.killswitch.role_files
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -92,6 +62,7 @@ import stat
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.netlock.killswitch.plugins.module_utils.role_parts import FILE_OPTIONS
 
 ROOT = 0
 DIFF_BYTES = 256 * 1024  # a larger file's diff shows its size
@@ -211,13 +182,7 @@ def converge(module, directories, files, only=()):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            templates=dict(type="list", elements="dict", default=[]),
-            copies=dict(type="list", elements="dict", default=[]),
-            directories=dict(type="list", elements="dict", default=[]),
-            app_dropins=dict(type="dict"),
-            only=dict(type="list", elements="dict", default=[]),
-        ),
+        argument_spec=dict(FILE_OPTIONS),
         supports_check_mode=True,
     )
     # The action plugin sends every file as a copy with its content (templates rendered, role files read), and

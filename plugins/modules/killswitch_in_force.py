@@ -63,43 +63,10 @@ options:
     type: list
     elements: str
     default: []
-  templates:
-    description:
-      - Files the role renders, as dicts with C(src) (a template of the role), C(dest), C(mode) and, for a template
-        rendered in a loop, C(item). Rendered on the controller as M(ansible.builtin.template) renders them; the
-        templates see RV(commands) as C(killswitch_apply.commands). Owner and group are root.
-    type: list
-    elements: dict
-    default: []
-  copies:
-    description:
-      - Files the role copies, as dicts with C(dest), C(mode) and one of C(src) (a file of the role) or C(content).
-        Owner and group are root. The action plugin sends the module only their digests.
-    type: list
-    elements: dict
-    default: []
-  directories:
-    description: Directories the role makes, each a dict with C(path) and C(mode) (owner and group root).
-    type: list
-    elements: dict
-    default: []
-  app_dropins:
-    description:
-      - The ExecStartPre drop-ins of the services with app exceptions, as a dict with C(template), C(unit_dir),
-        C(name) (the drop-in's file name) and C(services). Each service's C(<unit_dir>/<service>.d/<name>) is rendered
-        with C(item) set to the service; any other drop-in of that name is stale.
-    type: dict
   absent:
     description: Paths that must not exist.
     type: list
     elements: path
-    default: []
-  only:
-    description:
-      - Glob patterns and the exact set of paths each may match, as dicts with C(pattern) and C(paths); anything
-        else matching is stale (an old stored policy).
-    type: list
-    elements: dict
     default: []
   units:
     description:
@@ -113,6 +80,8 @@ options:
     type: list
     elements: str
     default: []
+extends_documentation_fragment:
+  - netlock.killswitch.role_files
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -196,7 +165,7 @@ import stat
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.netlock.killswitch.plugins.module_utils import applied
-from ansible_collections.netlock.killswitch.plugins.module_utils.role_parts import parts
+from ansible_collections.netlock.killswitch.plugins.module_utils.role_parts import FILE_OPTIONS, parts
 
 UNIT_PROPERTIES = ("Id", "LoadState", "UnitFileState", "ActiveState", "NeedDaemonReload")
 
@@ -301,14 +270,10 @@ def main():
             )),
             other_backends=dict(type="dict", default={}),
             tools=dict(type="list", elements="str", default=[]),
-            templates=dict(type="list", elements="dict", default=[]),
-            copies=dict(type="list", elements="dict", default=[]),
-            directories=dict(type="list", elements="dict", default=[]),
-            app_dropins=dict(type="dict"),
             absent=dict(type="list", elements="path", default=[]),
-            only=dict(type="list", elements="dict", default=[]),
             units=dict(type="list", elements="dict", default=[]),
             nft_tables=dict(type="list", elements="str", default=[]),
+            **FILE_OPTIONS
         ),
         supports_check_mode=True,
     )
