@@ -117,7 +117,7 @@ def test_exceptions_come_after_the_extra_outbound_and_before_the_reject():
                      {"service": "backup.service", "cidr": "2001:db8::2", "protocol": "udp", "port": 9000}],
                     killswitch_extra_outbound=[{"cidr": "198.18.2.0/24"}])
     rules = output_rules(parsed)
-    assert in_order(rules)
+    assert in_order(rules, parsed)
     groups = [r.group for r in rules]
     apps = [i for i, r in enumerate(rules) if r.cgroup]
     assert [rules[i].family for i in apps] == [4, 6]

@@ -287,8 +287,12 @@ def check_order(text):
     assert rules[refuse + 1] == "udp dport { 53, 853 } counter reject with icmpx admin-prohibited"
     before, after = rules[:refuse], rules[refuse:]
     assert all("@endpoint_" not in r for r in after)
-    # before the refusal, an interface accept is loopback or DNS out of a tunnel
-    assert all(not r.startswith('oifname "') or r == 'oifname "lo" accept'
+    # before the refusal, an interface accept is loopback, DNS out of a tunnel or, where no rule of the DNS group
+    # names a resolver (rules.TUNNEL_FIRST), a whole tunnel right after loopback
+    pinned = any("@dns_v" in r for r in rules)
+    tunnels_first = [r for r in before[1:] if re.match(r'^oifname "[^"]+"( meta nfproto ipv4)? accept$', r)]
+    assert not tunnels_first or (not pinned and before[1:1 + len(tunnels_first)] == tunnels_first)
+    assert all(not r.startswith('oifname "') or r == 'oifname "lo" accept' or r in tunnels_first
                or r.endswith("meta l4proto { tcp, udp } th dport { 53, 853 } accept") for r in before)
     assert all("th dport { 53, 853 } accept" not in r for r in after)
     assert rules[-4:] == ["meta nfproto %s meta l4proto tcp counter reject with tcp reset" % family if tcp
@@ -572,7 +576,7 @@ def test_ten_thousand_role_variable_sets(payload_batches, capsys):
             assert_names_variables(error)
             return
         seen["parsed"] += 1
-        assert in_order(rule_list(policy))
+        assert in_order(rule_list(policy), policy)
         for backend in BACKENDS:
             try:
                 payload = render_for(policy, backend, host)
@@ -605,3 +609,93 @@ def test_ten_thousand_role_variable_sets(payload_batches, capsys):
         assert seen["rendered"][backend] >= EXAMPLES // 4, seen["rendered"]
     assert seen["rendered"]["windows"] >= EXAMPLES // 50, seen["rendered"]
     assert seen["parsed"] <= EXAMPLES * 0.8, seen["parsed"]
+
+
+# --------------------------------------------------------------------------- the tunnel-first order changes no verdict
+
+OUTSIDE = (ipaddress.ip_address("198.18.77.9"), ipaddress.ip_address("2001:db8:77::9"))
+
+
+def first_match(rules, packet):
+    """(verdict, log prefixes met on the way) of an outgoing packet under first-match rules; the chain drops."""
+    logged = []
+    for rule in rules:
+        if _matches(rule, packet):
+            if rule.verdict != "log":
+                return rule.verdict, tuple(logged)
+            logged.append(rule.log_prefix)
+    return "drop", tuple(logged)
+
+
+def _interface_matches(pattern, name):
+    return pattern is None or (name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern)
+
+
+def _matches(rule, packet):
+    family, protocol = packet["family"], packet["protocol"]
+    ported = protocol in ("tcp", "udp")
+    return (
+        (rule.family is None or rule.family == family)
+        and _interface_matches(rule.out_interface, packet["out"]) and rule.in_interface is None
+        and (not rule.destinations or any(n.version == family and packet["daddr"] in n for n in rule.destinations))
+        and not rule.sources
+        and (not rule.protocols or protocol in rule.protocols)
+        and (not rule.source_ports or (ported and packet["sport"] in rule.source_ports))
+        and (not rule.destination_ports or (ported and packet["dport"] in rule.destination_ports))
+        and (not rule.icmp_types or (protocol == "icmp" and family == 6 and packet["icmp_type"] in rule.icmp_types))
+        and (rule.hop_limit is None or (family == 6 and packet["hop_limit"] == rule.hop_limit))
+        and (rule.owner.mark is None or packet["mark"] == rule.owner.mark)
+        and (rule.owner.user is None or packet["user"] == rule.owner.user)
+        and (rule.owner.program is None or packet["program"] == rule.owner.program)
+        and (not rule.states or packet["state"] in rule.states)
+        and (not rule.reply or packet["reply"])
+        and (rule.cgroup is None or packet["cgroup"] == rule.cgroup))
+
+
+def packets_for(rules, draw):
+    """Outgoing packets built from the values the rules name (and some no rule names), each field drawn."""
+    interfaces = ["lo", "eth0"] + [r.out_interface[:-1] + "7" if r.out_interface.endswith("*") else r.out_interface
+                                   for r in rules if r.out_interface]
+    networks = [n for r in rules for n in r.destinations]
+    ports = [53, 853, 22, 67, 68, 546, 547, 40000] + [p for r in rules for p in r.destination_ports + r.source_ports]
+    icmp = [t for r in rules for t in r.icmp_types] + ["echo-request"]
+    marks = [None] + [r.owner.mark for r in rules if r.owner.mark is not None]
+    users = [None] + [r.owner.user for r in rules if r.owner.user is not None]
+    programs = [None] + [r.owner.program for r in rules if r.owner.program is not None]
+    for _attempt in range(60):
+        family = draw(st.sampled_from([4, 6]))
+        candidates = [n for n in networks if n.version == family]
+        address = draw(st.sampled_from([n.network_address for n in candidates]
+                                       + [n.broadcast_address for n in candidates] + [OUTSIDE[family == 6]]))
+        yield dict(family=family, out=draw(st.sampled_from(interfaces)), daddr=address,
+                   protocol=draw(st.sampled_from(["tcp", "udp", "icmp", "gre"])),
+                   sport=draw(st.sampled_from(ports)), dport=draw(st.sampled_from(ports)),
+                   icmp_type=draw(st.sampled_from(icmp)), hop_limit=draw(st.sampled_from([255, 64])),
+                   mark=draw(st.sampled_from(marks)), user=draw(st.sampled_from(users)),
+                   program=draw(st.sampled_from(programs)),
+                   state=draw(st.sampled_from(["new", "established", "related", "invalid"])),
+                   reply=draw(st.booleans()), cgroup=None)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(generated=valid_variables(), data=st.data())
+def test_the_tunnel_first_order_gives_every_packet_the_verdict_of_the_canonical_order(generated, data):
+    """Without pinned resolvers the exit tunnels come right after loopback (rules.TUNNEL_FIRST) and the DNS group's
+    tunnel accept goes; a first-match model of the output chain gives every packet the same verdict and the same
+    log lines as the canonical order (GROUPS, built by the same code with group_order pinned to it)."""
+    from unittest import mock
+
+    from ansible_collections.netlock.killswitch.plugins.plugin_utils import rules as rule_module
+
+    variables, answers = generated
+    variables = dict(variables, killswitch_log_drops=data.draw(st.booleans()))
+    policy = parse_policy(variables, resolve=answers.__getitem__)
+    ours = rule_module.output_rules(policy)
+    with mock.patch.object(rule_module, "group_order", lambda _policy, _direction: rule_module.GROUPS):
+        canonical = rule_module.output_rules(policy)
+    if policy.dns_servers:
+        assert ours == canonical
+        return
+    assert ours[1].group == "tunnel" and len(ours) < len(canonical)
+    for packet in packets_for(canonical, data.draw):
+        assert first_match(ours, packet) == first_match(canonical, packet), packet

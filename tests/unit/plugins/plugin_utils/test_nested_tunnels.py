@@ -107,7 +107,7 @@ def test_rule_list_scopes_the_nested_endpoint_to_its_carrier_and_keeps_carriers_
                                           {"address": INNER, "port": 51821, "via": "wg-outer"},
                                           {"address": "2001:db8:4::2", "port": 51821, "via": "wg-outer"}])
     rules = rule_list(policy)
-    assert in_order(rules)
+    assert in_order(rules, policy)
     carried = [r for r in rules if r.name == "endpoint_carried_udp_51821"]
     assert [(r.family, r.out_interface, r.owner.mark, r.destination_ports) for r in carried] == [
         (4, "wg-outer", 0x5158, (51821,)), (6, "wg-outer", 0x5158, (51821,))]

@@ -255,30 +255,38 @@ def test_output_chain_order(rendered, overrides):
     lan = indexes(rules, lambda r: "@lan_" in r)
     extra = indexes(rules, lambda r: "@extra_" in r)
 
-    assert endpoint and dns_accept and tunnel
+    assert endpoint and tunnel
     assert rules[dns_reject[0]:dns_reject[0] + 2] == DNS_REJECTS and len(dns_reject) == 2
     # one rule per endpoint group and address family
     assert len(endpoint) == sum(len({n.version for n in r.networks}) for r in policy.endpoints)
-    assert max(endpoint) < min(dns_accept), "endpoint rules must precede the DNS rules"
+    if not policy.dns_servers:
+        # DNS through the tunnel goes anywhere: the tunnel accepts come right after loopback and let it through
+        # (rules.TUNNEL_FIRST); the DNS group keeps only the refusal (test_hypothesis checks every verdict)
+        assert tunnel == list(range(1, 1 + len(policy.tunnel_interfaces))) and not dns_accept
+        dns_accept = [max(endpoint)]   # for the checks below: the refusal follows the endpoints
+    assert max(endpoint) < min(dns_accept) or not policy.dns_servers, "endpoint rules must precede the DNS rules"
     assert max(dns_accept) < dns_reject[0], "DNS through the tunnel is accepted before DNS is refused"
-    # between the DNS accepts and the refusal: at most the DNS log rule
-    between = rules[max(dns_accept) + 1:dns_reject[0]]
-    assert between == (['%s limit rate 5/second burst 10 packets log prefix "killswitch dns drop: " level info'
-                        % DNS_MATCH] if policy.log_drops else [])
-    assert dns_reject[-1] < min(tunnel), "DNS must be refused before the tunnel accepts"
+    if policy.dns_servers:
+        # between the DNS accepts and the refusal: at most the DNS log rule
+        between = rules[max(dns_accept) + 1:dns_reject[0]]
+        assert between == (['%s limit rate 5/second burst 10 packets log prefix "killswitch dns drop: " level info'
+                            % DNS_MATCH] if policy.log_drops else [])
+        assert dns_reject[-1] < min(tunnel), "with resolvers, DNS must be refused before the tunnel accepts"
     if lan:
         assert dns_reject[-1] < min(lan), "DNS must be refused before the LAN accepts"
     if extra:
         assert dns_reject[-1] < min(extra), "DNS must be refused before the explicit exceptions"
     # every DNS accept goes out of a tunnel interface
     tunnels = set(policy.tunnel_interfaces)
-    assert all(re.match(r'^oifname "([^"]+)" ', rules[i]).group(1) in tunnels for i in dns_accept)
-    # before the DNS rules, only the narrow exceptions: loopback, endpoints, management replies, DHCP, ND, MLD
+    assert all(re.match(r'^oifname "([^"]+)" ', rules[i]).group(1) in tunnels for i in dns_accept if policy.dns_servers)
+    # before the DNS rules, only the narrow exceptions: loopback, (without resolvers) the tunnels, endpoints,
+    # management replies, DHCP, ND, MLD
     narrow = re.compile(r'^(oifname "lo" accept|.*@endpoint_.*|.*@management_v[46] tcp sport .* ct direction reply '
                         r'accept|ip daddr @dhcp_v4 udp sport 68 udp dport 67 accept|ip6 daddr @dhcp6_v6 udp sport 546 '
                         r'udp dport 547 accept|ip6 daddr @onlink_v6 icmpv6 type .* ip6 hoplimit 255 accept|'
                         r'ip6 daddr @mld_v6 icmpv6 type mld2-listener-report accept)$')
-    assert all(narrow.match(r) for r in rules[:min(dns_accept)]), rules[:min(dns_accept)]
+    before = rules[:min(dns_accept) + (0 if policy.dns_servers else 1)]
+    assert all(narrow.match(r) or (is_tunnel_accept(r) and not policy.dns_servers) for r in before), before
     assert rules[-4:] == REJECTS, "the output chain must end with the reject rules"
     tail = rules[-5:-4] if policy.log_drops else []
     assert all("log prefix" in r for r in tail)
@@ -329,8 +337,11 @@ def test_tunnel_accepts_match_the_interface_names(rendered, ipv6, suffix):
     rules = output_rules(text)
     accepts = [r for r in rules if r.startswith("oifname ") and r != 'oifname "lo" accept' and not is_dns_accept(r)]
     assert accepts == ['oifname "tun*"%s accept' % suffix, 'oifname "wg0"%s accept' % suffix]
-    assert [r for r in rules if is_dns_accept(r)] == ['oifname "tun*"%s %s accept' % (suffix, DNS_MATCH),
-                                                      'oifname "wg0"%s %s accept' % (suffix, DNS_MATCH)]
+    # without resolvers, right after loopback, and DNS through them needs no rule of its own
+    assert rules[1:3] == accepts and not [r for r in rules if is_dns_accept(r)]
+    forward = parse_ruleset(text)["chains"]["forward"]["rules"]
+    assert [r for r in forward if is_dns_accept(r)] == ['oifname "tun*"%s %s accept' % (suffix, DNS_MATCH),
+                                                        'oifname "wg0"%s %s accept' % (suffix, DNS_MATCH)]
     # a tunnel is matched by name only: never by an address that could move to another interface
     assert not [r for r in rules if "oif " in r or "oifname !=" in r]
 
@@ -467,8 +478,14 @@ def dns_rules(rules):
 @pytest.mark.parametrize("chain", ["output", "forward"])
 def test_dns_only_through_the_tunnel(rendered, chain):
     chains = parse_ruleset(rendered(policy_of(tunnel_interfaces=["wg0", "tun*"])))["chains"]
-    assert dns_rules(chains[chain]["rules"]) == ['oifname "tun*" meta nfproto ipv4 %s accept' % DNS_MATCH,
-                                                 'oifname "wg0" meta nfproto ipv4 %s accept' % DNS_MATCH]
+    tunnels = ['oifname "tun*" meta nfproto ipv4', 'oifname "wg0" meta nfproto ipv4']
+    if chain == "output":
+        # the tunnel accepts come before the DNS refusal (rules.TUNNEL_FIRST): DNS through them is let through
+        rules = chains[chain]["rules"]
+        assert dns_rules(rules) == [] and rules[1:3] == ["%s accept" % tunnel for tunnel in tunnels]
+        assert rules.index(DNS_REJECTS[0]) > 2
+    else:
+        assert dns_rules(chains[chain]["rules"]) == ["%s %s accept" % (tunnel, DNS_MATCH) for tunnel in tunnels]
 
 
 @pytest.mark.parametrize("chain", ["output", "forward"])

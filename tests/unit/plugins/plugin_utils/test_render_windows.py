@@ -75,22 +75,20 @@ def test_the_plainest_policy_gives_this_document():
          [], None),
         ("netlock.killswitch.killswitch.03.out-loopback-any", "Outbound", "Any", [], [], ["127.0.0.0/8", "::1"], [], [],
          None),
-        ("netlock.killswitch.killswitch.04.out-endpoint_udp_51820-v4-udp", "Outbound", "UDP", [], ["51820"],
+        # without killswitch_dns_servers the tunnel comes right after loopback (rules.TUNNEL_FIRST) and lets DNS
+        # through it, so there is no DNS rule of its own
+        ("netlock.killswitch.killswitch.04.out-tunnel-v4-any", "Outbound", "Any", [], [], [ALL_V4], [], tunnel, None),
+        ("netlock.killswitch.killswitch.05.out-endpoint_udp_51820-v4-udp", "Outbound", "UDP", [], ["51820"],
          ["198.51.100.7"], [], [], None),
-        ("netlock.killswitch.killswitch.05.out-dhcp-v4-udp", "Outbound", "UDP", ["68"], ["67"],
+        ("netlock.killswitch.killswitch.06.out-dhcp-v4-udp", "Outbound", "UDP", ["68"], ["67"],
          ["10.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16", "255.255.255.255"], [], [], None),
-        ("netlock.killswitch.killswitch.06.out-neighbour_onlink-v6-icmpv6", "Outbound", "ICMPv6", [], [], ["fe80::/10", "ff00::/8"],
+        ("netlock.killswitch.killswitch.07.out-neighbour_onlink-v6-icmpv6", "Outbound", "ICMPv6", [], [], ["fe80::/10", "ff00::/8"],
          ["133", "135", "136"], [], None),
-        ("netlock.killswitch.killswitch.07.out-neighbour_mld-v6-icmpv6", "Outbound", "ICMPv6", [], [], ["ff02::16"], ["143"], [],
+        ("netlock.killswitch.killswitch.08.out-neighbour_mld-v6-icmpv6", "Outbound", "ICMPv6", [], [], ["ff02::16"], ["143"], [],
          None),
-        ("netlock.killswitch.killswitch.08.out-dns_tunnel-v4-tcp", "Outbound", "TCP", [], ["53", "853"], [ALL_V4], [], tunnel,
-         None),
-        ("netlock.killswitch.killswitch.09.out-dns_tunnel-v4-udp", "Outbound", "UDP", [], ["53", "853"], [ALL_V4], [], tunnel,
-         None),
-        ("netlock.killswitch.killswitch.10.out-tunnel-v4-any", "Outbound", "Any", [], [], [ALL_V4], [], tunnel, None),
     ]
     assert all(r["action"] == "Allow" for r in result["rules"])
-    assert result["rules"][3]["display_name"] == "netlock.killswitch: endpoint outbound UDP port 51820 to 198.51.100.7"
+    assert result["rules"][4]["display_name"] == "netlock.killswitch: endpoint outbound UDP port 51820 to 198.51.100.7"
     assert result["warnings"] == [WARN_REJECT, WARN_HOP_LIMIT, WARN_FORWARD]
 
 
@@ -164,8 +162,10 @@ def test_ipv6_block_limits_the_tunnel_to_ipv4_and_tunnel_lets_both_through():
     opened = only(doc(ipv6="tunnel"), "out-tunnel")
     assert opened["remote_addresses"] == [] and opened["protocol"] == "Any"
     # the DNS through the tunnel follows the family too
-    assert {r["remote_addresses"][0] for r in rules_of(doc(), "out-dns")} == {ALL_V4}
-    assert all(r["remote_addresses"] == [] for r in rules_of(doc(ipv6="tunnel"), "out-dns"))
+    pinned = ["10.64.0.1", "2001:db8::53"]
+    assert {r["remote_addresses"][0] for r in rules_of(doc(dns_servers=pinned), "out-dns")} == {"10.64.0.1"}
+    assert {tuple(r["remote_addresses"]) for r in rules_of(doc(dns_servers=pinned, ipv6="tunnel"), "out-dns")} == {
+        ("10.64.0.1",), ("2001:db8::53",)}
     assert not rules_of(doc(), "out-dhcp6") and rules_of(doc(ipv6="tunnel"), "out-dhcp6")
 
 
