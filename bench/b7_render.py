@@ -20,7 +20,7 @@ from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import p
 
 from bench import workload
 from bench.profiling import top_entries
-from bench.report import Outcome, Target
+from bench.report import Outcome, Target, python_speed_ms
 
 HOSTS = 10_000
 PROFILED_HOSTS = 500
@@ -43,6 +43,9 @@ def run(outcome: Outcome) -> None:
                          "own per-host cost (templating, forks) is not in this figure. The target is held against the process's CPU "
                          "time; wall time, beside it, also counts other processes' turns on a shared machine." % HOSTS)
     missed = []
+    # The machine's speed at the time, beside the figures it scales (on a shared machine it moves from minute to minute).
+    outcome.figure("Python speed yardstick just before (bench/report.py python_speed_ms, lower is faster)",
+                   python_speed_ms(), "ms")
     for backend in ("nftables", "iptables"):
         started, cpu_started = time.perf_counter(), time.process_time()
         render_fleet(HOSTS, backend)
@@ -69,8 +72,9 @@ def run(outcome: Outcome) -> None:
                          "addresses instead of deep-copying them. Before these (2026-12-04, the same inventory): about "
                          "1.9 ms per host for either backend.")
     if missed:
-        outcome.notes.append("Over target: on a shared machine CPU time also grows with the other processes' load (caches, "
-                             "frequency); what remains per host is parse_policy's validation of every variable, building "
+        outcome.notes.append("Over target: CPU time per host depends on the machine (its Python speed at the time is the "
+                             "yardstick figure above; compare it before comparing this figure across machines) and, on a "
+                             "shared machine, on the other processes' load (caches, frequency); what remains per host is parse_policy's validation of every variable, building "
                              "the ~50 frozen Rule objects and printing the iptables lines (profiles below).")
     for backend in missed:
         outcome.notes.append("Profile of %d hosts (%s), by own time:\n\n%s" % (

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -118,6 +119,21 @@ def _memory_mib() -> Optional[int]:
     return int(found.group(1)) // 1024 if found else None
 
 
+def python_speed_ms(rounds: int = 5) -> float:
+    """CPU milliseconds of a fixed pure-Python workload (best of ``rounds``): the yardstick for comparing the
+    controller-side figures (B7, the guard's check) measured on different machines."""
+    best = None
+    for _round in range(rounds):
+        started = time.process_time()
+        table: Dict[str, int] = {}
+        for number in range(200_000):
+            key = "k%d" % (number % 1000)
+            table[key] = table.get(key, 0) + number * number % 7
+        spent = (time.process_time() - started) * 1000
+        best = spent if best is None else min(best, spent)
+    return round(best or 0.0, 1)
+
+
 def machine() -> Dict[str, Any]:
     """The machine and the versions every figure depends on."""
     try:
@@ -131,6 +147,7 @@ def machine() -> Dict[str, Any]:
         "iperf3": _command_line(["iperf3", "--version"]),
         # Other work on the machine skews every figure: the load when the results were written says how much.
         "load_average": [round(load, 2) for load in os.getloadavg()],
+        "python_speed_ms": python_speed_ms(),
     }
 
 
@@ -197,6 +214,10 @@ def markdown(doc: Dict[str, Any]) -> str:
            "- versions: Python %s, ansible-core %s, %s, %s, %s" % tuple(
                host.get(key) for key in ("python", "ansible_core", "nft", "iptables", "iperf3")),
            "- load average (1, 5, 15 min) when written: %s" % ", ".join(str(v) for v in host.get("load_average") or ["unknown"]),
+           "- Python speed: %s ms of CPU for a fixed pure-Python loop (bench/report.py `python_speed_ms`, best of 5; "
+           "lower is faster, measured when the results were written): a yardstick of the machine's speed, to read beside the "
+           "controller-side figures (B7, B8's check) of another machine"
+           % host.get("python_speed_ms", "not measured"),
            "- benchmarks run: %s" % ", ".join(doc["selected"]),
            "- figures: %(figures)d, with a target: %(with_target)d, met: %(met)d, missed: %(missed)d, "
            "not measured: %(not_measured)d" % summary, ""]
