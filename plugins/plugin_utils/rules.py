@@ -13,15 +13,15 @@ output   loopback, endpoints (scoped to address, protocol, port and owner; a nes
          address), reject
 input    loopback, replies to allowed flows, management, DHCP and neighbour discovery, drop
 forward  DNS refused outside the tunnel, tunnel interfaces, LAN, drop
+bridged  (frames a Linux bridge forwards between its ports, ``bridge_rules``; not in ``rule_list``)
+         DHCP and neighbour discovery, ARP, DNS dropped outside the tunnel, tunnel ports, LAN, drop
 
 Output without ``killswitch_dns_servers``: nothing before the tunnel interfaces can refuse a packet leaving through
 one (DNS through the tunnel goes anywhere), so they move up to right after loopback (``TUNNEL_FIRST``) and the DNS
 group's tunnel accept, which they would shadow, goes: the same verdict for every packet, and a tunnel packet, most of
-the traffic, meets two rules instead of a dozen (bench B4).  With resolvers, DNS through the tunnel to another
+the traffic, meets two rules instead of up to ten (bench B4).  With resolvers, DNS through the tunnel to another
 address is refused before the tunnel accept, so the order above stays (and forward keeps it: there the replies
 from the tunnel come after the DNS refusal).
-bridged  (frames a Linux bridge forwards between its ports, ``bridge_rules``; not in ``rule_list``)
-         DHCP and neighbour discovery, ARP, DNS dropped outside the tunnel, tunnel ports, LAN, drop
 
 A rule with ``family`` None applies to IPv4 and IPv6; rules with addresses carry their family, so a
 renderer never has to split or re-derive anything.
@@ -43,7 +43,8 @@ BRIDGED = "bridged"
 DIRECTIONS = (INPUT, OUTPUT, FORWARD)
 ACCEPT, DROP, REJECT, LOG = "accept", "drop", "reject", "log"
 FAMILIES = (4, 6)
-# The groups in threat-model order; every rule belongs to one, and the list never leaves this order.
+# The groups in threat-model order; every rule belongs to one, and each direction's rules follow this order
+# (or, for output without pinned resolvers, TUNNEL_FIRST: group_order).
 GROUPS = ("loopback", "established", "endpoint", "management", "dhcp", "neighbour", "dns", "tunnel", "lan",
           "extra", "final")
 # The same with the exit tunnels right after loopback: the order without pinned DNS resolvers (see above).
