@@ -74,8 +74,9 @@ def run(outcome: Outcome) -> None:
     if missed:
         outcome.notes.append("Over target: CPU time per host depends on the machine (its Python speed at the time is the "
                              "yardstick figure above; compare it before comparing this figure across machines) and, on a "
-                             "shared machine, on the other processes' load (caches, frequency); what remains per host is parse_policy's validation of every variable, building "
-                             "the ~50 frozen Rule objects and printing the iptables lines (profiles below).")
+                             "shared machine, on the other processes' load (caches, frequency); what remains per host is "
+                             "parse_policy's validation of every variable, building the ~50 frozen Rule objects and "
+                             "printing the iptables lines (profiles below).")
     for backend in missed:
         outcome.notes.append("Profile of %d hosts (%s), by own time:\n\n%s" % (
             PROFILED_HOSTS, backend, top_entries(lambda: render_fleet(PROFILED_HOSTS, backend))))

@@ -63,7 +63,8 @@ def run(outcome: Outcome) -> None:
             outcome.notes.append(
                 "Check CPU over target at %d entries: %.1f ms, of which %.1f ms is the Python interpreter starting and "
                 "importing the guard (the same command line with a missing configuration costs that much and does nothing "
-                "else; it depends on the machine's Python speed, the header's yardstick); the rest is the check and the commands it runs (nft listings, sed, systemctl). cProfile of one in-sync check (the commands "
+                "else; it depends on the machine's Python speed, the header's yardstick); the rest is the check and "
+                "the commands it runs (nft listings, sed, systemctl). cProfile of one in-sync check (the commands "
                 "show as waits in subprocess):\n\n```\n%s\n```" % (
                     entries, result["check_cpu"] * 1000, result["startup_cpu"] * 1000, result["profile"]))
         outcome.figure("restoring check (after a flush), %d entries: CPU" % entries,
