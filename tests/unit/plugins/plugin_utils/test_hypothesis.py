@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.backends import BACKENDS, LINUX_BACKENDS, render_for
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.nft_keywords import NFT_KEYWORDS
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.render_nftables import render
-from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import Policy, PolicyError, parse_policy
+from ansible_collections.netlock.killswitch.plugins.plugin_utils.policy import (
+    Policy, PolicyError, interfaces_overlap, parse_policy)
 from ansible_collections.netlock.killswitch.plugins.plugin_utils.rules import in_order, rule_list
 
 KEYS = ("state", "backend", "tunnel_interfaces", "endpoints", "endpoint_mark", "endpoint_user", "endpoint_program",
@@ -627,16 +628,13 @@ def first_match(rules, packet):
     return "drop", tuple(logged)
 
 
-def _interface_matches(pattern, name):
-    return pattern is None or (name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern)
-
-
 def _matches(rule, packet):
     family, protocol = packet["family"], packet["protocol"]
     ported = protocol in ("tcp", "udp")
     return (
         (rule.family is None or rule.family == family)
-        and _interface_matches(rule.out_interface, packet["out"]) and rule.in_interface is None
+        and (rule.out_interface is None or interfaces_overlap(rule.out_interface, packet["out"]))
+        and rule.in_interface is None
         and (not rule.destinations or any(n.version == family and packet["daddr"] in n for n in rule.destinations))
         and not rule.sources
         and (not rule.protocols or protocol in rule.protocols)
